@@ -1,0 +1,154 @@
+"""raytrain's command line.
+
+One process, this machine (in-process, Ray Train local mode)::
+
+    raytrain train job.yaml --local
+
+Several workers on this machine (a private local Ray instance)::
+
+    raytrain train job.yaml --num-workers 2
+
+A Ray cluster (GPU nodes: one replica per GPU of each worker)::
+
+    raytrain train job.yaml --num-workers 8 --gpus-per-worker 1 --address auto
+
+Every job key has a flag of the same name (``training.batch_size`` -> ``--batch-size``);
+``--data`` sets ``data.paths`` and ``--model`` sets ``model.builder``. User errors print
+one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import typing
+from typing import Any, Callable, Optional, Sequence
+
+from raytrain.errors import RaytrainError
+
+EXIT_USER_ERROR = 2
+
+
+def _parse_list(text: str) -> list[str]:
+    return [p for p in text.split(",") if p]
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.split(",") if p)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape must be comma-separated integers such as 32,32,3. Received: {text}")
+
+
+def _flag_type(kind: Any) -> Callable[[str], Any]:
+    if typing.get_origin(kind) is typing.Union:
+        (kind,) = [a for a in typing.get_args(kind) if a is not type(None)]
+    if typing.get_origin(kind) is list:
+        return _parse_list
+    return kind
+
+
+def train_command_parser(sub: Any) -> None:
+    from raytrain.config import flag_name, option_fields
+
+    p = sub.add_parser("train", help="train a model (locally, or on Ray workers)", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("job", nargs="?", help="YAML job file (optional when --data is given)")
+    p.add_argument("--local", action="store_true", help="run in-process on this machine (same as --num-workers 0)")
+    groups: dict[str, Any] = {}
+    for section, key, kind in option_fields():
+        group = groups.setdefault(section, p.add_argument_group(f"{section} (job file section '{section}')"))
+        flag = flag_name(section, key)
+        extra = {"action": "append"} if (section, key) == ("data", "paths") else {}
+        group.add_argument(
+            f"--{flag}", dest=f"{section}.{key}", type=str if extra else _flag_type(kind), default=None, metavar=flag.upper().replace("-", "_"),
+            help=f"overrides {section}.{key}" + (" (repeat or comma-separate)" if extra or _flag_type(kind) is _parse_list else ""),
+            **extra,
+        )
+    p.set_defaults(func=train_command)
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from raytrain import config as cfg
+
+    job = cfg.load_job(args.job) if args.job else cfg.JobConfig()
+    overrides: dict[tuple[str, str], Any] = {}
+    for section, key, _ in cfg.option_fields():
+        value = getattr(args, f"{section}.{key}")
+        if (section, key) == ("data", "paths") and value is not None:
+            value = [p for part in value for p in _parse_list(part)]
+        overrides[(section, key)] = value
+    if args.local:
+        if overrides[("scaling", "num_workers")] not in (None, 0):
+            raise RaytrainError("--local runs in-process and cannot be combined with --num-workers > 0; drop one of them")
+        overrides[("scaling", "num_workers")] = 0
+    job = cfg.apply_overrides(job, overrides)
+    stem = os.path.splitext(os.path.basename(args.job or (job.data.paths or ["run"])[0]))[0]
+    job = cfg.validate(job, default_name=stem)
+
+    from raytrain.trainer import run
+
+    summary = run(job)
+    print(summary.render())
+    return 0
+
+
+def synth_command_parser(sub: Any) -> None:
+    p = sub.add_parser("synth", help="write a synthetic, learnable HDF5 dataset")
+    p.add_argument("out", help="output .h5 file")
+    p.add_argument("--samples", type=int, default=2000, help="number of samples")
+    p.add_argument("--shape", type=_parse_shape, default=(32, 32, 3), help="H,W,C for images or F,C,H,W for clips")
+    p.add_argument("--classes", type=int, default=4, help="number of classes")
+    p.add_argument("--one-hot", action="store_true", help="store labels as one-hot rows")
+    p.add_argument("--seed", type=int, default=0, help="fixes the data")
+    p.add_argument("--chunk-rows", type=int, default=32, help="HDF5 chunk length along the sample axis")
+    p.set_defaults(func=synth_command)
+
+
+def synth_command(args: argparse.Namespace) -> int:
+    from raytrain.synth import make_hdf5
+
+    if args.samples < 1 or args.classes < 2 or len(args.shape) not in (3, 4) or args.chunk_rows < 1:
+        raise RaytrainError(
+            "synth needs --samples >= 1, --classes >= 2, --chunk-rows >= 1 and --shape H,W,C or F,C,H,W. "
+            f"Received: samples={args.samples}, classes={args.classes}, shape={args.shape}, chunk_rows={args.chunk_rows}"
+        )
+    parent = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(parent, exist_ok=True)
+    make_hdf5(args.out, args.samples, args.shape, args.classes, args.one_hot, args.seed, args.chunk_rows)
+    print(f"wrote {args.samples} samples of shape {args.shape}, {args.classes} classes, to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raytrain", description="Train Keras models on data larger than memory, on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train_command_parser(sub)
+    synth_command_parser(sub)
+    return parser
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``raytrain`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so `finally` blocks shut Ray down and no worker is orphaned.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return args.func(args)
+    except RaytrainError as e:
+        print(f"raytrain: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("raytrain: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

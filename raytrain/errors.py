@@ -1,0 +1,47 @@
+"""The one exception type users see.
+
+A :class:`RaytrainError` is a problem with the user's input or environment that the
+user can fix. Its message is one line: what is wrong, what was found, how to fix it.
+The CLI prints it as ``raytrain: error: <message>`` and exits with code 2, without a
+traceback. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class RaytrainError(ValueError):
+    """A user-fixable problem; the message names the problem and the fix."""
+
+
+def find_user_error(exc: BaseException) -> Optional[RaytrainError]:
+    """Find a :class:`RaytrainError` inside an exception raised through Ray.
+
+    Ray wraps a worker's exception in its own types (``RayTaskError``, Ray Train's
+    ``WorkerGroupError`` with per-rank ``worker_failures``); the user's error is in
+    the chain, or in the failures of the ranks.
+
+    Args:
+        exc: The exception caught on the driver.
+
+    Returns:
+        The first RaytrainError found, or None.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        err = todo.pop(0)
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, RaytrainError):
+            return RaytrainError(str(err).splitlines()[0] if str(err) else type(err).__name__)
+        for attr in ("cause", "__cause__", "__context__", "controller_failure"):
+            nested = getattr(err, attr, None)
+            if isinstance(nested, BaseException):
+                todo.append(nested)
+        failures = getattr(err, "worker_failures", None)
+        if isinstance(failures, dict):
+            todo.extend(f for _, f in sorted(failures.items()) if isinstance(f, BaseException))
+    return None

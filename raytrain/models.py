@@ -1,0 +1,187 @@
+"""Built-in models and user model builders.
+
+A builder is a function ``build(input_shape, num_classes) -> tf_keras.Model`` whose
+model ends in a softmax over ``num_classes`` (probabilities, not logits). If the model
+it returns is not compiled, raytrain compiles it from the job's optimizer, learning
+rate, loss and metrics. Models must be ``tf_keras`` models: Keras 3 cannot ``fit``
+under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585).
+
+``model.builder`` is one of:
+- a built-in name: ``cnn`` (images ``(H, W, C)``), ``video3d`` (clips ``(frames, C, H, W)``);
+- ``path/to/file.py:function``;
+- ``package.module:function`` (importable on every worker).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from typing import Any, Callable
+
+from raytrain.errors import RaytrainError
+
+
+def cnn(input_shape: tuple[int, ...], num_classes: int) -> Any:
+    """A small conv net for images ``(H, W, C)``."""
+    import tf_keras as keras
+    from tf_keras import layers
+
+    if len(input_shape) != 3:
+        raise RaytrainError(
+            f"model 'cnn' takes images of shape (H, W, C); the data has samples of shape {tuple(input_shape)}. "
+            "Use --model video3d for clips (frames, C, H, W) or your own builder"
+        )
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape),
+            layers.Conv2D(16, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.GlobalAveragePooling2D(),
+            layers.Dense(64, activation="relu"),
+            layers.Dense(num_classes, activation="softmax"),
+        ],
+        name="cnn",
+    )
+
+
+def video3d(input_shape: tuple[int, ...], num_classes: int) -> Any:
+    """A small 3D conv net for video clips ``(frames, channels, rows, cols)``.
+
+    The clips are channels-first as in the HDF5 tutorial; they are permuted to
+    channels-last because TensorFlow's CPU Conv3D supports only that layout.
+    """
+    import tf_keras as keras
+    from tf_keras import layers
+
+    if len(input_shape) != 4:
+        raise RaytrainError(
+            f"model 'video3d' takes clips of shape (frames, C, H, W); the data has samples of shape "
+            f"{tuple(input_shape)}. Use --model cnn for images (H, W, C) or your own builder"
+        )
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape),
+            layers.Permute((1, 3, 4, 2)),  # (frames, C, H, W) -> (frames, H, W, C)
+            layers.Conv3D(16, 3, padding="same", activation="relu"),
+            layers.MaxPooling3D(pool_size=(1, 2, 2)),
+            layers.Conv3D(32, 3, padding="same", activation="relu"),
+            layers.GlobalAveragePooling3D(),
+            layers.Dense(32, activation="relu"),
+            layers.Dense(num_classes, activation="softmax"),
+        ],
+        name="video3d",
+    )
+
+
+BUILTINS: dict[str, Callable[..., Any]] = {"cnn": cnn, "video3d": video3d}
+
+
+def _load_file(path: str, spec: str) -> Any:
+    if not os.path.isfile(path):
+        raise RaytrainError(f"model builder file {path} (from --model {spec}) does not exist; check the path")
+    name = "raytrain_user_model_" + os.path.splitext(os.path.basename(path))[0]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:  # the user's file: any error is theirs to fix
+        raise RaytrainError(f"model builder file {path} failed to import: {type(e).__name__}: {e}") from None
+    sys.modules[name] = module
+    return module
+
+
+def resolve_builder(spec: str) -> Callable[..., Any]:
+    """Turn ``model.builder`` into a callable.
+
+    Raises:
+        RaytrainError: Unknown built-in, missing file or module, missing or
+            non-callable function.
+    """
+    if spec in BUILTINS:
+        return BUILTINS[spec]
+    if ":" not in spec:
+        raise RaytrainError(
+            f"unknown built-in model '{spec}'; built-ins are {sorted(BUILTINS)}, "
+            "or give path/to/file.py:function or package.module:function"
+        )
+    target, _, func = spec.rpartition(":")
+    if not func or not target:
+        raise RaytrainError(f"model builder '{spec}' must look like path/to/file.py:function or package.module:function")
+    if target.endswith(".py") or os.sep in target:
+        module = _load_file(os.path.abspath(target), spec)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise RaytrainError(f"cannot import module '{target}' for model builder '{spec}': {e}") from None
+    builder = getattr(module, func, None)
+    if builder is None:
+        names = sorted(n for n in dir(module) if callable(getattr(module, n)) and not n.startswith("_"))
+        raise RaytrainError(f"'{target}' has no function '{func}' (model builder '{spec}'); functions there: {names}")
+    if not callable(builder):
+        raise RaytrainError(f"'{func}' in '{target}' is not a function (model builder '{spec}')")
+    return builder
+
+
+def default_loss(one_hot: bool) -> str:
+    """``loss: auto``: categorical crossentropy for one-hot labels, sparse for class indices."""
+    return "categorical_crossentropy" if one_hot else "sparse_categorical_crossentropy"
+
+
+def build_model(
+    spec: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    one_hot: bool,
+    optimizer: str = "adam",
+    learning_rate: float = 1e-3,
+    loss: str = "auto",
+    metrics: tuple[str, ...] = ("accuracy",),
+) -> Any:
+    """Build (and compile, unless the builder did) a model. Call inside the strategy's scope."""
+    import tf_keras as keras
+
+    builder = resolve_builder(spec)
+    try:
+        model = builder(tuple(input_shape), num_classes)
+    except RaytrainError:
+        raise
+    except Exception as e:
+        raise RaytrainError(
+            f"model builder '{spec}' failed for input_shape={tuple(input_shape)}, num_classes={num_classes}: "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+    if not isinstance(model, keras.Model):
+        hint = (
+            "; it looks like a Keras 3 model: build it with `import tf_keras as keras` "
+            "(Keras 3 cannot fit under MultiWorkerMirroredStrategy)"
+            if type(model).__module__.startswith("keras")
+            else ""
+        )
+        raise RaytrainError(f"model builder '{spec}' returned {type(model).__name__}, not a tf_keras.Model{hint}")
+    out = model.output_shape
+    if isinstance(out, tuple) and out[-1] != num_classes:
+        raise RaytrainError(
+            f"model '{spec}' outputs {out[-1]} values per sample but the labels have {num_classes} classes; "
+            "end the model with Dense(num_classes, activation='softmax')"
+        )
+    if not getattr(model, "_is_compiled", False):
+        try:
+            opt = keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": learning_rate}})
+        except ValueError:
+            raise RaytrainError(
+                f"unknown optimizer '{optimizer}' (model.optimizer); use a tf_keras optimizer name such as adam, sgd, rmsprop"
+            ) from None
+        loss_name = default_loss(one_hot) if loss == "auto" else loss
+        try:
+            keras.losses.get(loss_name)
+        except ValueError:
+            raise RaytrainError(f"unknown loss '{loss_name}' (model.loss); use auto or a tf_keras loss name") from None
+        model.compile(optimizer=opt, loss=loss_name, metrics=list(metrics))
+    return model

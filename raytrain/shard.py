@@ -1,0 +1,125 @@
+"""A worker's shard of the index: equal steps on every rank, each sample at most once.
+
+The rules (for training and for validation alike):
+
+- The driver computes the step count once from the sample count, so every rank runs
+  the same number of steps: ``steps = (n // world_size) // worker_batch``. Unequal
+  step counts across ranks would hang the all-reduce silently.
+- Ray Data splits the index into ``world_size`` contiguous shards of ``n // world_size``
+  rows; the last shard also takes the ``n % world_size`` remainder rows, so no row is
+  dropped by the split (see :mod:`raytrain.index.dataset`).
+- Each epoch a worker permutes its shard with a generator seeded by
+  ``(seed, epoch, rank, stream)`` and trains on the first ``steps * worker_batch``
+  rows. No row is used twice in an epoch; fewer than one global batch is left out in
+  total (at most ``world_size * (worker_batch - 1) + world_size - 1`` rows), and which
+  rows are left out changes every epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from raytrain.errors import RaytrainError
+
+TRAIN, VALIDATION = 0, 1  # streams: training and validation orders never coincide
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How many samples each rank reads per step and how many steps it runs."""
+
+    world_size: int
+    worker_batch: int  # samples per worker per step
+    replica_batch: int  # samples per local replica (GPU) per step
+    train_steps: int
+    val_steps: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.worker_batch * self.world_size
+
+
+def steps_per_epoch(num_samples: int, world_size: int, worker_batch: int) -> int:
+    """Steps every rank runs so that no rank runs out of its shard."""
+    return (num_samples // world_size) // worker_batch
+
+
+def plan_steps(
+    train_samples: int, val_samples: int, world_size: int, global_batch: int, replicas_per_worker: int
+) -> StepPlan:
+    """Compute the step plan and reject sizes that would leave a rank with nothing to do.
+
+    Args:
+        train_samples: Rows in the training index.
+        val_samples: Rows in the validation index (0 = no validation).
+        world_size: Number of workers (1 in local mode).
+        global_batch: ``training.batch_size``, summed over all workers.
+        replicas_per_worker: Local replicas (GPUs) on each worker, at least 1.
+    """
+    worker_batch = global_batch // world_size
+    train_steps = steps_per_epoch(train_samples, world_size, worker_batch)
+    val_steps = steps_per_epoch(val_samples, world_size, worker_batch)
+    if train_samples < world_size:
+        raise RaytrainError(
+            f"{world_size} workers but only {train_samples} training samples; use fewer --num-workers"
+        )
+    if train_steps == 0:
+        raise RaytrainError(
+            f"each of the {world_size} workers gets {train_samples // world_size} training samples, fewer than "
+            f"its batch of {worker_batch} (--batch-size {global_batch} / {world_size} workers); "
+            "use a smaller --batch-size or fewer --num-workers"
+        )
+    if val_samples and val_steps == 0:
+        raise RaytrainError(
+            f"{val_samples} validation samples make less than one global batch of {global_batch}; "
+            "raise --validation-ratio, lower --batch-size, or set --validation-ratio 0"
+        )
+    return StepPlan(world_size, worker_batch, worker_batch // replicas_per_worker, train_steps, val_steps)
+
+
+def epoch_positions(shard_size: int, steps: int, batch: int, seed: int, epoch: int, rank: int, stream: int) -> np.ndarray:
+    """The shard positions a rank reads in one epoch, shaped ``(steps, batch)``.
+
+    A pure function of its arguments: the same (seed, epoch, rank, stream) give the
+    same order; another epoch gives another order and another set of left-out rows.
+    """
+    if steps * batch > shard_size:
+        raise RaytrainError(
+            f"rank {rank} holds {shard_size} samples but needs {steps * batch} ({steps} steps of {batch}); "
+            "the index was split unevenly, which raytrain's split should prevent: please report this"
+        )
+    rng = np.random.default_rng([seed, epoch, rank, stream])
+    return rng.permutation(shard_size)[: steps * batch].reshape(steps, batch)
+
+
+class Shard:
+    """The rows of the index one worker reads, as numpy arrays."""
+
+    def __init__(self, table: pa.Table):
+        table = table.sort_by("sample_id")
+        files = table.column("file").combine_chunks().dictionary_encode()
+        self.files: list[str] = files.dictionary.to_pylist()
+        self.file_codes = files.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+        self.rows = table.column("row").to_numpy()
+        self.labels = table.column("label").to_numpy()
+        self.sample_ids = table.column("sample_id").to_numpy()
+
+    @classmethod
+    def from_rows(cls, rows: Any) -> "Shard":
+        """Collect a shard from a Ray ``DataIterator`` or ``Dataset`` of index rows."""
+        tables = list(rows.iter_batches(batch_size=None, batch_format="pyarrow"))
+        if not tables:
+            return cls(pa.table({"sample_id": pa.array([], pa.int64()), "file": pa.array([], pa.string()),
+                                 "row": pa.array([], pa.int64()), "label": pa.array([], pa.int64())}))
+        return cls(pa.concat_tables(tables))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batches(self, steps: int, batch: int, seed: int, epoch: int, rank: int, stream: int) -> Iterator[np.ndarray]:
+        """Yield the positions of each step's batch for one epoch."""
+        yield from epoch_positions(len(self), steps, batch, seed, epoch, rank, stream)

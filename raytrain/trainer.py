@@ -1,0 +1,229 @@
+"""Driver side of a run: index, Ray, Ray Train, results.
+
+``run(job)`` builds and validates the index on the driver (so bad input fails before
+any worker starts), starts or joins Ray, checks that the cluster can hold the
+workers, hands the index to Ray Train, and summarises the run.
+
+Without ``scaling.address`` raytrain starts a private Ray instance with
+``ray.init(address="local")``; it never attaches to a cluster it was not told about.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from raytrain.config import JobConfig, to_dict
+from raytrain.errors import RaytrainError, find_user_error
+
+# Quiet TensorFlow's C++ start-up messages in every process raytrain starts.
+WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_USE_LEGACY_KERAS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@dataclass
+class RunSummary:
+    """What a finished run did and where it wrote it."""
+
+    run_dir: str
+    epochs: int
+    num_workers: int
+    train_samples: int
+    val_samples: int
+    final_metrics: dict[str, float]
+    samples_per_s: float  # mean over epochs, whole cluster
+    wall_time_s: float
+    files: dict[str, str] = field(default_factory=dict)
+
+    def render(self) -> str:
+        """A one-screen text summary."""
+        metrics = "  ".join(
+            f"{k} {v:.4f}" for k, v in self.final_metrics.items()
+            if k not in ("epoch", "samples_per_s", "epoch_time_s")
+        )
+        where = "local, in-process" if self.num_workers == 0 else f"{self.num_workers} workers"
+        lines = [
+            "",
+            f"raytrain: finished {self.epochs} epochs ({where})",
+            f"  samples       {self.train_samples} train, {self.val_samples} validation",
+            f"  final         {metrics}",
+            f"  throughput    {self.samples_per_s:,.0f} samples/s (training, all workers)",
+            f"  wall time     {self.wall_time_s:.1f} s",
+        ]
+        lines += [f"  {name:<13} {path}" for name, path in self.files.items()]
+        return "\n".join(lines)
+
+
+def _check_new_run_dir(run_dir: str) -> None:
+    if os.path.isdir(run_dir) and os.listdir(run_dir):
+        raise RaytrainError(
+            f"run directory {run_dir} already holds a run; choose another --name or --storage-path "
+            "(raytrain never overwrites a run)"
+        )
+
+
+def _check_resources(job: JobConfig) -> None:
+    """Fail fast locally when the workers cannot fit; on a cluster, say what we wait for."""
+    import ray
+
+    s = job.scaling
+    if s.num_workers == 0:
+        return
+    need = {"CPU": s.num_workers * s.cpus_per_worker, "GPU": s.num_workers * s.gpus_per_worker}
+    have = ray.cluster_resources()
+    short = {k: v for k, v in need.items() if v > have.get(k, 0) + 1e-9}
+    if not short:
+        return
+    detail = ", ".join(f"{v:g} {k}s" for k, v in short.items())
+    has = ", ".join(f"{have.get(k, 0):g} {k}s" for k in short)
+    if s.address is None:
+        flag = "--cpus-per-worker" if "CPU" in short else "--gpus-per-worker"
+        raise RaytrainError(
+            f"{s.num_workers} workers need {detail} but this machine has {has}; "
+            f"lower --num-workers or {flag} (or pass --address to use a cluster)"
+        )
+    print(f"raytrain: waiting for the cluster to provide {detail} (it has {has} now; an autoscaler may add nodes)")
+
+
+def _init_ray(job: JobConfig) -> None:
+    import ray
+
+    runtime_env = {"env_vars": dict(WORKER_ENV)}
+    if job.scaling.address is None:
+        # Ray Train's placement-group cleaner needs the dashboard's state API; keep it on loopback.
+        ray.init(address="local", dashboard_host="127.0.0.1", runtime_env=runtime_env)
+    else:
+        ray.init(address=job.scaling.address, runtime_env=runtime_env)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+
+
+def run(job: JobConfig) -> RunSummary:
+    """Train as the (validated) job says and return a summary.
+
+    Raises:
+        RaytrainError: Bad input, found on the driver or raised by a worker.
+    """
+    for k, v in WORKER_ENV.items():
+        os.environ.setdefault(k, v)
+    from raytrain.index import build_hdf5_index, split_index
+    from raytrain.models import resolve_builder
+    from raytrain.shard import plan_steps
+    from raytrain.worker import WorkerSpec
+
+    started = time.perf_counter()
+    d, s = job.data, job.scaling
+    index = build_hdf5_index(d.paths, d.x_key, d.y_key)
+    train_table, val_table = split_index(index.table, d.validation_ratio, d.seed)
+    world = max(s.num_workers, 1)
+    plan = plan_steps(train_table.num_rows, val_table.num_rows, world, job.training.batch_size,
+                      max(int(s.gpus_per_worker), 1))
+    resolve_builder(job.model.builder)
+    _check_new_run_dir(job.run_dir)
+    spec = WorkerSpec(job, plan, index.sample_shape, index.num_classes, index.one_hot)
+
+    import ray
+
+    _init_ray(job)
+    try:
+        _check_resources(job)
+        os.makedirs(job.run_dir, exist_ok=True)
+        _write_job(job, index, plan)
+        _fit(spec, train_table, val_table)
+    finally:
+        ray.shutdown()
+    return _summarize(job, train_table.num_rows, val_table.num_rows, time.perf_counter() - started)
+
+
+def _fit(spec: Any, train_table: Any, val_table: Any) -> Any:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    from raytrain.index.dataset import ContiguousShards, to_ray_datasets
+    from raytrain.worker import train_loop
+
+    job = spec.job
+    s = job.scaling
+    resources = {"CPU": s.cpus_per_worker}
+    if s.gpus_per_worker:
+        resources["GPU"] = s.gpus_per_worker
+    tables = {"train": train_table, "validation": val_table}
+    trainer = TensorflowTrainer(
+        train_loop_per_worker=train_loop,
+        train_loop_config={"spec": spec},
+        scaling_config=ScalingConfig(
+            num_workers=s.num_workers, use_gpu=s.gpus_per_worker > 0, resources_per_worker=resources
+        ),
+        run_config=RunConfig(name=job.run.name, storage_path=job.run.storage_path),
+        datasets=to_ray_datasets(train_table, val_table),
+        dataset_config=ContiguousShards(tables, max(s.num_workers, 1)),
+    )
+    try:
+        return trainer.fit()
+    except Exception as e:
+        user = find_user_error(e)
+        if user is not None:
+            raise user from None
+        raise
+
+
+def _write_job(job: JobConfig, index: Any, plan: Any) -> None:
+    import yaml
+
+    with open(os.path.join(job.run_dir, "job.yaml"), "w") as f:
+        yaml.safe_dump(to_dict(job), f, sort_keys=False)
+    meta = {
+        "samples": len(index),
+        "sample_shape": list(index.sample_shape),
+        "num_classes": index.num_classes,
+        "one_hot": index.one_hot,
+        "dtype": index.dtype,
+        "plan": plan.__dict__,
+    }
+    with open(os.path.join(job.run_dir, "dataset.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+
+
+def read_metrics(run_dir: str) -> list[dict[str, Any]]:
+    """The per-epoch records of ``<run_dir>/metrics.jsonl`` (empty if none yet)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _summarize(job: JobConfig, n_train: int, n_val: int, wall: float) -> RunSummary:
+    epochs = read_metrics(job.run_dir)
+    if len(epochs) != job.training.epochs:
+        raise RuntimeError(f"{job.run_dir}/metrics.jsonl has {len(epochs)} epochs, expected {job.training.epochs}")
+    summary = RunSummary(
+        run_dir=job.run_dir,
+        epochs=len(epochs),
+        num_workers=job.scaling.num_workers,
+        train_samples=n_train,
+        val_samples=n_val,
+        final_metrics=epochs[-1],
+        samples_per_s=sum(e["samples_per_s"] for e in epochs) / len(epochs),
+        wall_time_s=wall,
+        files={
+            "model": os.path.join(job.run_dir, "model"),
+            "metrics": os.path.join(job.run_dir, "metrics.jsonl"),
+            "job": os.path.join(job.run_dir, "job.yaml"),
+        },
+    )
+    with open(os.path.join(job.run_dir, "summary.json"), "w") as f:
+        json.dump(summary.__dict__, f, indent=1)
+    return summary
+
+
+def load_summary(run_dir: str) -> Optional[dict[str, Any]]:
+    """``<run_dir>/summary.json`` of a finished run, or None."""
+    path = os.path.join(run_dir, "summary.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
