@@ -70,7 +70,8 @@ def train_command_parser(sub: Any) -> None:
     p.set_defaults(func=train_command)
 
 
-def train_command(args: argparse.Namespace) -> int:
+def job_from_args(args: argparse.Namespace) -> Any:
+    """The validated JobConfig of ``raytrain train``: the job file (if any), then the flags."""
     from raytrain import config as cfg
 
     job = cfg.load_job(args.job) if args.job else cfg.JobConfig()
@@ -86,11 +87,13 @@ def train_command(args: argparse.Namespace) -> int:
         overrides[("scaling", "num_workers")] = 0
     job = cfg.apply_overrides(job, overrides)
     stem = os.path.splitext(os.path.basename(args.job or (job.data.paths or ["run"])[0]))[0]
-    job = cfg.validate(job, default_name=stem)
+    return cfg.validate(job, default_name=stem)
 
+
+def train_command(args: argparse.Namespace) -> int:
     from raytrain.trainer import run
 
-    summary = run(job)
+    summary = run(job_from_args(args))
     print(summary.render())
     return 0
 

@@ -68,8 +68,9 @@ def plan_steps(
             f"{world_size} workers but only {train_samples} training samples; use fewer --num-workers"
         )
     if train_steps == 0:
+        who = f"each of the {world_size} workers gets" if world_size > 1 else "the worker gets"
         raise RaytrainError(
-            f"each of the {world_size} workers gets {train_samples // world_size} training samples, fewer than "
+            f"{who} {train_samples // world_size} training samples, fewer than "
             f"its batch of {worker_batch} (--batch-size {global_batch} / {world_size} workers); "
             "use a smaller --batch-size or fewer --num-workers"
         )

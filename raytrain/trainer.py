@@ -116,13 +116,13 @@ def run(job: JobConfig) -> RunSummary:
 
     started = time.perf_counter()
     d, s = job.data, job.scaling
+    _check_new_run_dir(job.run_dir)
     index = build_hdf5_index(d.paths, d.x_key, d.y_key)
     train_table, val_table = split_index(index.table, d.validation_ratio, d.seed)
+    resolve_builder(job.model.builder)
     world = max(s.num_workers, 1)
     plan = plan_steps(train_table.num_rows, val_table.num_rows, world, job.training.batch_size,
                       max(int(s.gpus_per_worker), 1))
-    resolve_builder(job.model.builder)
-    _check_new_run_dir(job.run_dir)
     spec = WorkerSpec(job, plan, index.sample_shape, index.num_classes, index.one_hot)
 
     import ray

@@ -1,0 +1,92 @@
+"""Fixtures: tiny synthetic HDF5 files, a CLI runner, and a guard that no Ray process outlives the tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Callable
+
+import h5py
+import numpy as np
+import pytest
+
+from raytrain.synth import make_hdf5
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RAY_PROCESS_MARKERS = ("raylet", "gcs_server", "ray::", "default_worker.py", "dashboard.py", "log_monitor.py")
+
+
+def _ray_pids() -> set[int]:
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(m in cmd for m in RAY_PROCESS_MARKERS):
+            pids.add(int(entry))
+    return pids
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_ray_left_behind():
+    """Fail the session if a Ray process started during the tests is still running."""
+    before = _ray_pids()
+    yield
+    import time
+
+    deadline = time.time() + 20
+    while (left := _ray_pids() - before) and time.time() < deadline:
+        time.sleep(0.5)
+    for pid in left:  # end what the tests leaked, by PID, then report it
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    assert not left, f"Ray processes outlived the tests: {sorted(left)}"
+
+
+@pytest.fixture
+def ray_local():
+    """A private local Ray instance, always shut down."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def make_h5(tmp_path) -> Callable[..., str]:
+    """Write a learnable synthetic dataset and return its path."""
+
+    def make(name: str = "data.h5", samples: int = 64, **kwargs) -> str:
+        path = str(tmp_path / name)
+        make_hdf5(path, samples, **kwargs)
+        return path
+
+    return make
+
+
+def write_h5(path: str, x: np.ndarray, y: np.ndarray, sample_count: int | None = None, x_key="X", y_key="Y") -> str:
+    """Write given arrays as an HDF5 dataset file."""
+    with h5py.File(path, "w") as f:
+        f.create_dataset(x_key, data=x, chunks=(min(8, max(len(x), 1)), *x.shape[1:]) if len(x) else None)
+        f.create_dataset(y_key, data=y)
+        if sample_count is not None:
+            f.attrs["sample_count"] = sample_count
+    return path
+
+
+def run_cli(*args: str, cwd: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m raytrain ARGS`` and capture its output."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "raytrain", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )

@@ -1,0 +1,82 @@
+"""Bad input reaches the terminal as one line naming the problem and the fix, with exit code 2."""
+
+import os
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli, write_h5
+
+
+def assert_user_error(proc, message):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("raytrain: error:")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert message in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture
+def good(make_h5):
+    return make_h5("good.h5", samples=40)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "missing.h5"], "does not exist"),
+        (["--data", "{good}", "--y-key", "labels"], "has no dataset 'labels'"),
+        (["--data", "{good}", "--batch-size", "1", "--num-workers", "2"], "smaller than the 2 workers"),
+        (["--data", "{good}", "--num-workers", "3", "--batch-size", "3", "--validation-ratio", "0",
+          "--storage-path", "{tmp}/r"], None),
+        (["--data", "{good}", "--model", "resnet9000"], "unknown built-in model 'resnet9000'"),
+        (["--data", "{good}", "--model", "nofile.py:build"], "does not exist"),
+        (["--data", "{good}", "--model", "{good_dir}/m.py:nothing"], "has no function 'nothing'"),
+        (["{tmp}/bad_job.yaml"], "unknown keys ['epoch'] in section 'training'"),
+        (["--data", "{good}", "--batch-size", "64"], "fewer than its batch of 64"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, good, args, message):
+    (tmp_path / "bad_job.yaml").write_text("training:\n  epoch: 3\n")
+    (tmp_path / "m.py").write_text("def build(input_shape, num_classes):\n    pass\n")
+    args = [a.format(good=good, tmp=tmp_path, good_dir=os.path.dirname(good)) for a in args]
+    if message is None:  # more workers than samples: a 2-sample file on 3 workers
+        args[1] = write_h5(str(tmp_path / "two.h5"), np.zeros((2, 2, 2, 1)), np.array([0, 1]))
+        message = "only 2 training samples"
+    assert_user_error(run_cli("train", *args, cwd=str(tmp_path)), message)
+
+
+@pytest.mark.parametrize(
+    "x, y, count, message",
+    [
+        (np.zeros((5, 4, 4, 1)), np.arange(4) % 2, None, "has 5 samples but 'Y' has 4"),
+        (np.zeros((5, 4, 4, 1)), np.arange(5) % 2, 7, "sample_count=7"),
+        (np.zeros((0, 4, 4, 1)), np.zeros(0, np.int64), None, "the dataset is empty"),
+    ],
+)
+def test_bad_hdf5_content(tmp_path, x, y, count, message):
+    path = write_h5(str(tmp_path / "bad.h5"), x, y, sample_count=count)
+    assert_user_error(run_cli("train", "--data", path, cwd=str(tmp_path)), message)
+
+
+def test_existing_run_is_never_overwritten(tmp_path, good):
+    run_dir = tmp_path / "runs" / "kept"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    proc = run_cli("train", "--data", good, "--batch-size", "8", "--name", "kept", "--storage-path", str(tmp_path / "runs"),
+                   cwd=str(tmp_path))
+    assert_user_error(proc, "already holds a run")
+    assert (run_dir / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+
+
+@pytest.mark.ray
+def test_more_cpus_than_the_machine_fails_fast(tmp_path, good):
+    proc = run_cli("train", "--data", good, "--num-workers", "3", "--cpus-per-worker", "1", "--batch-size", "3",
+                   "--storage-path", str(tmp_path / "runs"), cwd=str(tmp_path), timeout=180)
+    assert_user_error(proc, "3 workers need 3 CPUs but this machine has 2 CPUs")
+    assert "--cpus-per-worker" in proc.stderr
+
+
+def test_help_is_instant_and_lists_subcommands(tmp_path):
+    proc = run_cli("--help", cwd=str(tmp_path))
+    assert proc.returncode == 0 and "train" in proc.stdout and "synth" in proc.stdout

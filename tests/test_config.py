@@ -1,0 +1,127 @@
+import textwrap
+
+import pytest
+
+from raytrain import config as cfg
+from raytrain.cli import build_parser, job_from_args
+from raytrain.errors import RaytrainError
+
+JOB = textwrap.dedent(
+    """
+    data:
+      kind: hdf5
+      paths: [data/train.h5]
+      x_key: X
+      y_key: Y
+      validation_ratio: 0.2
+      seed: 0
+    model:
+      builder: cnn
+      optimizer: adam
+      learning_rate: 0.001
+      loss: auto
+      metrics: [accuracy]
+    training:
+      epochs: 5
+      batch_size: 64
+    scaling:
+      num_workers: 2
+      gpus_per_worker: 0
+      cpus_per_worker: 1
+    run:
+      name: demo
+      storage_path: ./runs
+    """
+)
+
+
+@pytest.fixture
+def job_file(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(JOB)
+    return str(path)
+
+
+def parse(*argv):
+    return job_from_args(build_parser().parse_args(["train", *argv]))
+
+
+def test_job_file_loads_into_typed_sections(job_file):
+    job = cfg.load_job(job_file)
+    assert job.training.batch_size == 64 and job.scaling.num_workers == 2
+    assert job.model.metrics == ["accuracy"] and job.data.paths == ["data/train.h5"]
+
+
+def test_unknown_key_is_rejected_by_name(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("training:\n  epoch: 3\n")
+    with pytest.raises(RaytrainError, match=r"unknown keys \['epoch'\] in section 'training'"):
+        cfg.load_job(str(path))
+
+
+def test_unknown_section_is_rejected_by_name(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("optimizer:\n  lr: 3\n")
+    with pytest.raises(RaytrainError, match=r"unknown sections \['optimizer'\]"):
+        cfg.load_job(str(path))
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("training:\n  batch_size: big\n")
+    with pytest.raises(RaytrainError, match="training.batch_size must be an int. Received: training.batch_size='big'"):
+        cfg.load_job(str(path))
+
+
+def test_flags_override_the_job_file(job_file, tmp_path):
+    job = parse(job_file, "--batch-size", "32", "--epochs", "2", "--num-workers", "4", "--data", "a.h5",
+                "--data", "b.h5,c.h5", "--model", "video3d", "--name", "x", "--storage-path", str(tmp_path),
+                "--learning-rate", "0.01", "--metrics", "accuracy,auc", "--cpus-per-worker", "0.5")
+    assert job.training.batch_size == 32 and job.training.epochs == 2
+    assert job.scaling.num_workers == 4 and job.scaling.cpus_per_worker == 0.5
+    assert [p.rsplit("/", 1)[1] for p in job.data.paths] == ["a.h5", "b.h5", "c.h5"]
+    assert job.model.builder == "video3d" and job.model.learning_rate == 0.01
+    assert job.model.metrics == ["accuracy", "auc"]
+    assert job.run_dir == str(tmp_path / "x")
+    # untouched keys keep the job file's values
+    assert job.data.validation_ratio == 0.2 and job.model.optimizer == "adam"
+
+
+def test_every_job_key_has_a_flag():
+    parser = build_parser()
+    text = parser._subparsers._group_actions[0].choices["train"].format_help()
+    for section, key, _ in cfg.option_fields():
+        assert f"--{cfg.flag_name(section, key)}" in text
+
+
+def test_local_flag_means_zero_workers(job_file):
+    assert parse(job_file, "--local").scaling.num_workers == 0
+    with pytest.raises(RaytrainError, match="--local"):
+        parse(job_file, "--local", "--num-workers", "2")
+
+
+def test_data_flag_alone_uses_defaults():
+    job = parse("--data", "some/file.h5")
+    assert job.scaling.num_workers == 0 and job.model.builder == "cnn" and job.training.epochs == 5
+    assert job.run.name.startswith("file-")
+    assert job.data.paths[0].endswith("some/file.h5") and job.data.paths[0].startswith("/")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batch-size", "1", "--num-workers", "2"], "smaller than the 2 workers"),
+        (["--batch-size", "10", "--num-workers", "3"], "does not divide evenly over 3 replicas"),
+        (["--epochs", "0"], "training.epochs must be positive"),
+        (["--validation-ratio", "1.5"], "validation_ratio must be in"),
+        (["--num-workers", "-1"], "num_workers must be non-negative"),
+    ],
+)
+def test_impossible_values_are_rejected(argv, message):
+    with pytest.raises(RaytrainError, match=message):
+        parse("--data", "x.h5", *argv)
+
+
+def test_no_data_is_rejected():
+    with pytest.raises(RaytrainError, match="no data"):
+        parse()

@@ -1,0 +1,68 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from raytrain.errors import RaytrainError
+from raytrain.index.dataset import cut_shards
+from raytrain.shard import TRAIN, VALIDATION, epoch_positions, plan_steps
+
+
+def index_table(n: int) -> pa.Table:
+    return pa.table({"sample_id": np.arange(n), "file": ["f"] * n, "row": np.arange(n), "label": np.zeros(n, int)})
+
+
+def epoch_ids(n: int, world: int, global_batch: int, seed: int, epoch: int, stream: int = TRAIN) -> list[np.ndarray]:
+    """The sample ids every rank trains on in one epoch, per rank, as raytrain plans them."""
+    plan = plan_steps(n, 0, world, global_batch, 1)
+    out = []
+    for rank, shard in enumerate(cut_shards(index_table(n), world)):
+        ids = shard.column("sample_id").to_numpy()
+        pos = epoch_positions(len(ids), plan.train_steps, plan.worker_batch, seed, epoch, rank, stream)
+        assert pos.shape == (plan.train_steps, plan.worker_batch)
+        out.append(ids[pos.reshape(-1)])
+    return out
+
+
+@pytest.mark.parametrize("n, world, batch", [(1001, 3, 9), (101, 3, 9), (100, 2, 10), (37, 1, 4), (64, 4, 64)])
+def test_exactly_once_equal_steps_and_rotation(n, world, batch):
+    used_per_epoch = []
+    for epoch in range(6):
+        per_rank = epoch_ids(n, world, batch, seed=3, epoch=epoch)
+        assert len({len(ids) for ids in per_rank}) == 1  # equal steps on every rank
+        used = np.concatenate(per_rank)
+        assert len(np.unique(used)) == len(used)  # no sample twice in an epoch
+        assert n - len(used) < batch  # fewer than one global batch left out
+        used_per_epoch.append(set(used.tolist()))
+    left_out = [frozenset(range(n)) - u for u in used_per_epoch]
+    if any(left_out):
+        assert len(set(left_out)) > 1  # which samples are left out changes
+        assert frozenset().union(*used_per_epoch) == frozenset(range(n))  # none is permanently unused
+
+
+def test_order_is_a_function_of_seed_and_epoch():
+    a = epoch_positions(500, 10, 8, seed=1, epoch=2, rank=0, stream=TRAIN)
+    assert np.array_equal(a, epoch_positions(500, 10, 8, seed=1, epoch=2, rank=0, stream=TRAIN))
+    assert not np.array_equal(a, epoch_positions(500, 10, 8, seed=1, epoch=3, rank=0, stream=TRAIN))
+    assert not np.array_equal(a, epoch_positions(500, 10, 8, seed=2, epoch=2, rank=0, stream=TRAIN))
+    assert not np.array_equal(a, epoch_positions(500, 10, 8, seed=1, epoch=2, rank=0, stream=VALIDATION))
+
+
+def test_shards_are_contiguous_and_cover_everything():
+    shards = cut_shards(index_table(11), 3)
+    assert [s.column("row").to_pylist() for s in shards] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9, 10]]
+
+
+def test_plan_rejects_sizes_that_leave_a_rank_idle():
+    with pytest.raises(RaytrainError, match="fewer than its batch"):
+        plan_steps(10, 0, 2, 16, 1)
+    with pytest.raises(RaytrainError, match="only 2 training samples"):
+        plan_steps(2, 0, 3, 3, 1)
+    with pytest.raises(RaytrainError, match="validation samples make less than one global batch"):
+        plan_steps(100, 3, 2, 8, 1)
+    plan = plan_steps(1001, 200, 3, 9, 1)
+    assert (plan.train_steps, plan.val_steps, plan.worker_batch) == (111, 22, 3)
+
+
+def test_per_replica_batches_for_gpu_workers():
+    plan = plan_steps(1000, 0, 2, 64, 4)
+    assert plan.worker_batch == 32 and plan.replica_batch == 8
