@@ -1,0 +1,30 @@
+# raytrain: `make demo` and `make test` set everything up on a fresh machine.
+# The first interpreter that runs and is 3.10-3.12 (TensorFlow's and Ray's wheels).
+PYTHON ?= $(shell for p in python3 python3.12 python3.11 python3.10; do \
+  $$p -c 'import sys; assert (3, 10) <= sys.version_info[:2] <= (3, 12)' 2>/dev/null && { echo $$p; break; }; done)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DEMO_DATA := data/train.h5
+
+.PHONY: install demo test clean-demo
+
+install: $(STAMP)
+
+# Re-installs when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "raytrain needs Python 3.10-3.12; set PYTHON=/path/to/python3.11"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+$(DEMO_DATA): $(STAMP)
+	$(BIN)/raytrain synth $(DEMO_DATA) --samples 4000 --shape 32,32,3 --classes 4
+
+# Trains the built-in conv net with 2 Ray Train workers on this machine.
+demo: $(DEMO_DATA)
+	$(BIN)/raytrain train examples/hdf5.yaml --num-workers 2
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
