@@ -22,7 +22,11 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from raytrain.config import JobConfig
+from raytrain.prefetch import prefetch
 from raytrain.shard import TRAIN, VALIDATION, Shard, StepPlan
+
+
+PREFETCH_BATCHES = 4  # per-replica batches prepared ahead of the training step
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,9 @@ def _distributed(strategy: Any, make_batches: Any, spec: WorkerSpec) -> Any:
     signature = (tf.TensorSpec((b, *spec.sample_shape), tf.float32), y_spec)
 
     def dataset_fn(_: Any) -> Any:
-        ds = tf.data.Dataset.from_generator(make_batches, output_signature=signature)
-        return ds.prefetch(2)
+        return tf.data.Dataset.from_generator(
+            lambda: prefetch(make_batches(), PREFETCH_BATCHES), output_signature=signature
+        )
 
     return strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -99,6 +104,45 @@ def _save_model(model: Any, run_dir: str, rank: int) -> None:
         model.save(os.path.join(scratch, "model"), save_format="tf")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def epoch_reporter(plan: StepPlan, rank: int, epochs: int, metrics_path: str, current: dict[str, int]) -> Any:
+    """A callback that, at each epoch's end on every rank, reports metrics to Ray Train
+    (a barrier every rank must reach equally often); rank 0 also appends them to
+    ``metrics.jsonl`` and prints one line. It keeps ``current["epoch"]`` up to date.
+    (Built here: tf_keras is imported late.)"""
+    import ray.train
+    import tf_keras
+
+    class EpochReporter(tf_keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.train_seconds = 0.0
+
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            current["epoch"] = epoch
+            self.started = time.perf_counter()
+            self.train_end: Optional[float] = None
+
+        def on_test_begin(self, logs: Any = None) -> None:
+            self.train_end = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            ended = time.perf_counter()
+            train_time = (self.train_end or ended) - self.started
+            self.train_seconds += train_time
+            metrics: dict[str, Any] = {"epoch": epoch + 1}
+            metrics.update({k: float(v) for k, v in (logs or {}).items()})
+            metrics["samples_per_s"] = plan.train_steps * plan.global_batch / train_time
+            metrics["epoch_time_s"] = ended - self.started
+            if rank == 0:
+                os.makedirs(os.path.dirname(metrics_path), exist_ok=True)
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+                print(_epoch_line(epoch + 1, epochs, metrics), flush=True)
+            ray.train.report(metrics)
+
+    return EpochReporter()
 
 
 def train_loop(config: dict[str, Any]) -> Optional[dict[str, Any]]:
@@ -143,56 +187,39 @@ def train_loop(config: dict[str, Any]) -> Optional[dict[str, Any]]:
         )
 
     run_dir = job.run_dir
-    metrics_path = os.path.join(run_dir, "metrics.jsonl")
-    train_seconds = 0.0
+    epochs = job.training.epochs
 
-    class _TrainTimer(tf_keras_callback()):
-        def on_train_begin(self, logs: Any = None) -> None:
-            self.start = time.perf_counter()
+    def train_epochs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for epoch in range(epochs):
+            yield from _replica_batches(train_shard, train_reader, spec, plan.train_steps, epoch, rank, TRAIN)
 
-        def on_test_begin(self, logs: Any = None) -> None:
-            self.train_end = time.perf_counter()
-
-    for epoch in range(job.training.epochs):
-        train_ds = _distributed(
+    # Training: one dataset and, since the length is unknown and the steps per epoch
+    # given, one iterator that fit keeps across all epochs (a new one per epoch stalled
+    # the end of each epoch by seconds while the old one was torn down).
+    # Validation: fit makes a new iterator for every evaluation, so its generator
+    # starts at the epoch the reporter says is current.
+    current = {"epoch": 0}
+    train_ds = _distributed(strategy, train_epochs, spec)
+    val_ds = (
+        _distributed(
             strategy,
-            lambda e=epoch: _replica_batches(train_shard, train_reader, spec, plan.train_steps, e, rank, TRAIN),
+            lambda: _replica_batches(val_shard, val_reader, spec, plan.val_steps, current["epoch"], rank, VALIDATION),
             spec,
         )
-        val_ds = (
-            _distributed(
-                strategy,
-                lambda e=epoch: _replica_batches(val_shard, val_reader, spec, plan.val_steps, e, rank, VALIDATION),
-                spec,
-            )
-            if has_val
-            else None
-        )
-        timer = _TrainTimer()
-        started = time.perf_counter()
-        history = model.fit(
-            train_ds,
-            epochs=epoch + 1,
-            initial_epoch=epoch,
-            steps_per_epoch=plan.train_steps,
-            validation_data=val_ds,
-            validation_steps=plan.val_steps if has_val else None,
-            callbacks=[timer],
-            verbose=0,
-        )
-        ended = time.perf_counter()
-        train_time = getattr(timer, "train_end", ended) - timer.start
-        train_seconds += train_time
-        metrics: dict[str, Any] = {"epoch": epoch + 1}
-        metrics.update({k: float(v[-1]) for k, v in history.history.items()})
-        metrics["samples_per_s"] = plan.train_steps * plan.global_batch / train_time
-        metrics["epoch_time_s"] = ended - started
-        if rank == 0:
-            os.makedirs(run_dir, exist_ok=True)
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            print(_epoch_line(epoch + 1, job.training.epochs, metrics), flush=True)
-        ray.train.report(metrics)
+        if has_val
+        else None
+    )
+    reporter = epoch_reporter(plan, rank, epochs, os.path.join(run_dir, "metrics.jsonl"), current)
+    model.fit(
+        train_ds,
+        epochs=epochs,
+        steps_per_epoch=plan.train_steps,
+        validation_data=val_ds,
+        validation_steps=plan.val_steps if has_val else None,
+        callbacks=[reporter],
+        verbose=0,
+    )
+    train_seconds = reporter.train_seconds
 
     _save_model(model, run_dir, rank)
     train_reader.close()
@@ -200,13 +227,6 @@ def train_loop(config: dict[str, Any]) -> Optional[dict[str, Any]]:
         val_reader.close()
     _write_worker_record(run_dir, rank, model, len(train_shard), local_replicas, train_seconds)
     return None
-
-
-def tf_keras_callback() -> type:
-    """``tf_keras.callbacks.Callback`` (imported late: TensorFlow is heavy)."""
-    import tf_keras
-
-    return tf_keras.callbacks.Callback
 
 
 def _write_worker_record(
