@@ -76,12 +76,13 @@ def _check_resources(job: JobConfig) -> None:
     short = {k: v for k, v in need.items() if v > have.get(k, 0) + 1e-9}
     if not short:
         return
-    detail = ", ".join(f"{v:g} {k}s" for k, v in short.items())
+    per = {"CPU": s.cpus_per_worker, "GPU": s.gpus_per_worker}
+    detail = ", ".join(f"{v:g} {k}s ({per[k]:g} per worker)" for k, v in short.items())
     has = ", ".join(f"{have.get(k, 0):g} {k}s" for k in short)
     if s.address is None:
         flag = "--cpus-per-worker" if "CPU" in short else "--gpus-per-worker"
         raise RaytrainError(
-            f"{s.num_workers} workers need {detail} but this machine has {has}; "
+            f"--num-workers {s.num_workers} needs {detail} but this machine has {has}; "
             f"lower --num-workers or {flag} (or pass --address to use a cluster)"
         )
     print(f"raytrain: waiting for the cluster to provide {detail} (it has {has} now; an autoscaler may add nodes)")

@@ -70,11 +70,21 @@ def test_existing_run_is_never_overwritten(tmp_path, good):
 
 
 @pytest.mark.ray
-def test_more_cpus_than_the_machine_fails_fast(tmp_path, good):
-    proc = run_cli("train", "--data", good, "--num-workers", "3", "--cpus-per-worker", "1", "--batch-size", "3",
-                   "--storage-path", str(tmp_path / "runs"), cwd=str(tmp_path), timeout=180)
-    assert_user_error(proc, "3 workers need 3 CPUs but this machine has 2 CPUs")
-    assert "--cpus-per-worker" in proc.stderr
+@pytest.mark.parametrize(
+    "flags, message, fix",
+    [
+        (["--num-workers", "3", "--cpus-per-worker", "1"], "--num-workers 3 needs 3 CPUs (1 per worker) but this machine has 2 CPUs",
+         "--cpus-per-worker"),
+        (["--num-workers", "1", "--gpus-per-worker", "1"], "--num-workers 1 needs 1 GPUs (1 per worker) but this machine has 0 GPUs",
+         "--gpus-per-worker"),
+    ],
+)
+def test_more_resources_than_the_machine_fails_fast(tmp_path, good, flags, message, fix):
+    proc = run_cli("train", "--data", good, *flags, "--batch-size", "3", "--storage-path", str(tmp_path / "runs"),
+                   cwd=str(tmp_path), timeout=180)
+    assert_user_error(proc, message)
+    assert fix in proc.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("metrics.jsonl"))
 
 
 def test_help_is_instant_and_lists_subcommands(tmp_path):
