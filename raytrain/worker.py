@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
@@ -139,7 +140,9 @@ def epoch_reporter(plan: StepPlan, rank: int, epochs: int, metrics_path: str, cu
                 os.makedirs(os.path.dirname(metrics_path), exist_ok=True)
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(metrics) + "\n")
-                print(_epoch_line(epoch + 1, epochs, metrics), flush=True)
+                # Not print(): Ray Train patches it into its logger, which shows every line twice.
+                sys.stdout.write(_epoch_line(epoch + 1, epochs, metrics) + "\n")
+                sys.stdout.flush()
             ray.train.report(metrics)
 
     return EpochReporter()
