@@ -88,6 +88,18 @@ def _check_resources(job: JobConfig) -> None:
     print(f"raytrain: waiting for the cluster to provide {detail} (it has {has} now; an autoscaler may add nodes)")
 
 
+def _check_model(spec: Any) -> None:
+    """Build and compile the model once on the driver, so a builder that fails for this
+    data is one line here rather than a traceback from every worker. Skipped in local
+    mode, where the loop runs in this process and must create its strategy before any
+    other TensorFlow op."""
+    from raytrain.models import build_model
+
+    m = spec.job.model
+    build_model(m.builder, spec.sample_shape, spec.num_classes, spec.one_hot,
+                m.optimizer, m.learning_rate, m.loss, tuple(m.metrics))
+
+
 def _init_ray(job: JobConfig) -> None:
     import ray
 
@@ -125,6 +137,8 @@ def run(job: JobConfig) -> RunSummary:
     plan = plan_steps(train_table.num_rows, val_table.num_rows, world, job.training.batch_size,
                       max(int(s.gpus_per_worker), 1))
     spec = WorkerSpec(job, plan, index.sample_shape, index.num_classes, index.one_hot)
+    if s.num_workers > 0:
+        _check_model(spec)
 
     import ray
 
