@@ -14,7 +14,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from raytrain.config import JobConfig, to_dict
 from raytrain.errors import RaytrainError, find_user_error
@@ -233,12 +233,3 @@ def _summarize(job: JobConfig, n_train: int, n_val: int, wall: float) -> RunSumm
     with open(os.path.join(job.run_dir, "summary.json"), "w") as f:
         json.dump(summary.__dict__, f, indent=1)
     return summary
-
-
-def load_summary(run_dir: str) -> Optional[dict[str, Any]]:
-    """``<run_dir>/summary.json`` of a finished run, or None."""
-    path = os.path.join(run_dir, "summary.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
