@@ -77,7 +77,7 @@ class JobConfig:
         return os.path.join(self.run.storage_path, self.run.name)
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(JobConfig)}
+SECTIONS = [f.name for f in dataclasses.fields(JobConfig)]
 # Flags that do not follow the <key-with-dashes> rule.
 SHORT_FLAGS = {("data", "paths"): "data", ("model", "builder"): "model"}
 
@@ -138,7 +138,7 @@ def from_dict(raw: Any, source: str = "job file") -> JobConfig:
     """
     raw = raw or {}
     if not isinstance(raw, dict):
-        raise RaytrainError(f"{source} must be a mapping of sections {sorted(SECTIONS)}. Received: {type(raw).__name__}")
+        raise RaytrainError(f"{source} must be a mapping of sections {SECTIONS}. Received: {type(raw).__name__}")
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise RaytrainError(f"unknown sections {unknown} in {source}; expected some of {list(SECTIONS)}")

@@ -112,11 +112,10 @@ class Shard:
     @classmethod
     def from_rows(cls, rows: Any) -> "Shard":
         """Collect a shard from a Ray ``DataIterator`` or ``Dataset`` of index rows."""
+        from raytrain.index.hdf5 import INDEX_SCHEMA
+
         tables = list(rows.iter_batches(batch_size=None, batch_format="pyarrow"))
-        if not tables:
-            return cls(pa.table({"sample_id": pa.array([], pa.int64()), "file": pa.array([], pa.string()),
-                                 "row": pa.array([], pa.int64()), "label": pa.array([], pa.int64())}))
-        return cls(pa.concat_tables(tables))
+        return cls(pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table())
 
     def __len__(self) -> int:
         return len(self.rows)
