@@ -31,6 +31,8 @@ class DataSection:
     y_key: str = "Y"  # labels dataset: integer classes or one-hot rows
     validation_ratio: float = 0.2  # fraction of samples held out; 0 = no validation
     seed: int = 0  # fixes the train/validation split and every epoch's order
+    shuffle_window: int = 0  # samples shuffled together in memory; 0 = auto (64 MiB of samples, at most 4096)
+    prefetch_batches: int = 8  # batches each worker reads ahead of training (a bounded queue)
 
 
 @dataclass
@@ -209,6 +211,8 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
         raise RaytrainError(
             f"data.validation_ratio must be in [0, 1). Received: {d.validation_ratio} (set it with --validation-ratio)"
         )
+    _positive("data.shuffle_window", d.shuffle_window, "shuffle-window", allow_zero=True)
+    _positive("data.prefetch_batches", d.prefetch_batches, "prefetch-batches")
     if not m.builder:
         raise RaytrainError("model.builder is empty; name a built-in model (e.g. cnn) or file.py:function")
     _positive("model.learning_rate", m.learning_rate, "learning-rate")

@@ -8,17 +8,18 @@ The rules (for training and for validation alike):
 - Ray Data splits the index into ``world_size`` contiguous shards of ``n // world_size``
   rows; the last shard also takes the ``n % world_size`` remainder rows, so no row is
   dropped by the split (see :mod:`raytrain.index.dataset`).
-- Each epoch a worker permutes its shard with a generator seeded by
-  ``(seed, epoch, rank, stream)`` and trains on the first ``steps * worker_batch``
-  rows. No row is used twice in an epoch; fewer than one global batch is left out in
-  total (at most ``world_size * (worker_batch - 1) + world_size - 1`` rows), and which
-  rows are left out changes every epoch.
+- Each epoch a worker orders its shard (a block shuffle seeded by
+  ``(seed, epoch, rank, stream)``, see :mod:`raytrain.order`) and trains on the first
+  ``steps * worker_batch`` rows of that order. No row is used twice in an epoch; fewer
+  than one global batch is left out in total (at most
+  ``world_size * (worker_batch - 1) + world_size - 1`` rows), and which rows are left
+  out changes every epoch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -82,25 +83,20 @@ def plan_steps(
     return StepPlan(world_size, worker_batch, worker_batch // replicas_per_worker, train_steps, val_steps)
 
 
-def epoch_positions(shard_size: int, steps: int, batch: int, seed: int, epoch: int, rank: int, stream: int) -> np.ndarray:
-    """The shard positions a rank reads in one epoch, shaped ``(steps, batch)``.
-
-    A pure function of its arguments: the same (seed, epoch, rank, stream) give the
-    same order; another epoch gives another order and another set of left-out rows.
-    """
-    if steps * batch > shard_size:
-        raise RaytrainError(
-            f"rank {rank} holds {shard_size} samples but needs {steps * batch} ({steps} steps of {batch}); "
-            "the index was split unevenly, which raytrain's split should prevent: please report this"
-        )
-    rng = np.random.default_rng([seed, epoch, rank, stream])
-    return rng.permutation(shard_size)[: steps * batch].reshape(steps, batch)
+DEFAULT_BLOCK_ROWS = 32  # for a file the index did not measure
 
 
 class Shard:
-    """The rows of the index one worker reads, as numpy arrays."""
+    """The rows of the index one worker reads, as numpy arrays, and their blocks.
 
-    def __init__(self, table: pa.Table):
+    Args:
+        table: Index rows (any order; sorted here by ``sample_id``, i.e. by file and row).
+        rows_per_block: Block length per file (:func:`raytrain.readers.hdf5.block_rows`).
+    """
+
+    def __init__(self, table: pa.Table, rows_per_block: Mapping[str, int] | None = None):
+        from raytrain.order import block_starts
+
         table = table.sort_by("sample_id")
         files = table.column("file").combine_chunks().dictionary_encode()
         self.files: list[str] = files.dictionary.to_pylist()
@@ -108,18 +104,18 @@ class Shard:
         self.rows = table.column("row").to_numpy()
         self.labels = table.column("label").to_numpy()
         self.sample_ids = table.column("sample_id").to_numpy()
+        per_file = np.array(
+            [(rows_per_block or {}).get(f, DEFAULT_BLOCK_ROWS) for f in self.files] or [1], dtype=np.int64
+        )
+        self.block_starts = block_starts(self.file_codes, self.rows, per_file)
 
     @classmethod
-    def from_rows(cls, rows: Any) -> "Shard":
+    def from_rows(cls, rows: Any, rows_per_block: Mapping[str, int] | None = None) -> "Shard":
         """Collect a shard from a Ray ``DataIterator`` or ``Dataset`` of index rows."""
         from raytrain.index.hdf5 import INDEX_SCHEMA
 
         tables = list(rows.iter_batches(batch_size=None, batch_format="pyarrow"))
-        return cls(pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table())
+        return cls(pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table(), rows_per_block)
 
     def __len__(self) -> int:
         return len(self.rows)
-
-    def batches(self, steps: int, batch: int, seed: int, epoch: int, rank: int, stream: int) -> Iterator[np.ndarray]:
-        """Yield the positions of each step's batch for one epoch."""
-        yield from epoch_positions(len(self), steps, batch, seed, epoch, rank, stream)

@@ -4,30 +4,36 @@ import pytest
 
 from raytrain.errors import RaytrainError
 from raytrain.index.dataset import cut_shards
-from raytrain.shard import TRAIN, VALIDATION, epoch_positions, plan_steps
+from raytrain.order import epoch_positions
+from raytrain.shard import TRAIN, Shard, plan_steps
 
 
 def index_table(n: int) -> pa.Table:
     return pa.table({"sample_id": np.arange(n), "file": ["f"] * n, "row": np.arange(n), "label": np.zeros(n, int)})
 
 
-def epoch_ids(n: int, world: int, global_batch: int, seed: int, epoch: int, stream: int = TRAIN) -> list[np.ndarray]:
+def epoch_ids(
+    n: int, world: int, global_batch: int, seed: int, epoch: int, block: int, window: int, stream: int = TRAIN
+) -> list[np.ndarray]:
     """The sample ids every rank trains on in one epoch, per rank, as raytrain plans them."""
     plan = plan_steps(n, 0, world, global_batch, 1)
     out = []
-    for rank, shard in enumerate(cut_shards(index_table(n), world)):
-        ids = shard.column("sample_id").to_numpy()
-        pos = epoch_positions(len(ids), plan.train_steps, plan.worker_batch, seed, epoch, rank, stream)
+    for rank, table in enumerate(cut_shards(index_table(n), world)):
+        shard = Shard(table, {"f": block})
+        pos = epoch_positions(shard.block_starts, window, plan.train_steps, plan.worker_batch, seed, epoch, rank, stream)
         assert pos.shape == (plan.train_steps, plan.worker_batch)
-        out.append(ids[pos.reshape(-1)])
+        out.append(shard.sample_ids[pos.reshape(-1)])
     return out
 
 
-@pytest.mark.parametrize("n, world, batch", [(1001, 3, 9), (101, 3, 9), (100, 2, 10), (37, 1, 4), (64, 4, 64)])
-def test_exactly_once_equal_steps_and_rotation(n, world, batch):
+@pytest.mark.parametrize(
+    "n, world, batch, block, window",
+    [(1001, 3, 9, 32, 100), (101, 3, 9, 8, 20), (100, 2, 10, 1, 1), (37, 1, 4, 5, 1000), (64, 4, 64, 16, 16)],
+)
+def test_exactly_once_equal_steps_and_rotation(n, world, batch, block, window):
     used_per_epoch = []
     for epoch in range(6):
-        per_rank = epoch_ids(n, world, batch, seed=3, epoch=epoch)
+        per_rank = epoch_ids(n, world, batch, seed=3, epoch=epoch, block=block, window=window)
         assert len({len(ids) for ids in per_rank}) == 1  # equal steps on every rank
         used = np.concatenate(per_rank)
         assert len(np.unique(used)) == len(used)  # no sample twice in an epoch
@@ -37,14 +43,6 @@ def test_exactly_once_equal_steps_and_rotation(n, world, batch):
     if any(left_out):
         assert len(set(left_out)) > 1  # which samples are left out changes
         assert frozenset().union(*used_per_epoch) == frozenset(range(n))  # none is permanently unused
-
-
-def test_order_is_a_function_of_seed_and_epoch():
-    a = epoch_positions(500, 10, 8, seed=1, epoch=2, rank=0, stream=TRAIN)
-    assert np.array_equal(a, epoch_positions(500, 10, 8, seed=1, epoch=2, rank=0, stream=TRAIN))
-    assert not np.array_equal(a, epoch_positions(500, 10, 8, seed=1, epoch=3, rank=0, stream=TRAIN))
-    assert not np.array_equal(a, epoch_positions(500, 10, 8, seed=2, epoch=2, rank=0, stream=TRAIN))
-    assert not np.array_equal(a, epoch_positions(500, 10, 8, seed=1, epoch=2, rank=0, stream=VALIDATION))
 
 
 def test_shards_are_contiguous_and_cover_everything():

@@ -38,6 +38,12 @@ class SampleIndex:
     num_classes: int
     one_hot: bool  # labels were one-hot rows: train with categorical crossentropy
     dtype: str  # the features' dtype on disk
+    rows_per_block: dict[str, int]  # per file: rows read together (see raytrain.order)
+
+    @property
+    def sample_bytes(self) -> int:
+        """Bytes of one sample as stored."""
+        return int(np.prod(self.sample_shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -115,7 +121,10 @@ def build_hdf5_index(paths: list[str], x_key: str = "X", y_key: str = "Y") -> Sa
     """
     import h5py
 
+    from raytrain.readers.hdf5 import block_rows
+
     files = expand_paths(paths)
+    rows_per_block: dict[str, int] = {}
     parts, shape, dtype, one_hot, classes = [], None, None, None, 0
     offset = 0
     for path in files:
@@ -160,6 +169,7 @@ def build_hdf5_index(paths: list[str], x_key: str = "X", y_key: str = "Y") -> Sa
             shape, dtype, one_hot = tuple(x.shape[1:]), str(x.dtype), file_one_hot
             classes = max(classes, file_classes)
             n = x.shape[0]
+            rows_per_block[path] = block_rows(x)
         parts.append(
             pa.table(
                 {
@@ -176,4 +186,4 @@ def build_hdf5_index(paths: list[str], x_key: str = "X", y_key: str = "Y") -> Sa
         raise RaytrainError(f"no samples in {', '.join(files)}; the dataset is empty")
     if classes < 2:
         raise RaytrainError(f"the labels of {', '.join(files)} hold {classes} class; a classifier needs at least 2")
-    return SampleIndex(pa.concat_tables(parts), shape, classes, bool(one_hot), dtype)
+    return SampleIndex(pa.concat_tables(parts), shape, classes, bool(one_hot), dtype, rows_per_block)

@@ -1,0 +1,94 @@
+"""A worker's local generator: its shard, read window by window, cut into batches.
+
+For each epoch the :class:`Loader` asks :mod:`raytrain.order` for the order of its
+shard, reads one shuffle window at a time (each block with one slice), and yields
+``(features, labels)`` batches of ``batch`` samples in that order. Batches cross window
+boundaries; only the positions that the epoch's ``steps`` need are read. A background
+thread (:mod:`raytrain.prefetch`) keeps up to ``prefetch_batches`` batches ready.
+
+Memory is bounded by the window and the queue, not by the dataset: about two windows
+of raw samples (the one being cut and the one being read) plus ``prefetch_batches``
+batches, plus the shard's index arrays (about 30 bytes per sample).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from raytrain.order import epoch_order
+from raytrain.prefetch import PrefetchStats, prefetch
+from raytrain.readers.hdf5 import HDF5Reader
+from raytrain.shard import Shard
+
+AUTO_WINDOW_BYTES = 64 << 20  # data.shuffle_window = 0: as many samples as fit in this
+AUTO_WINDOW_MAX = 4096  # ... but no more samples than this
+
+
+def auto_window(sample_bytes: int) -> int:
+    """The shuffle window (samples) used when ``data.shuffle_window`` is 0."""
+    return max(1, min(AUTO_WINDOW_MAX, AUTO_WINDOW_BYTES // max(sample_bytes, 1)))
+
+
+class Loader:
+    """Batches of one worker's shard, in the epoch's block-shuffled order.
+
+    Args:
+        shard: The worker's rows of the index.
+        reader: Reads features of (file, row) pairs.
+        window: Samples shuffled together (see :mod:`raytrain.order`).
+        seed: ``data.seed``.
+        rank: The worker's rank (part of the order's seed).
+        stream: Training or validation.
+    """
+
+    def __init__(self, shard: Shard, reader: HDF5Reader, window: int, seed: int, rank: int, stream: int):
+        self.shard = shard
+        self.reader = reader
+        self.window = window
+        self.seed = seed
+        self.rank = rank
+        self.stream = stream
+
+    def epoch(self, epoch: int, steps: int, batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``steps`` batches ``(x, labels)`` of ``batch`` samples for ``epoch``."""
+        s = self.shard
+        positions, bounds = epoch_order(s.block_starts, self.window, self.seed, epoch, self.rank, self.stream)
+        need = steps * batch
+        assert need <= len(positions), "plan_steps keeps every rank's steps within its shard"
+        held_x: list[np.ndarray] = []  # the start of a batch that spans two windows
+        held_y: list[np.ndarray] = []
+        held = 0
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if a >= need:
+                break
+            pos = positions[a : min(b, need)]
+            x = self.reader.read(s.file_codes[pos], s.rows[pos])
+            y = s.labels[pos]
+            start = 0
+            if held:
+                start = min(batch - held, len(pos))
+                held_x.append(x[:start])
+                held_y.append(y[:start])
+                held += start
+                if held < batch:
+                    continue
+                yield np.concatenate(held_x), np.concatenate(held_y)
+                held_x, held_y, held = [], [], 0
+            full = start + (len(pos) - start) // batch * batch
+            for i in range(start, full, batch):
+                yield x[i : i + batch], y[i : i + batch]
+            if full < len(pos):
+                held_x, held_y, held = [x[full:]], [y[full:]], len(pos) - full
+
+    def epochs(
+        self, first: int, last: int, steps: int, batch: int, depth: int, stats: PrefetchStats | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Batches of epochs ``first .. last - 1``, read ahead by a background thread."""
+
+        def produce() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for epoch in range(first, last):
+                yield from self.epoch(epoch, steps, batch)
+
+        return prefetch(produce(), depth, stats)

@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+
+from raytrain.index.dataset import cut_shards
+from raytrain.index.hdf5 import build_hdf5_index
+from raytrain.loader import Loader, auto_window
+from raytrain.order import epoch_positions
+from raytrain.prefetch import PrefetchStats
+from raytrain.readers.hdf5 import HDF5Reader
+from raytrain.shard import TRAIN, Shard, plan_steps
+from tests.test_readers import numbered
+
+
+class CountingReader(HDF5Reader):
+    """Records how many rows each read asks for."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reads: list[int] = []
+
+    def read(self, file_codes, rows):
+        self.reads.append(len(rows))
+        return super().read(file_codes, rows)
+
+
+@pytest.fixture
+def two_files(tmp_path):
+    a = numbered(str(tmp_path / "a.h5"), 300, chunks=(16, 4, 4, 3))
+    b = numbered(str(tmp_path / "b.h5"), 211, chunks=(16, 4, 4, 3))
+    return build_hdf5_index([a, b])
+
+
+def test_batches_are_the_planned_samples_in_order(two_files):
+    index = two_files
+    shard = Shard(index.table, index.rows_per_block)
+    loader = Loader(shard, HDF5Reader(shard.files, "X"), window=40, seed=5, rank=0, stream=TRAIN)
+    steps, batch = 50, 10
+    for epoch in (0, 1):
+        got = list(loader.epoch(epoch, steps, batch))
+        want = epoch_positions(shard.block_starts, 40, steps, batch, 5, epoch, 0, TRAIN)
+        assert len(got) == steps
+        for (x, y), pos in zip(got, want):
+            assert x.shape == (batch, 4, 4, 3) and x.dtype == np.uint8
+            assert np.array_equal(x[:, 0, 0, 0], shard.rows[pos] % 256)  # the features of those rows
+            assert np.array_equal(y, shard.labels[pos])
+
+
+def test_every_sample_once_per_epoch_across_workers(two_files):
+    index = two_files
+    world, global_batch = 3, 12
+    plan = plan_steps(len(index), 0, world, global_batch, 1)
+    for epoch in range(3):
+        seen = []
+        for rank, table in enumerate(cut_shards(index.table, world)):
+            shard = Shard(table, index.rows_per_block)
+            loader = Loader(shard, HDF5Reader(shard.files, "X"), window=50, seed=0, rank=rank, stream=TRAIN)
+            pos = epoch_positions(shard.block_starts, 50, plan.train_steps, plan.worker_batch, 0, epoch, rank, TRAIN)
+            batches = list(loader.epoch(epoch, plan.train_steps, plan.worker_batch))
+            assert len(batches) == plan.train_steps  # equal steps on every rank
+            rows = np.concatenate([x[:, 0, 0, 0] for x, _ in batches])
+            assert np.array_equal(rows, shard.rows[pos.reshape(-1)] % 256)
+            seen.append(shard.sample_ids[pos.reshape(-1)])
+        seen = np.concatenate(seen)
+        assert len(np.unique(seen)) == len(seen)
+        assert len(index) - len(seen) < global_batch
+
+
+def test_reads_are_bounded_by_the_window(two_files):
+    index = two_files
+    shard = Shard(index.table, index.rows_per_block)
+    largest_block = int(np.diff(shard.block_starts).max())
+    reader = CountingReader(shard.files, "X")
+    loader = Loader(shard, reader, window=48, seed=0, rank=0, stream=TRAIN)
+    n = sum(1 for _ in loader.epoch(0, 51, 10))
+    assert n == 51
+    assert max(reader.reads) <= 48 + largest_block - 1
+    assert sum(reader.reads) == 510  # only what the epoch's steps need is read
+
+
+def test_prefetched_epochs_count_waits(two_files):
+    index = two_files
+    shard = Shard(index.table, index.rows_per_block)
+    loader = Loader(shard, HDF5Reader(shard.files, "X"), window=64, seed=0, rank=0, stream=TRAIN)
+    stats = PrefetchStats()
+    batches = list(loader.epochs(0, 3, steps=20, batch=8, depth=2, stats=stats))
+    assert len(batches) == 60
+    waited, items = stats.take()
+    assert items == 60 and waited >= 0
+    assert stats.take() == (0.0, 0)
+
+
+def test_auto_window_holds_64_mib_at_most_4096_samples():
+    assert auto_window(64 * 64 * 3) == 4096
+    assert auto_window(16 * 3 * 112 * 112) == (64 << 20) // (16 * 3 * 112 * 112)
+    assert auto_window(1 << 30) == 1
+
+
+def test_empty_shard_has_no_blocks():
+    from raytrain.index.hdf5 import INDEX_SCHEMA
+
+    shard = Shard(INDEX_SCHEMA.empty_table())
+    assert len(shard) == 0 and shard.block_starts.tolist() == [0]

@@ -1,0 +1,70 @@
+import h5py
+import numpy as np
+import pytest
+
+from raytrain.readers.hdf5 import MIN_BLOCK_BYTES, HDF5Reader, block_rows
+from tests.conftest import write_h5
+
+
+def numbered(path: str, n: int, shape=(4, 4, 3), chunks=None) -> str:
+    """Samples whose every value encodes their row (mod 256), so reads can be checked."""
+    x = (np.arange(n, dtype=np.int64)[:, None] % 256 * np.ones(int(np.prod(shape)), np.int64)).reshape(n, *shape)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("X", data=x.astype(np.uint8), chunks=chunks)
+        f.create_dataset("Y", data=np.arange(n) % 3)
+    return path
+
+
+def test_read_returns_rows_in_the_order_asked_in_their_stored_dtype(tmp_path):
+    a = numbered(str(tmp_path / "a.h5"), 300, chunks=(16, 4, 4, 3))
+    b = numbered(str(tmp_path / "b.h5"), 50)
+    reader = HDF5Reader([a, b], "X")
+    rng = np.random.default_rng(0)
+    codes = np.r_[np.zeros(120, np.int32), np.ones(30, np.int32)]
+    rows = np.r_[rng.choice(300, 120, replace=False), rng.choice(50, 30, replace=False)]
+    perm = rng.permutation(150)
+    out = reader.read(codes[perm], rows[perm])
+    assert out.dtype == np.uint8 and out.shape == (150, 4, 4, 3)
+    assert np.array_equal(out[:, 0, 0, 0], rows[perm] % 256)
+    reader.close()
+
+
+def test_close_rows_are_read_as_one_slice(tmp_path, monkeypatch):
+    # 12 KiB samples: a gap of up to 5 rows (64 KiB) is read through rather than sliced twice
+    path = numbered(str(tmp_path / "a.h5"), 200, shape=(64, 64, 3), chunks=(32, 64, 64, 3))
+    reader = HDF5Reader([path], "X")
+    slices = []
+    real = reader._dataset
+
+    class Recording:
+        def __init__(self, ds):
+            self.ds, self.shape, self.dtype = ds, ds.shape, ds.dtype
+
+        def __getitem__(self, key):
+            assert isinstance(key, slice), f"expected a slice read, got {key!r}"
+            slices.append((key.start, key.stop))
+            return self.ds[key]
+
+    monkeypatch.setattr(reader, "_dataset", lambda code: Recording(real(code)))
+    rows = np.array([40, 33, 32, 35, 63, 151, 150])
+    out = reader.read(np.zeros(7, np.int32), rows)
+    assert np.array_equal(out[:, 0, 0, 0], rows)
+    assert slices == [(32, 41), (63, 64), (150, 152)]
+
+
+def test_block_rows_follow_chunks_or_a_byte_size(tmp_path):
+    with h5py.File(tmp_path / "b.h5", "w") as f:
+        chunked = f.create_dataset("c", shape=(10_000, 64, 64, 3), dtype=np.uint8, chunks=(32, 64, 64, 3))
+        small = f.create_dataset("s", shape=(10_000, 8), dtype=np.float32, chunks=(100, 8))
+        flat = f.create_dataset("f", shape=(10_000, 64, 64, 3), dtype=np.uint8)
+        assert block_rows(chunked) == 32  # one 384 KiB chunk
+        # 3.2 KB chunks are grouped until a block holds MIN_BLOCK_BYTES
+        assert block_rows(small) % 100 == 0 and block_rows(small) * 32 >= MIN_BLOCK_BYTES
+        assert block_rows(small) - 100 < MIN_BLOCK_BYTES / 32
+        assert block_rows(flat) == -(-MIN_BLOCK_BYTES // (64 * 64 * 3))
+
+
+def test_empty_read_is_refused(tmp_path):
+    reader = HDF5Reader([write_h5(str(tmp_path / "a.h5"), np.zeros((4, 2)), np.zeros(4))], "X")
+    with pytest.raises(ValueError, match="rows"):
+        reader.read(np.zeros(0, np.int32), np.zeros(0, np.int64))
