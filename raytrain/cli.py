@@ -125,11 +125,50 @@ def synth_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_command_parser(sub: Any) -> None:
+    from raytrain.bench import __doc__ as bench_doc
+
+    p = sub.add_parser("bench", help="measure raytrain's HDF5 loader against other ways of reading, in one run",
+                       description=bench_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", nargs="?", help="HDF5 file to measure on (default: write a synthetic one)")
+    p.add_argument("--samples", type=int, default=20_000, help="synthetic file: number of samples")
+    p.add_argument("--shape", type=_parse_shape, default=(64, 64, 3), help="synthetic file: sample shape")
+    p.add_argument("--chunk-rows", type=int, default=32, help="synthetic file: HDF5 chunk rows")
+    p.add_argument("--x-key", default="X", help="features dataset")
+    p.add_argument("--y-key", default="Y", help="labels dataset")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per batch, for every reader")
+    p.add_argument("--epochs", type=int, default=2, help="end-to-end epochs; the last one is compared")
+    p.add_argument("--budget", type=float, default=15.0, help="seconds after which a slow reader stops")
+    p.add_argument("--shuffle-window", type=int, default=0, help="the loader's data.shuffle_window (0 = auto)")
+    p.add_argument("--prefetch-batches", type=int, default=8, help="the loader's data.prefetch_batches")
+    p.add_argument("--workdir", help="keep generated files and runs here (default: a temporary folder)")
+    p.add_argument("--out", default="bench.json", help="JSON results file")
+    p.set_defaults(func=bench_command)
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    from raytrain.bench import check_args, render, run_bench, write_json
+
+    check_args(args.samples, args.shape, args.chunk_rows, args.batch_size, args.epochs, args.budget)
+    if args.file is not None and not os.path.isfile(args.file):
+        raise RaytrainError(f"bench file {args.file} does not exist; pass an HDF5 file or no file for a synthetic one")
+    result = run_bench(
+        args.file, args.samples, args.shape, args.chunk_rows, args.batch_size, args.epochs, args.budget,
+        args.shuffle_window, args.prefetch_batches, args.x_key, args.y_key, args.workdir,
+        progress=lambda text: print(f"raytrain bench: {text}", file=sys.stderr, flush=True),
+    )
+    write_json(result, args.out)
+    print(render(result))
+    print(f"\nresults: {os.path.abspath(args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raytrain", description="Train Keras models on data larger than memory, on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
     train_command_parser(sub)
     synth_command_parser(sub)
+    bench_command_parser(sub)
     return parser
 
 

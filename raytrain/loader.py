@@ -50,9 +50,21 @@ class Loader:
         self.seed = seed
         self.rank = rank
         self.stream = stream
+        self._window_buffer: np.ndarray | None = None
+
+    def _buffer(self, rows: int) -> np.ndarray:
+        """The window buffer, reused from window to window (grown if a window is larger)."""
+        if self._window_buffer is None or len(self._window_buffer) < rows:
+            shape, dtype = self.reader.sample_layout()
+            self._window_buffer = np.empty((max(rows, self.window), *shape), dtype)
+        return self._window_buffer
 
     def epoch(self, epoch: int, steps: int, batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield ``steps`` batches ``(x, labels)`` of ``batch`` samples for ``epoch``."""
+        """Yield ``steps`` batches ``(x, labels)`` of ``batch`` samples for ``epoch``.
+
+        Each window is read in file order into a reused buffer; each batch is gathered
+        from it into a new array (which the consumer may keep).
+        """
         s = self.shard
         positions, bounds = epoch_order(s.block_starts, self.window, self.seed, epoch, self.rank, self.stream)
         need = steps * batch
@@ -64,12 +76,15 @@ class Loader:
             if a >= need:
                 break
             pos = positions[a : min(b, need)]
-            x = self.reader.read(s.file_codes[pos], s.rows[pos])
+            in_file_order = np.sort(pos)
+            buffer = self._buffer(len(pos))
+            self.reader.read_sorted(s.file_codes[in_file_order], s.rows[in_file_order], buffer)
+            where = np.searchsorted(in_file_order, pos)  # each sample's row in the buffer
             y = s.labels[pos]
             start = 0
             if held:
                 start = min(batch - held, len(pos))
-                held_x.append(x[:start])
+                held_x.append(buffer[where[:start]])
                 held_y.append(y[:start])
                 held += start
                 if held < batch:
@@ -78,9 +93,9 @@ class Loader:
                 held_x, held_y, held = [], [], 0
             full = start + (len(pos) - start) // batch * batch
             for i in range(start, full, batch):
-                yield x[i : i + batch], y[i : i + batch]
+                yield buffer[where[i : i + batch]], y[i : i + batch]
             if full < len(pos):
-                held_x, held_y, held = [x[full:]], [y[full:]], len(pos) - full
+                held_x, held_y, held = [buffer[where[full:]]], [y[full:]], len(pos) - full
 
     def epochs(
         self, first: int, last: int, steps: int, batch: int, depth: int, stats: PrefetchStats | None = None

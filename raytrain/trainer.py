@@ -44,15 +44,15 @@ class RunSummary:
     val_samples: int
     final_metrics: dict[str, float]
     samples_per_s: float  # mean over epochs, whole cluster
+    data_wait_fraction: float  # mean over epochs: share of step time spent waiting for data
     wall_time_s: float
     files: dict[str, str] = field(default_factory=dict)
 
     def render(self) -> str:
         """A one-screen text summary."""
-        metrics = "  ".join(
-            f"{k} {v:.4f}" for k, v in self.final_metrics.items()
-            if k not in ("epoch", "samples_per_s", "epoch_time_s")
-        )
+        from raytrain.worker import RUN_KEYS
+
+        metrics = "  ".join(f"{k} {v:.4f}" for k, v in self.final_metrics.items() if k not in RUN_KEYS)
         where = "local, in-process" if self.num_workers == 0 else f"{self.num_workers} workers"
         lines = [
             "",
@@ -60,6 +60,7 @@ class RunSummary:
             f"  samples       {self.train_samples} train, {self.val_samples} validation",
             f"  final         {metrics}",
             f"  throughput    {self.samples_per_s:,.0f} samples/s (training, all workers)",
+            f"  data wait     {100 * self.data_wait_fraction:.1f}% of training time (mean over epochs)",
             f"  wall time     {self.wall_time_s:.1f} s",
         ]
         lines += [f"  {name:<13} {path}" for name, path in self.files.items()]
@@ -238,6 +239,7 @@ def _summarize(job: JobConfig, n_train: int, n_val: int, wall: float) -> RunSumm
         val_samples=n_val,
         final_metrics=epochs[-1],
         samples_per_s=sum(e["samples_per_s"] for e in epochs) / len(epochs),
+        data_wait_fraction=sum(e["data_wait_fraction"] for e in epochs) / len(epochs),
         wall_time_s=wall,
         files={
             "model": os.path.join(job.run_dir, "model"),

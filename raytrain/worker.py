@@ -18,16 +18,12 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
 from raytrain.config import JobConfig
-from raytrain.prefetch import PrefetchStats
 from raytrain.shard import TRAIN, VALIDATION, Shard, StepPlan
-
-
-TF_PREFETCH = 2  # batches TensorFlow pulls ahead of the step, so handing a batch over is off its path
 
 
 @dataclass(frozen=True)
@@ -50,23 +46,11 @@ class WorkerSpec:
         return rows * int(np.prod(self.sample_shape)) * np.dtype(self.dtype).itemsize
 
 
-def _per_replica(batches: Iterator[tuple[np.ndarray, np.ndarray]], plan: StepPlan) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Split each worker batch into the per-replica batches the strategy asks for."""
-    for x, y in batches:
-        for start in range(0, plan.worker_batch, plan.replica_batch):
-            yield x[start : start + plan.replica_batch], y[start : start + plan.replica_batch]
-
-
-def _distributed(strategy: Any, make_batches: Any, spec: WorkerSpec, read_ahead: bool) -> Any:
-    """A distributed dataset over a generator of per-replica batches in the stored dtype.
-
-    TensorFlow converts features to float32 (uint8 scaled to [0, 1]) and labels to
-    one-hot rows if the files had them, in its own threads.
-    """
+def _to_model(spec: WorkerSpec) -> Any:
+    """The conversion TensorFlow applies to each batch: features to float32 (uint8
+    scaled to [0, 1]), labels to one-hot rows if the files had them."""
     import tensorflow as tf
 
-    b = spec.plan.replica_batch
-    signature = (tf.TensorSpec((b, *spec.sample_shape), tf.as_dtype(spec.dtype)), tf.TensorSpec((b,), tf.int64))
     scale = 1.0 / 255.0 if spec.dtype == "uint8" else 1.0
 
     def to_model(x: Any, y: Any) -> Any:
@@ -75,11 +59,7 @@ def _distributed(strategy: Any, make_batches: Any, spec: WorkerSpec, read_ahead:
             x = x * scale
         return x, (tf.one_hot(y, spec.num_classes) if spec.one_hot else y)
 
-    def dataset_fn(_: Any) -> Any:
-        ds = tf.data.Dataset.from_generator(make_batches, output_signature=signature).map(to_model)
-        return ds.prefetch(TF_PREFETCH) if read_ahead else ds
-
-    return strategy.distribute_datasets_from_function(dataset_fn)
+    return to_model
 
 
 def _weights_digest(model: Any) -> str:
@@ -121,14 +101,15 @@ def _save_model(model: Any, run_dir: str, rank: int) -> None:
 
 
 def epoch_reporter(
-    plan: StepPlan, rank: int, epochs: int, metrics_path: str, current: dict[str, int], waits: PrefetchStats
+    plan: StepPlan, rank: int, epochs: int, metrics_path: str, take_waited: Callable[[], float],
+    start_validation: Optional[Callable[[int], None]],
 ) -> Any:
     """A callback that, at each epoch's end on every rank, reports metrics to Ray Train
     (a barrier every rank must reach equally often); rank 0 also appends them to
-    ``metrics.jsonl`` and prints one line. It keeps ``current["epoch"]`` up to date.
-    ``waits`` is the training input's wait counter: ``data_wait_fraction`` is the share
-    of the epoch's training time the input pipeline's consumer waited for a batch.
-    (Built here: tf_keras is imported late.)"""
+    ``metrics.jsonl`` and prints one line. ``take_waited()`` returns the seconds the
+    training step waited for data since the last call: ``data_wait_fraction`` is their
+    share of the epoch's training time. Before each validation it calls
+    ``start_validation(epoch)``. (Built here: tf_keras is imported late.)"""
     import ray.train
     import tf_keras
 
@@ -138,12 +119,14 @@ def epoch_reporter(
             self.train_seconds = 0.0
 
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-            current["epoch"] = epoch
+            self.epoch = epoch
             self.started = time.perf_counter()
             self.train_end: Optional[float] = None
 
         def on_test_begin(self, logs: Any = None) -> None:
             self.train_end = time.perf_counter()
+            if start_validation is not None:
+                start_validation(self.epoch)
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             ended = time.perf_counter()
@@ -152,7 +135,7 @@ def epoch_reporter(
             metrics: dict[str, Any] = {"epoch": epoch + 1}
             metrics.update({k: float(v) for k, v in (logs or {}).items()})
             metrics["samples_per_s"] = plan.train_steps * plan.global_batch / train_time
-            waited, _ = waits.take()
+            waited = take_waited()
             metrics["data_wait_s"] = waited
             metrics["data_wait_fraction"] = min(1.0, waited / train_time)
             metrics["epoch_time_s"] = ended - self.started
@@ -199,6 +182,7 @@ def train_loop(config: dict[str, Any]) -> Optional[dict[str, Any]]:
     import ray.train
 
     from raytrain.errors import RaytrainError
+    from raytrain.feed import QueueFeed
     from raytrain.loader import Loader
     from raytrain.models import build_model
     from raytrain.readers.hdf5 import HDF5Reader
@@ -234,40 +218,53 @@ def train_loop(config: dict[str, Any]) -> Optional[dict[str, Any]]:
     run_dir = job.run_dir
     epochs = job.training.epochs
 
-    # Training: one dataset and, since the length is unknown and the steps per epoch
-    # given, one iterator that fit keeps across all epochs (a new one per epoch stalled
-    # the end of each epoch by seconds while the old one was torn down).
-    # Validation: fit makes a new iterator for every evaluation, so its generator
-    # starts at the epoch the reporter says is current.
-    current = {"epoch": 0}
-    waits = PrefetchStats()
-    wb, depth = plan.worker_batch, d.prefetch_batches
-    train_ds = _distributed(
-        strategy,
-        lambda: _per_replica(train_loader.epochs(0, epochs, plan.train_steps, wb, depth, waits), plan),
-        spec,
-        read_ahead=True,
+    # Training: one dataset of every epoch's batches and, since the steps per epoch are
+    # given, one iterator that fit keeps across epochs. Validation: fit makes a new
+    # iterator for each evaluation; the reporter starts feeding that epoch's batches.
+    replicas, wb = local_replicas, plan.worker_batch
+    batch_shape = (plan.replica_batch, *spec.sample_shape)
+    to_model = _to_model(spec)
+    train_feed = QueueFeed(batch_shape, spec.dtype, d.prefetch_batches * replicas, replicas)
+    train_ds = strategy.distribute_datasets_from_function(
+        lambda _: train_feed.dataset(epochs * plan.train_steps * replicas, to_model)
     )
-    val_ds = None
+    feeds, val_ds, start_validation = [train_feed], None, None
     if val_loader is not None:
-        val_ds = _distributed(
-            strategy,
-            lambda: _per_replica(
-                val_loader.epochs(current["epoch"], current["epoch"] + 1, plan.val_steps, wb, depth), plan
-            ),
-            spec,
-            read_ahead=False,  # a new iterator per evaluation: nothing to read ahead of
+        val_feed = QueueFeed(batch_shape, spec.dtype, d.prefetch_batches * replicas, replicas)
+        feeds.append(val_feed)
+        val_ds = strategy.distribute_datasets_from_function(
+            lambda _: val_feed.dataset(plan.val_steps * replicas, to_model)
         )
-    reporter = epoch_reporter(plan, rank, epochs, os.path.join(run_dir, "metrics.jsonl"), current, waits)
-    model.fit(
-        train_ds,
-        epochs=epochs,
-        steps_per_epoch=plan.train_steps,
-        validation_data=val_ds,
-        validation_steps=plan.val_steps if has_val else None,
-        callbacks=[reporter],
-        verbose=0,
+
+        def start_validation(epoch: int) -> None:
+            val_feed.start(val_loader.epoch(epoch, plan.val_steps, wb))
+
+    def train_batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for epoch in range(epochs):
+            yield from train_loader.epoch(epoch, plan.train_steps, wb)
+
+    reporter = epoch_reporter(
+        plan, rank, epochs, os.path.join(run_dir, "metrics.jsonl"), train_feed.take_waited, start_validation
     )
+    train_feed.start(train_batches())
+    try:
+        model.fit(
+            train_ds,
+            epochs=epochs,
+            steps_per_epoch=plan.train_steps,
+            validation_data=val_ds,
+            validation_steps=plan.val_steps if has_val else None,
+            callbacks=[reporter],
+            verbose=0,
+        )
+    except Exception:
+        failed = next((f.error for f in feeds if f.error is not None), None)
+        if failed is not None:
+            raise failed from None  # the reader's error, not the queue's "cancelled"
+        raise
+    finally:
+        for feed in feeds:
+            feed.stop()
     train_seconds = reporter.train_seconds
 
     _save_model(model, run_dir, rank)

@@ -18,9 +18,10 @@ class CountingReader(HDF5Reader):
         super().__init__(*args, **kwargs)
         self.reads: list[int] = []
 
-    def read(self, file_codes, rows):
+    def read_sorted(self, file_codes, rows, out):
+        assert np.all(np.diff(rows[file_codes == file_codes[0]]) > 0)  # asked in file order
         self.reads.append(len(rows))
-        return super().read(file_codes, rows)
+        return super().read_sorted(file_codes, rows, out)
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def test_every_sample_once_per_epoch_across_workers(two_files):
 
 def test_reads_are_bounded_by_the_window(two_files):
     index = two_files
-    shard = Shard(index.table, index.rows_per_block)
+    shard = Shard(index.table, {f: 16 for f in index.rows_per_block})  # the files' chunks
     largest_block = int(np.diff(shard.block_starts).max())
     reader = CountingReader(shard.files, "X")
     loader = Loader(shard, reader, window=48, seed=0, rank=0, stream=TRAIN)

@@ -1,0 +1,362 @@
+"""``raytrain bench``: how fast raytrain feeds a model from HDF5, against the usual ways, in one run.
+
+On one file (yours, or a synthetic one it writes) it measures, in this order:
+
+- **sequential**: the whole file in large slices, the upper bound for any reader;
+- **raytrain loader**: one shuffled epoch as a worker reads it (block order, window,
+  background prefetch), in a child process that also reports its peak resident memory;
+  then the same on a copy of the file four times as long, for the memory growth;
+- **tutorial**: sorted random indices per batch, ``np.array(X[idx])``, as in the HDF5
+  tutorial raytrain replaces;
+- **one at a time**: ``X[i]`` per sample in a random order;
+- **end to end**: ``raytrain train --local`` with the built-in ``cnn`` against a plain
+  single-process ``tf_keras`` ``fit`` on the same data held in memory as float32,
+  comparing the time of the last epoch (the first includes graph tracing for both),
+  and the share of the raytrain epoch spent waiting for data.
+
+Reading rows run on a warm page cache (the file is read once before timing) with
+batches of ``--batch-size`` samples in the stored dtype; the slow patterns stop after
+``--budget`` seconds (their rate is steady). Results are printed as a table and written
+as JSON (``--out``).
+
+Run it as ``raytrain bench`` (20,000 samples of 64x64x3 uint8 in 32-row chunks, the
+file of the issue that asked for it) or ``raytrain bench data.h5``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Iterator, Optional
+
+import numpy as np
+
+from raytrain.errors import RaytrainError
+
+SEQUENTIAL_SLICE_BYTES = 16 << 20  # the sequential read's slice size
+REPEATS = 3  # fast readers run this many passes; the median is reported
+GROWTH = 4  # the memory check reads a file this many times longer
+
+BARS = [
+    # (key, description, test)
+    ("loader_vs_sequential", "loader >= 0.5x sequential read", lambda v: v >= 0.5),
+    ("loader_vs_tutorial", "loader >= 30x tutorial pattern", lambda v: v >= 30),
+    ("epoch_vs_in_memory", "raytrain --local epoch <= 1.15x in-memory fit", lambda v: v <= 1.15),
+    ("rss_growth", "loader peak RSS grows < 10% for a 4x file", lambda v: v < 0.10),
+]
+
+
+def _python_env(**extra: str) -> dict[str, str]:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_CPU_ALLOCATOR_USE_BFC", None)  # the in-memory baseline runs as a user would run it
+    env.update(extra)
+    return env
+
+
+def _child(kind: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run one measurement in a fresh Python process; it prints one JSON line last."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "raytrain.bench", kind, json.dumps(args)],
+        capture_output=True, text=True, timeout=timeout, env=_python_env(),
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"bench step '{kind}' failed (exit {proc.returncode}): {tail}")
+    return json.loads(lines[-1])
+
+
+def _rate(batches: Iterator[Any], budget: float) -> tuple[int, float]:
+    """Consume batches until exhausted or ``budget`` seconds pass: (samples, seconds)."""
+    samples, start = 0, time.perf_counter()
+    for x in batches:
+        samples += len(x)
+        if time.perf_counter() - start > budget:
+            break
+    return samples, time.perf_counter() - start
+
+
+def _sequential(x: Any) -> Iterator[np.ndarray]:
+    step = max(1, SEQUENTIAL_SLICE_BYTES // max(x.dtype.itemsize * int(np.prod(x.shape[1:])), 1))
+    for s in range(0, x.shape[0], step):
+        yield x[s : s + step]
+
+
+def _tutorial(x: Any, batch: int, seed: int) -> Iterator[np.ndarray]:
+    order = np.random.default_rng(seed).permutation(x.shape[0])
+    for s in range(0, len(order) - batch + 1, batch):
+        yield np.array(x[np.sort(order[s : s + batch])])
+
+
+def _one_at_a_time(x: Any, batch: int, seed: int) -> Iterator[np.ndarray]:
+    order = np.random.default_rng(seed).permutation(x.shape[0])
+    for s in range(0, len(order) - batch + 1, batch):
+        yield np.stack([x[int(i)] for i in order[s : s + batch]])
+
+
+def _loader_child(args: dict[str, Any]) -> dict[str, Any]:
+    """One shuffled epoch through raytrain's loader; reports samples/s and peak RSS."""
+    import resource
+
+    from raytrain.index.hdf5 import build_hdf5_index
+    from raytrain.loader import Loader, auto_window
+    from raytrain.readers.hdf5 import HDF5Reader
+    from raytrain.shard import TRAIN, Shard
+
+    index = build_hdf5_index([args["path"]], args["x_key"], args["y_key"])
+    shard = Shard(index.table, index.rows_per_block)
+    window = args["window"] or auto_window(index.sample_bytes)
+    cache = (window + max(index.rows_per_block.values())) * index.sample_bytes
+    loader = Loader(shard, HDF5Reader(shard.files, args["x_key"], cache), window, seed=0, rank=0, stream=TRAIN)
+    batch = args["batch"]
+    steps = len(shard) // batch
+    rates = []
+    for epoch in range(REPEATS):
+        start = time.perf_counter()
+        n = sum(len(x) for x, _ in loader.epochs(epoch, epoch + 1, steps, batch, args["prefetch"]))
+        rates.append(n / (time.perf_counter() - start))
+    return {
+        "samples": n,
+        "samples_per_s": float(np.median(rates)),
+        "samples_per_s_each": rates,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "window": window,
+        "rows_per_block": max(index.rows_per_block.values()),
+    }
+
+
+def _in_memory_child(args: dict[str, Any]) -> dict[str, Any]:
+    """A plain tf_keras fit of the built-in cnn on the whole file held in memory."""
+    import h5py
+    import tf_keras
+
+    from raytrain.models import build_model
+
+    with h5py.File(args["path"], "r") as f:
+        x = f[args["x_key"]][:]
+        y = f[args["y_key"]][:]
+    x = x.astype(np.float32) * np.float32(1 / 255) if x.dtype == np.uint8 else x.astype(np.float32)
+    one_hot = y.ndim == 2 and y.shape[1] > 1
+    classes = y.shape[1] if one_hot else int(y.max()) + 1
+    model = build_model("cnn", x.shape[1:], classes, one_hot, "adam", 0.001, "auto", ("accuracy",))
+    times: list[float] = []
+
+    class Timer(tf_keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            times.append(time.perf_counter() - self.start)
+
+    model.fit(x, y, batch_size=args["batch"], epochs=args["epochs"], verbose=0, callbacks=[Timer()])
+    steps = -(-len(x) // args["batch"])
+    return {"epoch_times_s": times, "samples_per_s": len(x) / times[-1], "steps": steps}
+
+
+def _raytrain_train(path: str, x_key: str, y_key: str, batch: int, epochs: int, workdir: str, timeout: float) -> dict[str, Any]:
+    """``raytrain train --local`` on the file; returns the per-epoch metrics it wrote."""
+    name = f"bench-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
+    cmd = [
+        sys.executable, "-m", "raytrain", "train", "--local", "--data", path, "--x-key", x_key, "--y-key", y_key,
+        "--model", "cnn", "--epochs", str(epochs), "--batch-size", str(batch), "--validation-ratio", "0",
+        "--storage-path", os.path.join(workdir, "runs"), "--name", name,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_python_env())
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"bench step 'raytrain train --local' failed (exit {proc.returncode}): {tail}")
+    from raytrain.trainer import read_metrics
+
+    return {"epochs": read_metrics(os.path.join(workdir, "runs", name)), "run_dir": os.path.join(workdir, "runs", name)}
+
+
+def _repeat_file(src: str, dst: str, times: int, x_key: str, y_key: str) -> None:
+    """Write ``dst``: the samples of ``src`` repeated ``times`` times, same chunking."""
+    import h5py
+
+    with h5py.File(src, "r") as fin, h5py.File(dst, "w") as fout:
+        x, y = fin[x_key], fin[y_key]
+        n = x.shape[0]
+        out_x = fout.create_dataset(x_key, shape=(n * times, *x.shape[1:]), dtype=x.dtype, chunks=x.chunks)
+        out_y = fout.create_dataset(y_key, shape=(n * times, *y.shape[1:]), dtype=y.dtype)
+        step = max(1, (64 << 20) // max(x.dtype.itemsize * int(np.prod(x.shape[1:])), 1))
+        for s in range(0, n, step):
+            part_x, part_y = x[s : s + step], y[s : s + step]
+            for k in range(times):
+                out_x[k * n + s : k * n + s + len(part_x)] = part_x
+                out_y[k * n + s : k * n + s + len(part_y)] = part_y
+
+
+def run_bench(
+    path: Optional[str] = None,
+    samples: int = 20_000,
+    shape: tuple[int, ...] = (64, 64, 3),
+    chunk_rows: int = 32,
+    batch: int = 32,
+    epochs: int = 2,
+    budget: float = 15.0,
+    window: int = 0,
+    prefetch: int = 8,
+    x_key: str = "X",
+    y_key: str = "Y",
+    workdir: Optional[str] = None,
+    timeout: float = 3600,
+    progress: Any = print,
+) -> dict[str, Any]:
+    """Run every measurement once and return the results (see the module docstring)."""
+    import h5py
+
+    own_dir = workdir is None
+    workdir = workdir or tempfile.mkdtemp(prefix="raytrain-bench-")
+    os.makedirs(workdir, exist_ok=True)
+    try:
+        if path is None:
+            from raytrain.synth import make_hdf5
+
+            path = os.path.join(workdir, "bench.h5")
+            progress(f"writing {samples:,} synthetic samples of {shape} to {path}")
+            make_hdf5(path, samples, shape, classes=4, chunk_rows=chunk_rows)
+            os.sync()  # so the kernel's write-back does not compete with the reads timed below
+        from raytrain.index.hdf5 import build_hdf5_index
+
+        index = build_hdf5_index([path], x_key, y_key)  # validates the file like `train` does
+        with h5py.File(path, "r") as f:
+            x = f[x_key]
+            info = {
+                "file": os.path.abspath(path), "samples": x.shape[0], "sample_shape": list(x.shape[1:]),
+                "dtype": str(x.dtype), "chunks": list(x.chunks) if x.chunks else None,
+                "file_bytes": os.path.getsize(path),
+            }
+            sum(len(p) for p in _sequential(x))  # warm the page cache
+            rows: dict[str, dict[str, Any]] = {}
+            progress("sequential read")
+            rates = [np.divide(*_rate(_sequential(x), float("inf"))) for _ in range(REPEATS)]
+            rows["sequential"] = {"samples": x.shape[0], "samples_per_s": float(np.median(rates)), "samples_per_s_each": rates}
+        progress("raytrain loader")
+        child_args = {"path": path, "x_key": x_key, "y_key": y_key, "batch": batch, "window": window, "prefetch": prefetch}
+        rows["loader"] = _child("loader", child_args, timeout)
+        bigger = os.path.join(workdir, f"bench-x{GROWTH}.h5")
+        progress(f"raytrain loader on a {GROWTH}x file")
+        _repeat_file(path, bigger, GROWTH, x_key, y_key)
+        os.sync()
+        rows["loader_x4"] = _child("loader", dict(child_args, path=bigger), timeout)
+        os.remove(bigger)
+        with h5py.File(path, "r") as f:
+            x = f[x_key]
+            progress("tutorial pattern")
+            n, s = _rate(_tutorial(x, batch, 0), budget)
+            rows["tutorial"] = {"samples": n, "seconds": s, "samples_per_s": n / s}
+            progress("one sample at a time")
+            n, s = _rate(_one_at_a_time(x, batch, 0), budget)
+            rows["one_at_a_time"] = {"samples": n, "seconds": s, "samples_per_s": n / s}
+        progress(f"raytrain train --local ({epochs} epochs)")
+        train = _raytrain_train(path, x_key, y_key, batch, epochs, workdir, timeout)
+        progress(f"in-memory tf_keras fit ({epochs} epochs)")
+        in_memory = _child("in_memory", {"path": path, "x_key": x_key, "y_key": y_key, "batch": batch, "epochs": epochs}, timeout)
+    finally:
+        if own_dir:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+    last = train["epochs"][-1]
+    loader_rate = rows["loader"]["samples_per_s"]
+    ratios = {
+        "loader_vs_sequential": loader_rate / rows["sequential"]["samples_per_s"],
+        "loader_vs_tutorial": loader_rate / rows["tutorial"]["samples_per_s"],
+        "loader_vs_one_at_a_time": loader_rate / rows["one_at_a_time"]["samples_per_s"],
+        "epoch_vs_in_memory": last["epoch_time_s"] / in_memory["epoch_times_s"][-1],
+        "rss_growth": rows["loader_x4"]["peak_rss_bytes"] / rows["loader"]["peak_rss_bytes"] - 1,
+    }
+    return {
+        "date": datetime.date.today().isoformat(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "data": dict(info, rows_per_block=index.rows_per_block[index.table.column("file")[0].as_py()]),
+        "batch": batch,
+        "epochs": epochs,
+        "readers": rows,
+        "end_to_end": {
+            "raytrain_epoch_s": last["epoch_time_s"],
+            "raytrain_samples_per_s": last["samples_per_s"],
+            "raytrain_data_wait_fraction": last["data_wait_fraction"],
+            "raytrain_epochs": train["epochs"],
+            "in_memory_epoch_s": in_memory["epoch_times_s"][-1],
+            "in_memory_samples_per_s": in_memory["samples_per_s"],
+            "in_memory_epoch_times_s": in_memory["epoch_times_s"],
+        },
+        "ratios": ratios,
+        "bars": {key: {"bar": text, "value": ratios[key], "met": bool(test(ratios[key]))} for key, text, test in BARS},
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    """The results as Markdown tables (pasted into the README as they are)."""
+    d, r, e, q = result["data"], result["readers"], result["end_to_end"], result["ratios"]
+    loader = r["loader"]
+    mb = 1 << 20
+    lines = [
+        f"raytrain bench, {result['date']}, {result['machine']['cpus']} cores: {d['samples']:,} samples of "
+        f"{tuple(d['sample_shape'])} {d['dtype']}, chunks {tuple(d['chunks']) if d['chunks'] else 'none'}, "
+        f"{d['file_bytes'] / mb:,.0f} MiB; batch {result['batch']}",
+        "",
+        "| reader (warm page cache) | samples/s | raytrain loader is |",
+        "|---|---:|---:|",
+    ]
+    names = [
+        ("loader", f"raytrain loader: shuffled epoch (blocks of {loader['rows_per_block']} rows, window {loader['window']})"),
+        ("tutorial", "tutorial: sorted random indices per batch, `np.array(X[idx])`"),
+        ("one_at_a_time", "one sample at a time, `X[i]`"),
+        ("sequential", "sequential read in 16 MiB slices (upper bound)"),
+    ]
+    for key, name in names:
+        rate = r[key]["samples_per_s"]
+        lines.append(f"| {name} | {rate:,.0f} | {loader['samples_per_s'] / rate:,.2f}x |")
+    lines += [
+        "",
+        f"| end to end, cnn, epoch {result['epochs']} of {result['epochs']} | epoch s | samples/s | waiting for data |",
+        "|---|---:|---:|---:|",
+        f"| `raytrain train --local` | {e['raytrain_epoch_s']:.1f} | {e['raytrain_samples_per_s']:,.0f} | "
+        f"{100 * e['raytrain_data_wait_fraction']:.1f}% |",
+        f"| in-memory `tf_keras` fit (float32 arrays) | {e['in_memory_epoch_s']:.1f} | {e['in_memory_samples_per_s']:,.0f} | - |",
+        "",
+        f"loader peak RSS: {loader['peak_rss_bytes'] / mb:,.0f} MiB on this file, "
+        f"{r['loader_x4']['peak_rss_bytes'] / mb:,.0f} MiB on a {GROWTH}x file "
+        f"({100 * q['rss_growth']:+.1f}%)",
+        "",
+        "| bar | measured | met |",
+        "|---|---:|---|",
+    ]
+    for bar in result["bars"].values():
+        value = bar["value"]
+        shown = f"{100 * value:+.1f}%" if "RSS" in bar["bar"] else f"{value:,.2f}x"
+        lines.append(f"| {bar['bar']} | {shown} | {'yes' if bar['met'] else 'NO'} |")
+    return "\n".join(lines)
+
+
+def write_json(result: dict[str, Any], out: str) -> None:
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+def check_args(samples: int, shape: tuple[int, ...], chunk_rows: int, batch: int, epochs: int, budget: float) -> None:
+    """Reject impossible bench settings with one line."""
+    if samples < 2 * batch or batch < 1 or epochs < 1 or chunk_rows < 1 or budget <= 0 or len(shape) < 1:
+        raise RaytrainError(
+            "bench needs --batch-size >= 1, --samples >= 2 x batch size, --epochs >= 1, --chunk-rows >= 1 and "
+            f"--budget > 0. Received: samples={samples}, batch_size={batch}, epochs={epochs}, "
+            f"chunk_rows={chunk_rows}, budget={budget}"
+        )
+
+
+if __name__ == "__main__":  # a child measurement: python -m raytrain.bench KIND JSON
+    kinds = {"loader": _loader_child, "in_memory": _in_memory_child}
+    print(json.dumps(kinds[sys.argv[1]](json.loads(sys.argv[2]))))
