@@ -102,10 +102,19 @@ def _one_at_a_time(x: Any, batch: int, seed: int) -> Iterator[np.ndarray]:
         yield np.stack([x[int(i)] for i in order[s : s + batch]])
 
 
-def _loader_child(args: dict[str, Any]) -> dict[str, Any]:
-    """One shuffled epoch through raytrain's loader; reports samples/s and peak RSS."""
-    import resource
+def _peak_rss_bytes() -> int:
+    """This process's peak resident memory. Not ``ru_maxrss``: Linux carries the
+    pre-exec (forked parent's) peak into it, which made a child look as large as the
+    bench process that started it."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
+
+def _loader_child(args: dict[str, Any]) -> dict[str, Any]:
+    """Shuffled epochs through raytrain's loader; reports samples/s and peak RSS."""
     from raytrain.index.hdf5 import build_hdf5_index
     from raytrain.loader import Loader, auto_window
     from raytrain.readers.hdf5 import HDF5Reader
@@ -127,7 +136,7 @@ def _loader_child(args: dict[str, Any]) -> dict[str, Any]:
         "samples": n,
         "samples_per_s": float(np.median(rates)),
         "samples_per_s_each": rates,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": _peak_rss_bytes(),
         "window": window,
         "rows_per_block": max(index.rows_per_block.values()),
     }
