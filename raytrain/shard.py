@@ -97,7 +97,9 @@ class Shard:
     def __init__(self, table: pa.Table, rows_per_block: Mapping[str, int] | None = None):
         from raytrain.order import block_starts
 
-        table = table.sort_by("sample_id")
+        ids = table.column("sample_id").to_numpy()
+        if np.any(ids[1:] < ids[:-1]):  # Ray Data normally keeps the order; sorting copies the table
+            table = table.sort_by("sample_id")
         files = table.column("file").combine_chunks().dictionary_encode()
         self.files: list[str] = files.dictionary.to_pylist()
         self.file_codes = files.indices.to_numpy(zero_copy_only=False).astype(np.int32)

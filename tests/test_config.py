@@ -115,6 +115,8 @@ def test_data_flag_alone_uses_defaults():
         (["--epochs", "0"], "training.epochs must be positive"),
         (["--validation-ratio", "1.5"], "validation_ratio must be in"),
         (["--num-workers", "-1"], "num_workers must be non-negative"),
+        (["--shuffle-window", "-5"], "shuffle_window must be non-negative"),
+        (["--prefetch-batches", "0"], "prefetch_batches must be positive"),
     ],
 )
 def test_impossible_values_are_rejected(argv, message):

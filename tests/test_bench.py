@@ -1,0 +1,57 @@
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+ROWS = [
+    "raytrain loader: shuffled epoch",
+    "tutorial: sorted random indices per batch",
+    "one sample at a time",
+    "sequential read in 16 MiB slices",
+    "`raytrain train --local`",
+    "in-memory `tf_keras` fit",
+    "loader peak RSS:",
+    "loader >= 0.5x sequential read",
+    "loader >= 30x tutorial pattern",
+    "raytrain --local epoch <= 1.15x in-memory fit",
+    "loader peak RSS grows < 10% for a 4x file",
+]
+
+
+@pytest.mark.ray
+def test_bench_prints_every_row_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_cli(
+        "bench", "--samples", "256", "--shape", "8,8,3", "--chunk-rows", "16", "--batch-size", "16",
+        "--epochs", "1", "--budget", "0.5", "--workdir", str(tmp_path / "work"), "--out", str(out),
+        cwd=str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for row in ROWS:
+        assert row in proc.stdout, f"missing row {row!r} in:\n{proc.stdout}"
+    result = json.loads(out.read_text())
+    assert result["data"]["samples"] == 256 and result["machine"]["cpus"] >= 1
+    for name in ("loader", "loader_x4", "tutorial", "one_at_a_time", "sequential"):
+        assert result["readers"][name]["samples_per_s"] > 0
+    assert result["readers"]["loader"]["samples"] == 256  # a whole epoch: 16 batches of 16
+    assert result["readers"]["loader_x4"]["samples"] == 4 * 256
+    assert result["readers"]["loader"]["peak_rss_bytes"] > 10 << 20
+    e = result["end_to_end"]
+    assert e["raytrain_epoch_s"] > 0 and e["in_memory_epoch_s"] > 0
+    assert 0 <= e["raytrain_data_wait_fraction"] <= 1
+    assert set(result["bars"]) == {"loader_vs_sequential", "loader_vs_tutorial", "epoch_vs_in_memory", "rss_growth"}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing.h5"], "bench file missing.h5 does not exist"),
+        (["--batch-size", "0"], "bench needs --batch-size >= 1"),
+        (["--samples", "10", "--batch-size", "32"], "--samples >= 2 x batch size"),
+    ],
+)
+def test_bench_bad_input_is_one_line(tmp_path, args, message):
+    proc = run_cli("bench", *args, cwd=str(tmp_path))
+    assert proc.returncode == 2
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
