@@ -24,7 +24,7 @@ from raytrain.errors import RaytrainError, find_user_error
 # - TF_CPU_ALLOCATOR_USE_BFC keeps freed tensor memory in TensorFlow's own pool. With the
 #   default allocator, feeding batches from Python made every step fault its ~100 MB of
 #   activations back in from the kernel (5M page faults, +40 ms per step of system time
-#   on the cnn at 64x64x3, batch 32; see benchmarks/README.md).
+#   on the cnn at 64x64x3, batch 32; README, "Input pipeline speed").
 WORKER_ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "2",
     "TF_USE_LEGACY_KERAS": "1",

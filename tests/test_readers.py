@@ -1,9 +1,6 @@
 import h5py
 import numpy as np
-import pytest
-
 from raytrain.readers.hdf5 import MIN_BLOCK_BYTES, HDF5Reader, block_rows
-from tests.conftest import write_h5
 
 
 def numbered(path: str, n: int, shape=(4, 4, 3), chunks=None) -> str:
@@ -15,17 +12,19 @@ def numbered(path: str, n: int, shape=(4, 4, 3), chunks=None) -> str:
     return path
 
 
-def test_read_returns_rows_in_the_order_asked_in_their_stored_dtype(tmp_path):
+def test_read_sorted_fills_rows_in_file_order_in_their_stored_dtype(tmp_path):
     a = numbered(str(tmp_path / "a.h5"), 300, chunks=(16, 4, 4, 3))
     b = numbered(str(tmp_path / "b.h5"), 50)
     reader = HDF5Reader([a, b], "X")
     rng = np.random.default_rng(0)
     codes = np.r_[np.zeros(120, np.int32), np.ones(30, np.int32)]
     rows = np.r_[rng.choice(300, 120, replace=False), rng.choice(50, 30, replace=False)]
-    perm = rng.permutation(150)
-    out = reader.read(codes[perm], rows[perm])
-    assert out.dtype == np.uint8 and out.shape == (150, 4, 4, 3)
-    assert np.array_equal(out[:, 0, 0, 0], rows[perm] % 256)
+    order = np.lexsort((rows, codes))
+    out = np.zeros((160, 4, 4, 3), np.uint8)
+    reader.read_sorted(codes[order], rows[order], out)
+    assert np.array_equal(out[:150, 0, 0, 0], rows[order] % 256)
+    assert not out[150:].any()  # nothing written past the rows asked for
+    assert reader.sample_layout() == ((4, 4, 3), np.dtype(np.uint8))
     reader.close()
 
 
@@ -46,8 +45,9 @@ def test_close_rows_are_read_as_one_slice(tmp_path, monkeypatch):
             return self.ds[key]
 
     monkeypatch.setattr(reader, "_dataset", lambda code: Recording(real(code)))
-    rows = np.array([40, 33, 32, 35, 63, 151, 150])
-    out = reader.read(np.zeros(7, np.int32), rows)
+    rows = np.array([32, 33, 35, 40, 63, 150, 151])
+    out = np.empty((7, 64, 64, 3), np.uint8)
+    reader.read_sorted(np.zeros(7, np.int32), rows, out)
     assert np.array_equal(out[:, 0, 0, 0], rows)
     assert slices == [(32, 41), (63, 64), (150, 152)]
 
@@ -64,7 +64,18 @@ def test_block_rows_follow_chunks_or_a_byte_size(tmp_path):
         assert block_rows(flat) == -(-MIN_BLOCK_BYTES // (64 * 64 * 3))
 
 
-def test_empty_read_is_refused(tmp_path):
-    reader = HDF5Reader([write_h5(str(tmp_path / "a.h5"), np.zeros((4, 2)), np.zeros(4))], "X")
-    with pytest.raises(ValueError, match="rows"):
-        reader.read(np.zeros(0, np.int32), np.zeros(0, np.int64))
+def test_chunk_cache_only_for_compressed_data(tmp_path):
+    plain = numbered(str(tmp_path / "plain.h5"), 100, chunks=(16, 4, 4, 3))
+    packed = str(tmp_path / "packed.h5")
+    with h5py.File(packed, "w") as f:
+        f.create_dataset("X", data=np.arange(100, dtype=np.uint8)[:, None].repeat(48, 1).reshape(100, 4, 4, 3),
+                         chunks=(16, 4, 4, 3), compression="gzip")
+    reader = HDF5Reader([plain, packed], "X", cache_bytes=8 << 20)
+    rows = np.arange(20, 60)
+    for code in (0, 1):
+        out = np.empty((40, 4, 4, 3), np.uint8)
+        reader.read_sorted(np.full(40, code, np.int32), rows, out)
+        assert np.array_equal(out[:, 0, 0, 0], rows)
+    cache_bytes = [reader._open[code].id.get_access_plist().get_cache()[2] for code in (0, 1)]
+    assert cache_bytes == [0, 8 << 20]
+    reader.close()
