@@ -116,14 +116,14 @@ def _peak_rss_bytes() -> int:
 def _loader_child(args: dict[str, Any]) -> dict[str, Any]:
     """Shuffled epochs through raytrain's loader; reports samples/s and peak RSS."""
     from raytrain.index.hdf5 import build_hdf5_index
-    from raytrain.loader import Loader, auto_window
+    from raytrain.loader import Loader, auto_window, window_cache_bytes
     from raytrain.readers.hdf5 import HDF5Reader
     from raytrain.shard import TRAIN, Shard
 
     index = build_hdf5_index([args["path"]], args["x_key"], args["y_key"])
     shard = Shard(index.table, index.rows_per_block)
     window = args["window"] or auto_window(index.sample_bytes)
-    cache = (window + max(index.rows_per_block.values())) * index.sample_bytes
+    cache = window_cache_bytes(window, index.rows_per_block, index.sample_bytes)
     loader = Loader(shard, HDF5Reader(shard.files, args["x_key"], cache), window, seed=0, rank=0, stream=TRAIN)
     batch = args["batch"]
     steps = len(shard) // batch

@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from raytrain.order import epoch_order
-from raytrain.prefetch import PrefetchStats, prefetch
+from raytrain.prefetch import prefetch
 from raytrain.readers.hdf5 import HDF5Reader
 from raytrain.shard import Shard
 
@@ -29,6 +29,11 @@ AUTO_WINDOW_MAX = 4096  # ... but no more samples than this
 def auto_window(sample_bytes: int) -> int:
     """The shuffle window (samples) used when ``data.shuffle_window`` is 0."""
     return max(1, min(AUTO_WINDOW_MAX, AUTO_WINDOW_BYTES // max(sample_bytes, 1)))
+
+
+def window_cache_bytes(window: int, rows_per_block: dict[str, int], sample_bytes: int) -> int:
+    """The HDF5 chunk cache for compressed files: what one window and one more block touch."""
+    return (window + max(rows_per_block.values())) * sample_bytes
 
 
 class Loader:
@@ -98,7 +103,7 @@ class Loader:
                 held_x, held_y, held = [buffer[where[full:]]], [y[full:]], len(pos) - full
 
     def epochs(
-        self, first: int, last: int, steps: int, batch: int, depth: int, stats: PrefetchStats | None = None
+        self, first: int, last: int, steps: int, batch: int, depth: int
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Batches of epochs ``first .. last - 1``, read ahead by a background thread."""
 
@@ -106,4 +111,4 @@ class Loader:
             for epoch in range(first, last):
                 yield from self.epoch(epoch, steps, batch)
 
-        return prefetch(produce(), depth, stats)
+        return prefetch(produce(), depth)

@@ -10,27 +10,11 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
-from dataclasses import dataclass
-from typing import Iterator, Optional, TypeVar
+from typing import Iterator, TypeVar
 
 T = TypeVar("T")
 
 _DONE = object()
-
-
-@dataclass
-class PrefetchStats:
-    """What the consumer of a prefetched stream waited for (read and reset per epoch)."""
-
-    waited_s: float = 0.0  # seconds the consumer waited on an empty queue
-    items: int = 0  # items handed to the consumer
-
-    def take(self) -> tuple[float, int]:
-        """Return ``(waited_s, items)`` and reset both to zero."""
-        out = (self.waited_s, self.items)
-        self.waited_s, self.items = 0.0, 0
-        return out
 
 
 class _Failure:
@@ -38,12 +22,11 @@ class _Failure:
         self.error = error
 
 
-def prefetch(items: Iterator[T], depth: int, stats: Optional[PrefetchStats] = None) -> Iterator[T]:
+def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
     """Yield ``items``, produced by a background thread that stays at most ``depth`` ahead.
 
     An exception in the producer is re-raised in the consumer. Closing the returned
-    generator (or dropping it) stops the producer. If ``stats`` is given, the time the
-    consumer waits for an item that is not ready yet is added to it.
+    generator (or dropping it) stops the producer.
     """
     if depth < 1:
         raise ValueError(f"`depth` must be a positive integer. Received: depth={depth}")
@@ -72,19 +55,11 @@ def prefetch(items: Iterator[T], depth: int, stats: Optional[PrefetchStats] = No
     thread.start()
     try:
         while True:
-            try:
-                item = buffer.get_nowait()
-            except queue.Empty:
-                waited = time.perf_counter()
-                item = buffer.get()
-                if stats is not None:
-                    stats.waited_s += time.perf_counter() - waited
+            item = buffer.get()
             if item is _DONE:
                 return
             if isinstance(item, _Failure):
                 raise item.error
-            if stats is not None:
-                stats.items += 1
             yield item
     finally:
         stop.set()

@@ -39,12 +39,6 @@ class WorkerSpec:
     rows_per_block: dict[str, int]  # per file, see raytrain.order
     window: int  # samples shuffled together (data.shuffle_window, resolved)
 
-    @property
-    def cache_bytes(self) -> int:
-        """HDF5 chunk cache per open file: what one window and one more block touch."""
-        rows = self.window + max(self.rows_per_block.values())
-        return rows * int(np.prod(self.sample_shape)) * np.dtype(self.dtype).itemsize
-
 
 def _to_model(spec: WorkerSpec) -> Any:
     """The conversion TensorFlow applies to each batch: features to float32 (uint8
@@ -183,7 +177,7 @@ def train_loop(config: dict[str, Any]) -> Optional[dict[str, Any]]:
 
     from raytrain.errors import RaytrainError
     from raytrain.feed import QueueFeed
-    from raytrain.loader import Loader
+    from raytrain.loader import Loader, window_cache_bytes
     from raytrain.models import build_model
     from raytrain.readers.hdf5 import HDF5Reader
 
@@ -201,9 +195,12 @@ def train_loop(config: dict[str, Any]) -> Optional[dict[str, Any]]:
 
     d = job.data
     has_val = plan.val_steps > 0
+    sample_bytes = int(np.prod(spec.sample_shape)) * np.dtype(spec.dtype).itemsize
+    cache = window_cache_bytes(spec.window, spec.rows_per_block, sample_bytes)
+
     def loader(name: str, stream: int) -> Loader:
         shard = Shard.from_rows(ray.train.get_dataset_shard(name), spec.rows_per_block)
-        return Loader(shard, HDF5Reader(shard.files, d.x_key, spec.cache_bytes), spec.window, d.seed, rank, stream)
+        return Loader(shard, HDF5Reader(shard.files, d.x_key, cache), spec.window, d.seed, rank, stream)
 
     train_loader = loader("train", TRAIN)
     val_loader = loader("validation", VALIDATION) if has_val else None

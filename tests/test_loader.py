@@ -5,7 +5,6 @@ from raytrain.index.dataset import cut_shards
 from raytrain.index.hdf5 import build_hdf5_index
 from raytrain.loader import Loader, auto_window
 from raytrain.order import epoch_positions
-from raytrain.prefetch import PrefetchStats
 from raytrain.readers.hdf5 import HDF5Reader
 from raytrain.shard import TRAIN, Shard, plan_steps
 from tests.test_readers import numbered
@@ -78,16 +77,12 @@ def test_reads_are_bounded_by_the_window(two_files):
     assert sum(reader.reads) == 510  # only what the epoch's steps need is read
 
 
-def test_prefetched_epochs_count_waits(two_files):
+def test_prefetched_epochs_yield_every_batch(two_files):
     index = two_files
     shard = Shard(index.table, index.rows_per_block)
     loader = Loader(shard, HDF5Reader(shard.files, "X"), window=64, seed=0, rank=0, stream=TRAIN)
-    stats = PrefetchStats()
-    batches = list(loader.epochs(0, 3, steps=20, batch=8, depth=2, stats=stats))
+    batches = list(loader.epochs(0, 3, steps=20, batch=8, depth=2))
     assert len(batches) == 60
-    waited, items = stats.take()
-    assert items == 60 and waited >= 0
-    assert stats.take() == (0.0, 0)
 
 
 def test_auto_window_holds_64_mib_at_most_4096_samples():
