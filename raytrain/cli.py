@@ -42,11 +42,18 @@ def _parse_shape(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"shape must be comma-separated integers such as 32,32,3. Received: {text}")
 
 
+def _parse_int_list(text: str) -> list[int]:
+    try:
+        return [int(p) for p in text.split(",") if p]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 200,200. Received: {text}")
+
+
 def _flag_type(kind: Any) -> Callable[[str], Any]:
     if typing.get_origin(kind) is typing.Union:
         (kind,) = [a for a in typing.get_args(kind) if a is not type(None)]
     if typing.get_origin(kind) is list:
-        return _parse_list
+        return _parse_int_list if typing.get_args(kind) == (int,) else _parse_list
     return kind
 
 
@@ -64,7 +71,8 @@ def train_command_parser(sub: Any) -> None:
         extra = {"action": "append"} if (section, key) == ("data", "paths") else {}
         group.add_argument(
             f"--{flag}", dest=f"{section}.{key}", type=str if extra else _flag_type(kind), default=None, metavar=flag.upper().replace("-", "_"),
-            help=f"overrides {section}.{key}" + (" (repeat or comma-separate)" if extra or _flag_type(kind) is _parse_list else ""),
+            help=f"overrides {section}.{key}" + (" (repeat or comma-separate)" if extra or _flag_type(kind) is _parse_list
+                                                 else " (comma-separated)" if _flag_type(kind) is _parse_int_list else ""),
             **extra,
         )
     p.set_defaults(func=train_command)
@@ -86,7 +94,8 @@ def job_from_args(args: argparse.Namespace) -> Any:
             raise RaytrainError("--local runs in-process and cannot be combined with --num-workers > 0; drop one of them")
         overrides[("scaling", "num_workers")] = 0
     job = cfg.apply_overrides(job, overrides)
-    stem = os.path.splitext(os.path.basename(args.job or (job.data.paths or ["run"])[0]))[0]
+    source = args.job or (job.data.paths or [job.data.directory or job.data.manifest or "run"])[0]
+    stem = os.path.splitext(os.path.basename(source.rstrip("/")))[0]
     return cfg.validate(job, default_name=stem)
 
 
@@ -99,29 +108,80 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def synth_command_parser(sub: Any) -> None:
-    p = sub.add_parser("synth", help="write a synthetic, learnable HDF5 dataset")
-    p.add_argument("out", help="output .h5 file")
+    p = sub.add_parser("synth", help="write a synthetic, learnable dataset (an HDF5 file or a folder of images)")
+    p.add_argument("out", help="output .h5 file, or with --images the root folder of the image tree")
+    p.add_argument("--images", action="store_true", help="write a class-per-folder tree of image files")
     p.add_argument("--samples", type=int, default=2000, help="number of samples")
-    p.add_argument("--shape", type=_parse_shape, default=(32, 32, 3), help="H,W,C for images or F,C,H,W for clips")
+    p.add_argument("--shape", type=_parse_shape, default=None,
+                   help="H,W,C for images or F,C,H,W for clips (default 32,32,3); with --images H,W (default 64,64)")
     p.add_argument("--classes", type=int, default=4, help="number of classes")
-    p.add_argument("--one-hot", action="store_true", help="store labels as one-hot rows")
+    p.add_argument("--one-hot", action="store_true", help="store labels as one-hot rows (HDF5)")
     p.add_argument("--seed", type=int, default=0, help="fixes the data")
     p.add_argument("--chunk-rows", type=int, default=32, help="HDF5 chunk length along the sample axis")
+    p.add_argument("--formats", type=_parse_list, default=["jpg"], help="with --images: file formats used in turn, "
+                   "some of jpg,png,bmp,gif")
     p.set_defaults(func=synth_command)
 
 
 def synth_command(args: argparse.Namespace) -> int:
-    from raytrain.synth import make_hdf5
+    from raytrain.synth import IMAGE_FORMATS, make_hdf5, make_image_tree
 
-    if args.samples < 1 or args.classes < 2 or len(args.shape) not in (3, 4) or args.chunk_rows < 1:
+    shape = args.shape or ((64, 64) if args.images else (32, 32, 3))
+    shapes = (2,) if args.images else (3, 4)
+    if args.samples < 1 or args.classes < 2 or len(shape) not in shapes or args.chunk_rows < 1 or min(shape) < 1:
         raise RaytrainError(
-            "synth needs --samples >= 1, --classes >= 2, --chunk-rows >= 1 and --shape H,W,C or F,C,H,W. "
-            f"Received: samples={args.samples}, classes={args.classes}, shape={args.shape}, chunk_rows={args.chunk_rows}"
+            "synth needs --samples >= 1, --classes >= 2, --chunk-rows >= 1 and --shape "
+            + ("H,W with --images" if args.images else "H,W,C or F,C,H,W")
+            + f". Received: samples={args.samples}, classes={args.classes}, shape={shape}, chunk_rows={args.chunk_rows}"
         )
+    if args.images:
+        bad = sorted(set(args.formats) - set(IMAGE_FORMATS))
+        if bad or not args.formats:
+            raise RaytrainError(f"--formats must be some of {','.join(IMAGE_FORMATS)}. Received: {','.join(args.formats)}")
+        if os.path.isfile(args.out) or (os.path.isdir(args.out) and os.listdir(args.out)):
+            raise RaytrainError(f"{args.out} already exists and is not an empty folder; choose another output folder")
+        make_image_tree(args.out, args.samples, shape, args.classes, args.seed, tuple(args.formats))
+        print(f"wrote {args.samples} images of {shape[0]}x{shape[1]} ({','.join(args.formats)}), "
+              f"{args.classes} classes, to {args.out}/class*/")
+        return 0
     parent = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(parent, exist_ok=True)
-    make_hdf5(args.out, args.samples, args.shape, args.classes, args.one_hot, args.seed, args.chunk_rows)
-    print(f"wrote {args.samples} samples of shape {args.shape}, {args.classes} classes, to {args.out}")
+    make_hdf5(args.out, args.samples, shape, args.classes, args.one_hot, args.seed, args.chunk_rows)
+    print(f"wrote {args.samples} samples of shape {shape}, {args.classes} classes, to {args.out}")
+    return 0
+
+
+def index_command_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "index", help="scan an image folder tree or manifest into a Parquet index (train on it with --manifest)",
+        description="Scan a class-per-folder image tree (in parallel) or a CSV/Parquet manifest into a Parquet "
+        "index of absolute paths and class indices, with the class names in its metadata. Train on it with "
+        "`raytrain train --manifest INDEX.parquet`, so a large tree is not scanned again on every run.",
+    )
+    p.add_argument("source", help="a class-per-folder directory, or a .csv/.tsv/.parquet manifest")
+    p.add_argument("--out", required=True, help="the Parquet index to write")
+    p.add_argument("--path-column", default="path", help="manifest: the column of image paths")
+    p.add_argument("--label-column", default="label", help="manifest: the column of labels")
+    p.set_defaults(func=index_command)
+
+
+def index_command(args: argparse.Namespace) -> int:
+    import time
+
+    from raytrain.index.images import read_manifest, scan_directory, write_index
+
+    if os.path.exists(args.out):
+        raise RaytrainError(f"index file {args.out} already exists; remove it or choose another --out")
+    started = time.perf_counter()
+    if os.path.isdir(args.source):
+        paths, labels, classes = scan_directory(os.path.abspath(args.source))
+    else:
+        paths, labels, classes = read_manifest(os.path.abspath(args.source), args.path_column, args.label_column)
+    write_index(paths, labels, classes, args.out)
+    counts = {name: int(n) for name, n in zip(classes, [int((labels == i).sum()) for i in range(len(classes))])}
+    shown = ", ".join(f"{k} {v}" for k, v in list(counts.items())[:8]) + (" ..." if len(counts) > 8 else "")
+    print(f"indexed {len(paths):,} images in {len(classes)} classes ({shown}) in {time.perf_counter() - started:.1f} s "
+          f"to {args.out}; train on it with --manifest {args.out}")
     return 0
 
 
@@ -168,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train_command_parser(sub)
     synth_command_parser(sub)
+    index_command_parser(sub)
     bench_command_parser(sub)
     return parser
 

@@ -7,8 +7,9 @@ name (``training.batch_size`` -> ``--batch-size``); two keys have short flags
 rejected by name. :func:`validate` runs once at the edge; the rest of raytrain trusts
 the config.
 
-Relative paths (``data.paths``, ``run.storage_path``, a ``model.builder`` file) are
-relative to the directory raytrain is started from, not to the job file.
+Relative paths (``data.paths``, ``data.directory``, ``data.manifest``, ``run.storage_path``,
+a ``model.builder`` file) are relative to the directory raytrain is started from, not to
+the job file. Paths inside a manifest are relative to the manifest's folder.
 """
 
 from __future__ import annotations
@@ -25,10 +26,19 @@ from raytrain.errors import RaytrainError
 
 @dataclass
 class DataSection:
-    kind: str = "hdf5"  # the only kind so far
-    paths: list[str] = field(default_factory=list)  # files or globs; many files form one dataset
-    x_key: str = "X"  # features dataset in each HDF5 file
-    y_key: str = "Y"  # labels dataset: integer classes or one-hot rows
+    kind: Optional[str] = None  # hdf5 or images; None = hdf5 if paths are set, images if directory/manifest is
+    paths: list[str] = field(default_factory=list)  # hdf5: files or globs; many files form one dataset
+    x_key: str = "X"  # hdf5: features dataset in each file
+    y_key: str = "Y"  # hdf5: labels dataset: integer classes or one-hot rows
+    directory: Optional[str] = None  # images: a class-per-folder tree (as image_dataset_from_directory reads)
+    manifest: Optional[str] = None  # images: a CSV or Parquet list of files and labels, or a `raytrain index` output
+    path_column: str = "path"  # images: the manifest's column of image paths (relative = to the manifest's folder)
+    label_column: str = "label"  # images: the manifest's column of labels (class names or class indices)
+    image_size: list[int] = field(default_factory=lambda: [200, 200])  # images: [height, width] after resizing
+    color_mode: str = "rgb"  # images: rgb (3 channels) or grayscale (1)
+    interpolation: str = "bilinear"  # images: nearest, bilinear, bicubic, area or lanczos
+    decode_threads: int = 0  # images: decoding threads per worker; 0 = the worker's CPUs
+    on_bad_sample: str = "error"  # images: error (stop, naming the file) or skip (replace it with another sample)
     validation_ratio: float = 0.2  # fraction of samples held out; 0 = no validation
     seed: int = 0  # fixes the train/validation split and every epoch's order
     shuffle_window: int = 0  # samples shuffled together in memory; 0 = auto (64 MiB of samples, at most 4096)
@@ -113,10 +123,13 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         (kind,) = [a for a in typing.get_args(kind) if a is not type(None)]
         origin = typing.get_origin(kind)
     if origin is list:
-        if isinstance(value, str):
+        (item,) = typing.get_args(kind)
+        if isinstance(value, str) and item is str:
             value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise RaytrainError(f"{where} must be a list of strings. Received: {where}={value!r}")
+        ok = isinstance(value, list) and all(isinstance(v, item) and not isinstance(v, bool) for v in value)
+        if not ok:
+            what = "strings" if item is str else "integers"
+            raise RaytrainError(f"{where} must be a list of {what}. Received: {where}={value!r}")
         return list(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -203,10 +216,7 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
     """
     job = apply_overrides(job, {})
     d, m, t, s, r = job.data, job.model, job.training, job.scaling, job.run
-    if d.kind != "hdf5":
-        raise RaytrainError(f"data.kind must be 'hdf5'. Received: data.kind={d.kind!r}")
-    if not d.paths:
-        raise RaytrainError("no data: set data.paths in the job file or pass --data FILE.h5")
+    _validate_source(d)
     if not 0 <= d.validation_ratio < 1:
         raise RaytrainError(
             f"data.validation_ratio must be in [0, 1). Received: {d.validation_ratio} (set it with --validation-ratio)"
@@ -240,6 +250,8 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
             f"use --batch-size {lower or replicas} or {lower + replicas}"
         )
     d.paths = [os.path.abspath(os.path.expanduser(p)) for p in d.paths]
+    d.directory = d.directory and os.path.abspath(os.path.expanduser(d.directory))
+    d.manifest = d.manifest and os.path.abspath(os.path.expanduser(d.manifest))
     r.storage_path = _absolute_storage(r.storage_path)
     if not r.name:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -247,6 +259,56 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
     if "/" in r.name or r.name in (".", ".."):
         raise RaytrainError(f"run.name must be a plain name without '/'. Received: {r.name!r}")
     return job
+
+
+KINDS = ("hdf5", "images")
+COLOR_MODES = {"rgb": 3, "grayscale": 1}  # channels
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
+BAD_SAMPLE_POLICIES = ("error", "skip")
+
+
+def _validate_source(d: DataSection) -> None:
+    """Infer ``data.kind`` and check that exactly one source of that kind is set."""
+    images = [k for k in ("directory", "manifest") if getattr(d, k)]
+    if d.kind is None:
+        d.kind = "images" if images and not d.paths else "hdf5"
+    if d.kind not in KINDS:
+        raise RaytrainError(f"data.kind must be one of {list(KINDS)}. Received: data.kind={d.kind!r}")
+    if d.kind == "hdf5":
+        if images:
+            raise RaytrainError(
+                f"data.{images[0]} is for image datasets but data.kind is hdf5; set --kind images, or drop data.paths"
+            )
+        if not d.paths:
+            raise RaytrainError(
+                "no data: set data.paths (HDF5 files, --data FILE.h5), data.directory (--directory DIR) "
+                "or data.manifest (--manifest FILE.csv)"
+            )
+        return
+    if d.paths:
+        raise RaytrainError(
+            "data.paths / --data name HDF5 files but data.kind is images; give images with --directory or --manifest"
+        )
+    if len(images) != 1:
+        raise RaytrainError(
+            "an image dataset needs exactly one of data.directory (--directory DIR) and data.manifest "
+            f"(--manifest FILE). Received: {', '.join(images) or 'neither'}"
+        )
+    if len(d.image_size) != 2 or min(d.image_size) < 1:
+        raise RaytrainError(
+            f"data.image_size must be [height, width], two positive integers. Received: {d.image_size} "
+            "(set it with --image-size 200,200)"
+        )
+    for key, allowed in (("color_mode", COLOR_MODES), ("interpolation", INTERPOLATIONS),
+                         ("on_bad_sample", BAD_SAMPLE_POLICIES)):
+        if getattr(d, key) not in allowed:
+            raise RaytrainError(
+                f"data.{key} must be one of {list(allowed)}. Received: {getattr(d, key)!r} "
+                f"(set it with --{key.replace('_', '-')})"
+            )
+    _positive("data.decode_threads", d.decode_threads, "decode-threads", allow_zero=True)
+    if not d.path_column or not d.label_column:
+        raise RaytrainError("data.path_column and data.label_column must name the manifest's columns; they are empty")
 
 
 def _absolute_storage(path: str) -> str:

@@ -55,6 +55,7 @@ class Loader:
         self.seed = seed
         self.rank = rank
         self.stream = stream
+        self.skipped: dict[str, str] = {}  # same interface as the image loader; HDF5 rows are never skipped
         self._window_buffer: np.ndarray | None = None
 
     def _buffer(self, rows: int) -> np.ndarray:
@@ -101,6 +102,9 @@ class Loader:
                 yield buffer[where[i : i + batch]], y[i : i + batch]
             if full < len(pos):
                 held_x, held_y, held = [buffer[where[full:]]], [y[full:]], len(pos) - full
+
+    def close(self) -> None:
+        self.reader.close()
 
     def epochs(
         self, first: int, last: int, steps: int, batch: int, depth: int

@@ -1,9 +1,10 @@
-"""Synthetic HDF5 datasets whose labels can be learned from the features.
+"""Synthetic datasets whose labels can be learned from the features.
 
 Each class is a texture: stripes with a class-specific frequency and orientation at a
-random phase, under Gaussian noise. Images are ``(H, W, C)``; clips are
-``(frames, C, H, W)`` with the stripes drifting from frame to frame. Used by
-``make demo``, the tests and the benchmarks.
+random phase, under Gaussian noise. HDF5 files hold images ``(H, W, C)`` or clips
+``(frames, C, H, W)`` with the stripes drifting from frame to frame; image trees hold
+one folder of image files per class. Used by ``make demo``, the tests and the
+benchmarks.
 """
 
 from __future__ import annotations
@@ -78,3 +79,54 @@ def make_hdf5(
                 tex = _textures(rng, part, h, w, classes, frames)  # (n, frames, h, w)
                 block = np.repeat(tex[:, :, None], c, axis=2)
             x[start : start + len(part)] = np.round(block * 255).astype(np.uint8)
+
+
+IMAGE_FORMATS = ("jpg", "png", "bmp", "gif")
+
+
+def make_image_tree(
+    directory: str,
+    samples: int,
+    size: tuple[int, int] = (64, 64),
+    classes: int = 4,
+    seed: int = 0,
+    formats: tuple[str, ...] = ("jpg",),
+) -> list[str]:
+    """Write a class-per-folder tree of ``samples`` RGB images (``class0/00000.jpg`` ...).
+
+    Args:
+        directory: Root of the tree (created).
+        samples: Number of images.
+        size: ``(height, width)`` of every image.
+        classes: Number of classes (folders ``class0`` ...).
+        seed: Fixes the images.
+        formats: File formats, used in turn (``jpg``, ``png``, ``bmp``, ``gif``).
+
+    Returns:
+        The paths written, in sample order.
+    """
+    import os
+
+    import cv2
+
+    bad = sorted(set(formats) - set(IMAGE_FORMATS))
+    if bad or not formats:
+        raise ValueError(f"formats must be some of {IMAGE_FORMATS}. Received: formats={formats}")
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, size=samples)
+    h, w = size
+    for c in range(classes):
+        os.makedirs(os.path.join(directory, f"class{c}"), exist_ok=True)
+    paths = []
+    for start in range(0, samples, 256):
+        part = labels[start : start + 256]
+        tex = _textures(rng, part, h, w, classes, 1)[:, 0]
+        tint = rng.uniform(0.7, 1.0, size=(len(part), 1, 1, 3))
+        block = np.round(tex[..., None] * tint * 255).astype(np.uint8)
+        for i, (image, label) in enumerate(zip(block, part)):
+            k = start + i
+            path = os.path.join(directory, f"class{label}", f"{k:05d}.{formats[k % len(formats)]}")
+            if not cv2.imwrite(path, np.ascontiguousarray(image[..., ::-1])):  # OpenCV writes BGR
+                raise OSError(f"could not write {path}")
+            paths.append(path)
+    return paths

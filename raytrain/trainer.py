@@ -46,6 +46,7 @@ class RunSummary:
     samples_per_s: float  # mean over epochs, whole cluster
     data_wait_fraction: float  # mean over epochs: share of step time spent waiting for data
     wall_time_s: float
+    skipped_files: int = 0  # bad images replaced under data.on_bad_sample: skip
     files: dict[str, str] = field(default_factory=dict)
 
     def render(self) -> str:
@@ -63,6 +64,8 @@ class RunSummary:
             f"  data wait     {100 * self.data_wait_fraction:.1f}% of training time (mean over epochs)",
             f"  wall time     {self.wall_time_s:.1f} s",
         ]
+        if self.skipped_files:
+            lines.append(f"  skipped       {self.skipped_files} bad files (data.on_bad_sample: skip)")
         lines += [f"  {name:<13} {path}" for name, path in self.files.items()]
         return "\n".join(lines)
 
@@ -133,7 +136,7 @@ def run(job: JobConfig) -> RunSummary:
     """
     for k, v in WORKER_ENV.items():
         os.environ.setdefault(k, v)
-    from raytrain.index import build_hdf5_index, split_index
+    from raytrain.index import build_index, split_index
     from raytrain.loader import auto_window
     from raytrain.models import resolve_builder
     from raytrain.shard import plan_steps
@@ -142,7 +145,7 @@ def run(job: JobConfig) -> RunSummary:
     started = time.perf_counter()
     d, s = job.data, job.scaling
     _check_new_run_dir(job.run_dir)
-    index = build_hdf5_index(d.paths, d.x_key, d.y_key)
+    index = build_index(d)
     train_table, val_table = split_index(index.table, d.validation_ratio, d.seed)
     resolve_builder(job.model.builder)
     world = max(s.num_workers, 1)
@@ -213,6 +216,7 @@ def _write_job(job: JobConfig, index: Any, plan: Any, window: int) -> None:
         "plan": plan.__dict__,
         "shuffle_window": window,
         "rows_per_block": index.rows_per_block,
+        "class_names": list(index.class_names),  # image datasets: the name of each class index
     }
     with open(os.path.join(job.run_dir, "dataset.json"), "w") as f:
         json.dump(meta, f, indent=1)
@@ -227,8 +231,24 @@ def read_metrics(run_dir: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def collect_skipped(run_dir: str) -> dict[str, str]:
+    """Bad files every rank skipped (``workers/rank-N.json``), written to
+    ``<run_dir>/skipped_files.txt`` as ``path<TAB>reason`` lines if there are any."""
+    import glob
+
+    skipped: dict[str, str] = {}
+    for record in sorted(glob.glob(os.path.join(run_dir, "workers", "rank-*.json"))):
+        with open(record) as f:
+            skipped.update(json.load(f).get("skipped_files", {}))
+    if skipped:
+        with open(os.path.join(run_dir, "skipped_files.txt"), "w") as f:
+            f.writelines(f"{path}\t{reason}\n" for path, reason in sorted(skipped.items()))
+    return skipped
+
+
 def _summarize(job: JobConfig, n_train: int, n_val: int, wall: float) -> RunSummary:
     epochs = read_metrics(job.run_dir)
+    skipped = collect_skipped(job.run_dir)
     if len(epochs) != job.training.epochs:
         raise RuntimeError(f"{job.run_dir}/metrics.jsonl has {len(epochs)} epochs, expected {job.training.epochs}")
     summary = RunSummary(
@@ -241,12 +261,15 @@ def _summarize(job: JobConfig, n_train: int, n_val: int, wall: float) -> RunSumm
         samples_per_s=sum(e["samples_per_s"] for e in epochs) / len(epochs),
         data_wait_fraction=sum(e["data_wait_fraction"] for e in epochs) / len(epochs),
         wall_time_s=wall,
+        skipped_files=len(skipped),
         files={
             "model": os.path.join(job.run_dir, "model"),
             "metrics": os.path.join(job.run_dir, "metrics.jsonl"),
             "job": os.path.join(job.run_dir, "job.yaml"),
         },
     )
+    if skipped:
+        summary.files["bad files"] = os.path.join(job.run_dir, "skipped_files.txt")
     with open(os.path.join(job.run_dir, "summary.json"), "w") as f:
         json.dump(summary.__dict__, f, indent=1)
     return summary

@@ -177,9 +177,7 @@ def train_loop(config: dict[str, Any]) -> Optional[dict[str, Any]]:
 
     from raytrain.errors import RaytrainError
     from raytrain.feed import QueueFeed
-    from raytrain.loader import Loader, window_cache_bytes
     from raytrain.models import build_model
-    from raytrain.readers.hdf5 import HDF5Reader
 
     job, plan = spec.job, spec.plan
     ctx = ray.train.get_context()
@@ -195,12 +193,10 @@ def train_loop(config: dict[str, Any]) -> Optional[dict[str, Any]]:
 
     d = job.data
     has_val = plan.val_steps > 0
-    sample_bytes = int(np.prod(spec.sample_shape)) * np.dtype(spec.dtype).itemsize
-    cache = window_cache_bytes(spec.window, spec.rows_per_block, sample_bytes)
 
-    def loader(name: str, stream: int) -> Loader:
+    def loader(name: str, stream: int) -> Any:
         shard = Shard.from_rows(ray.train.get_dataset_shard(name), spec.rows_per_block)
-        return Loader(shard, HDF5Reader(shard.files, d.x_key, cache), spec.window, d.seed, rank, stream)
+        return make_loader(spec, shard, rank, stream)
 
     train_loader = loader("train", TRAIN)
     val_loader = loader("validation", VALIDATION) if has_val else None
@@ -265,15 +261,47 @@ def train_loop(config: dict[str, Any]) -> Optional[dict[str, Any]]:
     train_seconds = reporter.train_seconds
 
     _save_model(model, run_dir, rank)
+    skipped: dict[str, str] = {}
     for each in (train_loader, val_loader):
         if each is not None:
-            each.reader.close()
-    _write_worker_record(run_dir, rank, model, len(train_loader.shard), local_replicas, train_seconds)
+            each.close()
+            skipped.update(each.skipped)
+    _write_worker_record(run_dir, rank, model, len(train_loader.shard), local_replicas, train_seconds, skipped)
     return None
 
 
+def decode_threads(job: JobConfig) -> int:
+    """``data.decode_threads``, or (0) the CPUs the worker holds: all of this machine's in
+    local mode, ``scaling.cpus_per_worker`` for a Ray worker."""
+    if job.data.decode_threads:
+        return job.data.decode_threads
+    if job.scaling.num_workers == 0:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, int(job.scaling.cpus_per_worker))
+
+
+def make_loader(spec: WorkerSpec, shard: Shard, rank: int, stream: int) -> Any:
+    """The local generator of a worker's shard: :class:`raytrain.loader.Loader` over HDF5
+    files or :class:`raytrain.readers.images.ImageLoader` over image files."""
+    from raytrain.config import COLOR_MODES
+
+    d = spec.job.data
+    if d.kind == "images":
+        from raytrain.readers.images import ImageDecoder, ImageLoader
+
+        decoder = ImageDecoder(tuple(d.image_size), COLOR_MODES[d.color_mode], d.interpolation)
+        return ImageLoader(shard, decoder, decode_threads(spec.job), d.seed, rank, stream, d.on_bad_sample)
+    from raytrain.loader import Loader, window_cache_bytes
+    from raytrain.readers.hdf5 import HDF5Reader
+
+    sample_bytes = int(np.prod(spec.sample_shape)) * np.dtype(spec.dtype).itemsize
+    cache = window_cache_bytes(spec.window, spec.rows_per_block, sample_bytes)
+    return Loader(shard, HDF5Reader(shard.files, d.x_key, cache), spec.window, d.seed, rank, stream)
+
+
 def _write_worker_record(
-    run_dir: str, rank: int, model: Any, shard_size: int, local_replicas: int, train_seconds: float
+    run_dir: str, rank: int, model: Any, shard_size: int, local_replicas: int, train_seconds: float,
+    skipped: dict[str, str],
 ) -> None:
     """``<run_dir>/workers/rank-N.json``: where rank N ran and the digest of its final weights."""
     import ray
@@ -288,6 +316,7 @@ def _write_worker_record(
         "local_replicas": local_replicas,
         "train_seconds": train_seconds,
         "weights_sha256": _weights_digest(model),
+        "skipped_files": skipped,  # data.on_bad_sample: skip -> path: reason
     }
     os.makedirs(os.path.join(run_dir, "workers"), exist_ok=True)
     with open(os.path.join(run_dir, "workers", f"rank-{rank}.json"), "w") as f:

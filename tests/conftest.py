@@ -90,3 +90,11 @@ def run_cli(*args: str, cwd: str, timeout: float = 600) -> subprocess.CompletedP
     return subprocess.run(
         [sys.executable, "-m", "raytrain", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def write_image(path: str, pixels: np.ndarray) -> str:
+    """Write an RGB (H, W, 3) or grayscale (H, W) uint8 image; the format follows the extension."""
+    from PIL import Image
+
+    Image.fromarray(pixels).save(path, format={"jpg": "JPEG"}.get(path.rsplit(".", 1)[-1].lower()))
+    return path

@@ -127,3 +127,40 @@ def test_impossible_values_are_rejected(argv, message):
 def test_no_data_is_rejected():
     with pytest.raises(RaytrainError, match="no data"):
         parse()
+
+
+def test_image_source_sets_the_kind_and_the_run_name():
+    job = parse("--directory", "photos/", "--image-size", "128,96")
+    assert job.data.kind == "images" and job.data.directory.endswith("/photos")
+    assert job.data.image_size == [128, 96] and job.run.name.startswith("photos-")
+    assert parse("--manifest", "m.csv").data.kind == "images"
+    assert parse("--data", "x.h5").data.kind == "hdf5"
+
+
+def test_image_size_in_a_job_file_must_be_integers(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("data:\n  directory: imgs\n  image_size: [200, 'x']\n")
+    with pytest.raises(RaytrainError, match="data.image_size must be a list of integers"):
+        cfg.load_job(str(path))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--directory", "d", "--manifest", "m.csv"], "exactly one of data.directory"),
+        (["--kind", "images"], "exactly one of data.directory"),
+        (["--kind", "images", "--data", "x.h5"], "data.paths / --data name HDF5 files"),
+        (["--kind", "hdf5", "--directory", "d"], "data.directory is for image datasets"),
+        (["--kind", "video", "--data", "x.h5"], "data.kind must be one of ['hdf5', 'images']"),
+        (["--directory", "d", "--image-size", "200"], "data.image_size must be [height, width]"),
+        (["--directory", "d", "--image-size", "0,5"], "data.image_size must be [height, width]"),
+        (["--directory", "d", "--color-mode", "cmyk"], "data.color_mode must be one of ['rgb', 'grayscale']"),
+        (["--directory", "d", "--interpolation", "fancy"], "data.interpolation must be one of"),
+        (["--directory", "d", "--on-bad-sample", "ignore"], "data.on_bad_sample must be one of ['error', 'skip']"),
+        (["--directory", "d", "--decode-threads", "-1"], "data.decode_threads must be non-negative"),
+    ],
+)
+def test_impossible_image_settings_are_rejected(argv, message):
+    with pytest.raises(RaytrainError) as e:
+        parse(*argv)
+    assert message in str(e.value)

@@ -39,6 +39,7 @@ class SampleIndex:
     one_hot: bool  # labels were one-hot rows: train with categorical crossentropy
     dtype: str  # the features' dtype on disk
     rows_per_block: dict[str, int]  # per file: rows read together (see raytrain.order)
+    class_names: tuple[str, ...] = ()  # image datasets: the name of each class index
 
     @property
     def sample_bytes(self) -> int:
