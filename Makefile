@@ -6,8 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_DATA := data/train.h5
+DEMO_IMAGES := data/images
 
-.PHONY: install demo test clean-demo
+.PHONY: install demo demo-images test clean-demo
 
 install: $(STAMP)
 
@@ -25,6 +26,13 @@ $(DEMO_DATA): $(STAMP)
 # Trains the built-in conv net with 2 Ray Train workers on this machine.
 demo: $(DEMO_DATA)
 	$(BIN)/raytrain train examples/hdf5.yaml --num-workers 2
+
+$(DEMO_IMAGES): $(STAMP)
+	$(BIN)/raytrain synth --images $(DEMO_IMAGES) --samples 2000 --shape 80,80 --formats jpg,png
+
+# Trains the built-in conv net locally on a folder of JPEG and PNG files.
+demo-images: $(DEMO_IMAGES)
+	$(BIN)/raytrain train examples/images.yaml --local
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -4,7 +4,7 @@
     python benchmarks/hdf5_loader.py data/train.h5   # your file
     python benchmarks/hdf5_loader.py --help          # every option (same as `raytrain bench`)
 
-The same measurement as ``raytrain bench`` (see raytrain/bench.py for what each row
+The same measurement as ``raytrain bench`` (see raytrain/bench/hdf5.py for what each row
 means); the JSON goes to benchmarks/results/hdf5-<date>.json unless ``--out`` is given.
 """
 

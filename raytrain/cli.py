@@ -94,6 +94,10 @@ def job_from_args(args: argparse.Namespace) -> Any:
             raise RaytrainError("--local runs in-process and cannot be combined with --num-workers > 0; drop one of them")
         overrides[("scaling", "num_workers")] = 0
     job = cfg.apply_overrides(job, overrides)
+    # An image source given as a flag replaces the job file's other image source.
+    given = [k for k in ("directory", "manifest") if overrides[("data", k)] is not None]
+    if len(given) == 1:
+        setattr(job.data, "manifest" if given[0] == "directory" else "directory", None)
     source = args.job or (job.data.paths or [job.data.directory or job.data.manifest or "run"])[0]
     stem = os.path.splitext(os.path.basename(source.rstrip("/")))[0]
     return cfg.validate(job, default_name=stem)
@@ -186,13 +190,17 @@ def index_command(args: argparse.Namespace) -> int:
 
 
 def bench_command_parser(sub: Any) -> None:
-    from raytrain.bench import __doc__ as bench_doc
+    from raytrain.bench import hdf5, images
 
-    p = sub.add_parser("bench", help="measure raytrain's HDF5 loader against other ways of reading, in one run",
-                       description=bench_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("file", nargs="?", help="HDF5 file to measure on (default: write a synthetic one)")
-    p.add_argument("--samples", type=int, default=20_000, help="synthetic file: number of samples")
-    p.add_argument("--shape", type=_parse_shape, default=(64, 64, 3), help="synthetic file: sample shape")
+    p = sub.add_parser("bench", help="measure raytrain's loaders against other ways of reading, in one run",
+                       description=f"{hdf5.__doc__}\n{images.__doc__}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", nargs="?", help="HDF5 file, or with --images a class-per-folder tree of JPEGs "
+                   "(default: write a synthetic one)")
+    p.add_argument("--images", action="store_true", help="measure the image loader (default: the HDF5 loader)")
+    p.add_argument("--samples", type=int, default=None, help="synthetic data: samples (default 20,000; images 3,000)")
+    p.add_argument("--shape", type=_parse_shape, default=None,
+                   help="synthetic data: sample shape (default 64,64,3); images: H,W of the files (default 256,256)")
     p.add_argument("--chunk-rows", type=int, default=32, help="synthetic file: HDF5 chunk rows")
     p.add_argument("--x-key", default="X", help="features dataset")
     p.add_argument("--y-key", default="Y", help="labels dataset")
@@ -201,24 +209,39 @@ def bench_command_parser(sub: Any) -> None:
     p.add_argument("--budget", type=float, default=15.0, help="seconds after which a slow reader stops")
     p.add_argument("--shuffle-window", type=int, default=0, help="the loader's data.shuffle_window (0 = auto)")
     p.add_argument("--prefetch-batches", type=int, default=8, help="the loader's data.prefetch_batches")
+    p.add_argument("--image-size", type=_parse_shape, default=(200, 200), help="images: H,W every reader resizes to")
+    p.add_argument("--decode-threads", type=int, default=0, help="images: the loader's threads (0 = this machine's CPUs)")
     p.add_argument("--workdir", help="keep generated files and runs here (default: a temporary folder)")
     p.add_argument("--out", default="bench.json", help="JSON results file")
     p.set_defaults(func=bench_command)
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    from raytrain.bench import check_args, render, run_bench, write_json
+    from raytrain.bench import write_json
 
-    check_args(args.samples, args.shape, args.chunk_rows, args.batch_size, args.epochs, args.budget)
-    if args.file is not None and not os.path.isfile(args.file):
-        raise RaytrainError(f"bench file {args.file} does not exist; pass an HDF5 file or no file for a synthetic one")
-    result = run_bench(
-        args.file, args.samples, args.shape, args.chunk_rows, args.batch_size, args.epochs, args.budget,
-        args.shuffle_window, args.prefetch_batches, args.x_key, args.y_key, args.workdir,
-        progress=lambda text: print(f"raytrain bench: {text}", file=sys.stderr, flush=True),
-    )
+    progress = lambda text: print(f"raytrain bench: {text}", file=sys.stderr, flush=True)  # noqa: E731
+    if args.images:
+        from raytrain.bench import images as bench
+
+        samples, shape = args.samples or 3000, args.shape or (256, 256)
+        bench.check_args(samples, shape, args.image_size, args.batch_size, args.budget, args.decode_threads)
+        if args.file is not None and not os.path.isdir(args.file):
+            raise RaytrainError(f"bench --images folder {args.file} does not exist; pass a class-per-folder tree or none")
+        result = bench.run_bench(args.file, samples, shape, args.image_size, args.batch_size, args.budget,
+                                 args.decode_threads, args.workdir, progress=progress)
+    else:
+        from raytrain.bench import hdf5 as bench
+
+        samples, shape = args.samples or 20_000, args.shape or (64, 64, 3)
+        bench.check_args(samples, shape, args.chunk_rows, args.batch_size, args.epochs, args.budget)
+        if args.file is not None and not os.path.isfile(args.file):
+            raise RaytrainError(f"bench file {args.file} does not exist; pass an HDF5 file or no file for a synthetic one")
+        result = bench.run_bench(
+            args.file, samples, shape, args.chunk_rows, args.batch_size, args.epochs, args.budget,
+            args.shuffle_window, args.prefetch_batches, args.x_key, args.y_key, args.workdir, progress=progress,
+        )
     write_json(result, args.out)
-    print(render(result))
+    print(bench.render(result))
     print(f"\nresults: {os.path.abspath(args.out)}")
     return 0
 

@@ -55,3 +55,47 @@ def test_bench_bad_input_is_one_line(tmp_path, args, message):
     proc = run_cli("bench", *args, cwd=str(tmp_path))
     assert proc.returncode == 2
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+IMAGE_ROWS = [
+    "raytrain image loader (",
+    "tf.data: list_files -> map(read, decode_jpeg, resize), AUTOTUNE",
+    "Ray Data: read_images -> iter_batches",
+    "tutorial pattern, one file at a time, OpenCV, 1 thread",
+    "tutorial as written: skimage imread + resize, 1 thread",
+    "image loader >= 1.0x tf.data",
+    "image loader >= 3x tutorial",
+]
+
+
+@pytest.mark.ray
+def test_images_bench_prints_every_row_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_cli(
+        "bench", "--images", "--samples", "96", "--shape", "40,40", "--image-size", "24,24", "--batch-size", "16",
+        "--budget", "0.5", "--workdir", str(tmp_path / "work"), "--out", str(out), cwd=str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for row in IMAGE_ROWS:
+        assert row in proc.stdout, f"missing row {row!r} in:\n{proc.stdout}"
+    result = json.loads(out.read_text())
+    assert result["kind"] == "images" and result["data"]["images"] == 96
+    for name in ("loader", "tf_data", "ray_data", "tutorial", "tutorial_opencv"):
+        assert result["readers"][name]["samples_per_s"] > 0
+    assert result["readers"]["loader"]["samples"] == 96  # a whole epoch: 6 batches of 16
+    assert result["readers"]["tf_data"]["samples"] == 96 and result["readers"]["ray_data"]["samples"] == 96
+    assert set(result["bars"]) == {"loader_vs_tf_data", "loader_vs_tutorial"}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--images", "nowhere"], "bench --images folder nowhere does not exist"),
+        (["--images", "--shape", "8,8,3"], "--shape H,W"),
+        (["--images", "--decode-threads", "-1"], "--decode-threads >= 0"),
+    ],
+)
+def test_images_bench_bad_input_is_one_line(tmp_path, args, message):
+    proc = run_cli("bench", *args, cwd=str(tmp_path))
+    assert proc.returncode == 2
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -164,3 +164,10 @@ def test_impossible_image_settings_are_rejected(argv, message):
     with pytest.raises(RaytrainError) as e:
         parse(*argv)
     assert message in str(e.value)
+
+
+def test_an_image_source_flag_replaces_the_job_files_source(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("data:\n  directory: photos\n")
+    job = parse(str(path), "--manifest", "idx.parquet")
+    assert job.data.directory is None and job.data.manifest.endswith("/idx.parquet")

@@ -20,27 +20,25 @@ batches of ``--batch-size`` samples in the stored dtype; the slow patterns stop 
 as JSON (``--out``).
 
 Run it as ``raytrain bench`` (20,000 samples of 64x64x3 uint8 in 32-row chunks, the
-file of the issue that asked for it) or ``raytrain bench data.h5``.
+file of the issue that asked for it) or ``raytrain bench data.h5``. Image files:
+``raytrain bench --images`` (:mod:`raytrain.bench.images`).
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import os
-import platform
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from raytrain.bench import REPEATS, child, judge, machine, peak_rss_bytes, python_env, rate, workspace
 from raytrain.errors import RaytrainError
 
 SEQUENTIAL_SLICE_BYTES = 16 << 20  # the sequential read's slice size
-REPEATS = 3  # fast readers run this many passes; the median is reported
 GROWTH = 4  # the memory check reads a file this many times longer
 
 BARS = [
@@ -50,38 +48,6 @@ BARS = [
     ("epoch_vs_in_memory", "raytrain --local epoch <= 1.15x in-memory fit", lambda v: v <= 1.15),
     ("rss_growth", "loader peak RSS grows < 10% for a 4x file", lambda v: v < 0.10),
 ]
-
-
-def _python_env(**extra: str) -> dict[str, str]:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(os.environ, PYTHONPATH=path, TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("TF_CPU_ALLOCATOR_USE_BFC", None)  # the in-memory baseline runs as a user would run it
-    env.update(extra)
-    return env
-
-
-def _child(kind: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Run one measurement in a fresh Python process; it prints one JSON line last."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "raytrain.bench", kind, json.dumps(args)],
-        capture_output=True, text=True, timeout=timeout, env=_python_env(),
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"bench step '{kind}' failed (exit {proc.returncode}): {tail}")
-    return json.loads(lines[-1])
-
-
-def _rate(batches: Iterator[Any], budget: float) -> tuple[int, float]:
-    """Consume batches until exhausted or ``budget`` seconds pass: (samples, seconds)."""
-    samples, start = 0, time.perf_counter()
-    for x in batches:
-        samples += len(x)
-        if time.perf_counter() - start > budget:
-            break
-    return samples, time.perf_counter() - start
 
 
 def _sequential(x: Any) -> Iterator[np.ndarray]:
@@ -102,18 +68,7 @@ def _one_at_a_time(x: Any, batch: int, seed: int) -> Iterator[np.ndarray]:
         yield np.stack([x[int(i)] for i in order[s : s + batch]])
 
 
-def _peak_rss_bytes() -> int:
-    """This process's peak resident memory. Not ``ru_maxrss``: Linux carries the
-    pre-exec (forked parent's) peak into it, which made a child look as large as the
-    bench process that started it."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def _loader_child(args: dict[str, Any]) -> dict[str, Any]:
+def loader_child(args: dict[str, Any]) -> dict[str, Any]:
     """Shuffled epochs through raytrain's loader; reports samples/s and peak RSS."""
     from raytrain.index.hdf5 import build_hdf5_index
     from raytrain.loader import Loader, auto_window, window_cache_bytes
@@ -136,13 +91,13 @@ def _loader_child(args: dict[str, Any]) -> dict[str, Any]:
         "samples": n,
         "samples_per_s": float(np.median(rates)),
         "samples_per_s_each": rates,
-        "peak_rss_bytes": _peak_rss_bytes(),
+        "peak_rss_bytes": peak_rss_bytes(),
         "window": window,
         "rows_per_block": max(index.rows_per_block.values()),
     }
 
 
-def _in_memory_child(args: dict[str, Any]) -> dict[str, Any]:
+def in_memory_child(args: dict[str, Any]) -> dict[str, Any]:
     """A plain tf_keras fit of the built-in cnn on the whole file held in memory."""
     import h5py
     import tf_keras
@@ -178,7 +133,7 @@ def _raytrain_train(path: str, x_key: str, y_key: str, batch: int, epochs: int, 
         "--model", "cnn", "--epochs", str(epochs), "--batch-size", str(batch), "--validation-ratio", "0",
         "--storage-path", os.path.join(workdir, "runs"), "--name", name,
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_python_env())
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=python_env())
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"bench step 'raytrain train --local' failed (exit {proc.returncode}): {tail}")
@@ -223,10 +178,7 @@ def run_bench(
     """Run every measurement once and return the results (see the module docstring)."""
     import h5py
 
-    own_dir = workdir is None
-    workdir = workdir or tempfile.mkdtemp(prefix="raytrain-bench-")
-    os.makedirs(workdir, exist_ok=True)
-    try:
+    with workspace(workdir) as workdir:
         if path is None:
             from raytrain.synth import make_hdf5
 
@@ -247,34 +199,29 @@ def run_bench(
             sum(len(p) for p in _sequential(x))  # warm the page cache
             rows: dict[str, dict[str, Any]] = {}
             progress("sequential read")
-            rates = [np.divide(*_rate(_sequential(x), float("inf"))) for _ in range(REPEATS)]
+            rates = [np.divide(*rate(_sequential(x), float("inf"))) for _ in range(REPEATS)]
             rows["sequential"] = {"samples": x.shape[0], "samples_per_s": float(np.median(rates)), "samples_per_s_each": rates}
         progress("raytrain loader")
         child_args = {"path": path, "x_key": x_key, "y_key": y_key, "batch": batch, "window": window, "prefetch": prefetch}
-        rows["loader"] = _child("loader", child_args, timeout)
+        rows["loader"] = child("loader", child_args, timeout)
         bigger = os.path.join(workdir, f"bench-x{GROWTH}.h5")
         progress(f"raytrain loader on a {GROWTH}x file")
         _repeat_file(path, bigger, GROWTH, x_key, y_key)
         os.sync()
-        rows["loader_x4"] = _child("loader", dict(child_args, path=bigger), timeout)
+        rows["loader_x4"] = child("loader", dict(child_args, path=bigger), timeout)
         os.remove(bigger)
         with h5py.File(path, "r") as f:
             x = f[x_key]
             progress("tutorial pattern")
-            n, s = _rate(_tutorial(x, batch, 0), budget)
+            n, s = rate(_tutorial(x, batch, 0), budget)
             rows["tutorial"] = {"samples": n, "seconds": s, "samples_per_s": n / s}
             progress("one sample at a time")
-            n, s = _rate(_one_at_a_time(x, batch, 0), budget)
+            n, s = rate(_one_at_a_time(x, batch, 0), budget)
             rows["one_at_a_time"] = {"samples": n, "seconds": s, "samples_per_s": n / s}
         progress(f"raytrain train --local ({epochs} epochs)")
         train = _raytrain_train(path, x_key, y_key, batch, epochs, workdir, timeout)
         progress(f"in-memory tf_keras fit ({epochs} epochs)")
-        in_memory = _child("in_memory", {"path": path, "x_key": x_key, "y_key": y_key, "batch": batch, "epochs": epochs}, timeout)
-    finally:
-        if own_dir:
-            import shutil
-
-            shutil.rmtree(workdir, ignore_errors=True)
+        in_memory = child("in_memory", {"path": path, "x_key": x_key, "y_key": y_key, "batch": batch, "epochs": epochs}, timeout)
     last = train["epochs"][-1]
     loader_rate = rows["loader"]["samples_per_s"]
     ratios = {
@@ -286,7 +233,7 @@ def run_bench(
     }
     return {
         "date": datetime.date.today().isoformat(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "data": dict(info, rows_per_block=index.rows_per_block[index.table.column("file")[0].as_py()]),
         "batch": batch,
         "epochs": epochs,
@@ -301,7 +248,7 @@ def run_bench(
             "in_memory_epoch_times_s": in_memory["epoch_times_s"],
         },
         "ratios": ratios,
-        "bars": {key: {"bar": text, "value": ratios[key], "met": bool(test(ratios[key]))} for key, text, test in BARS},
+        "bars": judge(BARS, ratios),
     }
 
 
@@ -349,13 +296,6 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_json(result: dict[str, Any], out: str) -> None:
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1)
-
-
 def check_args(samples: int, shape: tuple[int, ...], chunk_rows: int, batch: int, epochs: int, budget: float) -> None:
     """Reject impossible bench settings with one line."""
     if samples < 2 * batch or batch < 1 or epochs < 1 or chunk_rows < 1 or budget <= 0 or len(shape) < 1:
@@ -364,8 +304,3 @@ def check_args(samples: int, shape: tuple[int, ...], chunk_rows: int, batch: int
             f"--budget > 0. Received: samples={samples}, batch_size={batch}, epochs={epochs}, "
             f"chunk_rows={chunk_rows}, budget={budget}"
         )
-
-
-if __name__ == "__main__":  # a child measurement: python -m raytrain.bench KIND JSON
-    kinds = {"loader": _loader_child, "in_memory": _in_memory_child}
-    print(json.dumps(kinds[sys.argv[1]](json.loads(sys.argv[2]))))

@@ -1,0 +1,97 @@
+"""``raytrain bench``: measurements of raytrain's loaders against the usual ways, in one run.
+
+:mod:`raytrain.bench.hdf5` (``raytrain bench [FILE.h5]``) and
+:mod:`raytrain.bench.images` (``raytrain bench --images [DIR]``) share what is here:
+each measurement that needs a clean process runs in a child
+(``python -m raytrain.bench KIND JSON``, which prints one JSON line), rates are the
+median of :data:`REPEATS` passes, and results are written as JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Iterator, Optional
+
+REPEATS = 3  # fast readers run this many passes; the median is reported
+
+
+def python_env(**extra: str) -> dict[str, str]:
+    """The environment of a child: raytrain importable, TensorFlow quiet, TF's default allocator."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_CPU_ALLOCATOR_USE_BFC", None)  # the in-memory baseline runs as a user would run it
+    env.update(extra)
+    return env
+
+
+def child(kind: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run one measurement in a fresh Python process; it prints one JSON line last."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "raytrain.bench", kind, json.dumps(args)],
+        capture_output=True, text=True, timeout=timeout, env=python_env(),
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"bench step '{kind}' failed (exit {proc.returncode}): {tail}")
+    return json.loads(lines[-1])
+
+
+def rate(batches: Iterator[Any], budget: float) -> tuple[int, float]:
+    """Consume batches until exhausted or ``budget`` seconds pass: (samples, seconds)."""
+    samples, start = 0, time.perf_counter()
+    for x in batches:
+        samples += len(x)
+        if time.perf_counter() - start > budget:
+            break
+    return samples, time.perf_counter() - start
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory. Not ``ru_maxrss``: Linux carries the
+    pre-exec (forked parent's) peak into it, which made a child look as large as the
+    bench process that started it."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def write_json(result: dict[str, Any], out: str) -> None:
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+
+
+@contextlib.contextmanager
+def workspace(workdir: Optional[str]) -> Iterator[str]:
+    """``workdir`` (kept), or a temporary folder removed afterwards."""
+    if workdir is not None:
+        os.makedirs(workdir, exist_ok=True)
+        yield workdir
+        return
+    temporary = tempfile.mkdtemp(prefix="raytrain-bench-")
+    try:
+        yield temporary
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def judge(bars: list[tuple[str, str, Callable[[float], bool]]], ratios: dict[str, float]) -> dict[str, Any]:
+    """Each bar (key, description, test) with its measured value and whether it was met."""
+    return {key: {"bar": text, "value": ratios[key], "met": bool(test(ratios[key]))} for key, text, test in bars}
