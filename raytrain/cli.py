@@ -28,7 +28,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from raytrain.errors import RaytrainError
 
-EXIT_USER_ERROR = 2
+EXIT_USER_ERROR = 2  # bad input: fix it and run again
+EXIT_FAILED = 1  # training failed (workers died or raised); the newest checkpoint can be resumed
 
 
 def _parse_list(text: str) -> list[str]:
@@ -64,6 +65,9 @@ def train_command_parser(sub: Any) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("job", nargs="?", help="YAML job file (optional when --data is given)")
     p.add_argument("--local", action="store_true", help="run in-process on this machine (same as --num-workers 0)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a stopped run from its newest checkpoint: the run named by --name (or run.name), "
+                   "else the newest run of this job in the storage path; its saved job is used, flags still override")
     groups: dict[str, Any] = {}
     for section, key, kind in option_fields():
         group = groups.setdefault(section, p.add_argument_group(f"{section} (job file section '{section}')"))
@@ -79,10 +83,13 @@ def train_command_parser(sub: Any) -> None:
 
 
 def job_from_args(args: argparse.Namespace) -> Any:
-    """The validated JobConfig of ``raytrain train``: the job file (if any), then the flags."""
+    """The validated JobConfig of ``raytrain train``: the job file (if any), then the flags.
+    With ``--resume``: the job the run saved in its directory, then the flags."""
     from raytrain import config as cfg
 
     job = cfg.load_job(args.job) if args.job else cfg.JobConfig()
+    if getattr(args, "resume", False):
+        job = _saved_job(args, job)
     overrides: dict[tuple[str, str], Any] = {}
     for section, key, _ in cfg.option_fields():
         value = getattr(args, f"{section}.{key}")
@@ -98,15 +105,48 @@ def job_from_args(args: argparse.Namespace) -> Any:
     given = [k for k in ("directory", "manifest") if overrides[("data", k)] is not None]
     if len(given) == 1:
         setattr(job.data, "manifest" if given[0] == "directory" else "directory", None)
+    return cfg.validate(job, default_name=_default_stem(args, job))
+
+
+def _saved_job(args: argparse.Namespace, job: Any) -> Any:
+    """The job saved in the run directory ``--resume`` continues."""
+    import re
+
+    from raytrain import config as cfg
+    from raytrain import storage
+
+    name = getattr(args, "run.name", None) or job.run.name
+    base = getattr(args, "run.storage_path", None) or job.run.storage_path
+    base = cfg.validate_storage_path(base)
+    if not name:
+        stem = _default_stem(args, job)
+        runs = [n for n in storage.listdir(base) if re.fullmatch(rf"{re.escape(stem)}-\d{{8}}-\d{{6}}", n)]
+        if not runs:
+            raise RaytrainError(f"--resume: no run of '{stem}' in {base}; name the run with --name")
+        name = max(runs)  # the timestamp sorts
+    text = storage.read_text(storage.join(base, name, "job.yaml"))
+    if text is None:
+        raise RaytrainError(f"--resume: {storage.join(base, name)} holds no run; check --name and --storage-path")
+    import yaml
+
+    saved = cfg.from_dict(yaml.safe_load(text), source=storage.join(base, name, "job.yaml"))
+    saved.run.name, saved.run.storage_path = name, base
+    return saved
+
+
+def _default_stem(args: argparse.Namespace, job: Any) -> str:
     source = args.job or (job.data.paths or [job.data.directory or job.data.manifest or "run"])[0]
-    stem = os.path.splitext(os.path.basename(source.rstrip("/")))[0]
-    return cfg.validate(job, default_name=stem)
+    return os.path.splitext(os.path.basename(source.rstrip("/")))[0]
 
 
 def train_command(args: argparse.Namespace) -> int:
     from raytrain.trainer import run
 
-    summary = run(job_from_args(args))
+    job = job_from_args(args)
+    summary = run(job, resume=args.resume)
+    if summary is None:
+        print(f"raytrain: run {job.run_dir} already finished its {job.training.epochs} epochs; nothing to do")
+        return 0
     print(summary.render())
     return 0
 
@@ -246,12 +286,51 @@ def bench_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate_command_parser(sub: Any) -> None:
+    from raytrain.evaluate import __doc__ as evaluate_doc
+
+    p = sub.add_parser("evaluate", help="evaluate a run's exported model on a dataset, with raytrain's loaders",
+                       description=evaluate_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="a finished run: <storage_path>/<name>")
+    p.add_argument("--data", action="append", help="HDF5 files or globs (repeat or comma-separate)")
+    p.add_argument("--directory", help="a class-per-folder image tree")
+    p.add_argument("--manifest", help="a CSV/Parquet manifest or a raytrain index")
+    p.add_argument("--x-key", help="HDF5 features dataset (default: the run's)")
+    p.add_argument("--y-key", help="HDF5 labels dataset (default: the run's)")
+    p.add_argument("--path-column", help="manifest path column (default: the run's)")
+    p.add_argument("--label-column", help="manifest label column (default: the run's)")
+    p.add_argument("--batch-size", type=int, default=64, help="samples per evaluation batch")
+    p.set_defaults(func=evaluate_command)
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    from raytrain.evaluate import evaluate
+
+    data: dict[str, Any] = {}
+    if args.data:
+        data["paths"] = [os.path.abspath(p) for part in args.data for p in _parse_list(part)]
+    for key in ("directory", "manifest"):
+        if getattr(args, key):
+            data[key] = os.path.abspath(getattr(args, key))
+    for key in ("x_key", "y_key", "path_column", "label_column"):
+        if getattr(args, key):
+            data[key] = getattr(args, key)
+    result = evaluate(args.run_dir, data or None, args.batch_size)
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
+    print(f"raytrain: evaluated {args.run_dir} on {result['samples']:,} samples of {result['data']} "
+          f"in {result['seconds']:.1f} s: {shown}")
+    if result["skipped_files"]:
+        print(f"  skipped {len(result['skipped_files'])} bad files: {', '.join(result['skipped_files'][:5])}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raytrain", description="Train Keras models on data larger than memory, on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
     train_command_parser(sub)
     synth_command_parser(sub)
     index_command_parser(sub)
+    evaluate_command_parser(sub)
     bench_command_parser(sub)
     return parser
 
@@ -271,6 +350,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except RaytrainError as e:
         print(f"raytrain: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Exception as e:
+        from raytrain.trainer import TrainingFailed
+
+        if not isinstance(e, TrainingFailed):
+            raise
+        print(f"raytrain: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("raytrain: interrupted", file=sys.stderr)
         return 130

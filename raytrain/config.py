@@ -71,7 +71,9 @@ class ScalingSection:
 @dataclass
 class RunSection:
     name: Optional[str] = None  # None = "<job or data file stem>-<UTC timestamp>"
-    storage_path: str = "./runs"  # results go to <storage_path>/<name>/
+    storage_path: str = "./runs"  # results go to <storage_path>/<name>/; a path, shared FS path, s3:// or gs:// URI
+    keep_checkpoints: int = 2  # per-epoch checkpoints kept (the newest)
+    max_failures: Optional[int] = None  # worker-group restarts; None = 0 on this machine, 3 on a cluster (--address)
 
 
 @dataclass
@@ -216,7 +218,7 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
     """
     job = apply_overrides(job, {})
     d, m, t, s, r = job.data, job.model, job.training, job.scaling, job.run
-    _validate_source(d)
+    validate_source(d)
     if not 0 <= d.validation_ratio < 1:
         raise RaytrainError(
             f"data.validation_ratio must be in [0, 1). Received: {d.validation_ratio} (set it with --validation-ratio)"
@@ -252,22 +254,30 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
     d.paths = [os.path.abspath(os.path.expanduser(p)) for p in d.paths]
     d.directory = d.directory and os.path.abspath(os.path.expanduser(d.directory))
     d.manifest = d.manifest and os.path.abspath(os.path.expanduser(d.manifest))
-    r.storage_path = _absolute_storage(r.storage_path)
+    r.storage_path = validate_storage_path(r.storage_path)
     if not r.name:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
         r.name = f"{default_name}-{stamp}"
+    _positive("run.keep_checkpoints", r.keep_checkpoints, "keep-checkpoints")
+    if r.max_failures is None:
+        r.max_failures = 0 if s.address is None else CLUSTER_MAX_FAILURES
+    if r.max_failures < -1:
+        raise RaytrainError(
+            f"run.max_failures must be -1 (no limit), 0 or more. Received: {r.max_failures} (set it with --max-failures)"
+        )
     if "/" in r.name or r.name in (".", ".."):
         raise RaytrainError(f"run.name must be a plain name without '/'. Received: {r.name!r}")
     return job
 
 
+CLUSTER_MAX_FAILURES = 3  # run.max_failures when joining a cluster, where nodes come and go
 KINDS = ("hdf5", "images")
 COLOR_MODES = {"rgb": 3, "grayscale": 1}  # channels
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
 BAD_SAMPLE_POLICIES = ("error", "skip")
 
 
-def _validate_source(d: DataSection) -> None:
+def validate_source(d: DataSection) -> None:
     """Infer ``data.kind`` and check that exactly one source of that kind is set."""
     images = [k for k in ("directory", "manifest") if getattr(d, k)]
     if d.kind is None:
@@ -311,7 +321,8 @@ def _validate_source(d: DataSection) -> None:
         raise RaytrainError("data.path_column and data.label_column must name the manifest's columns; they are empty")
 
 
-def _absolute_storage(path: str) -> str:
+def validate_storage_path(path: str) -> str:
+    """``run.storage_path`` made absolute (URIs are kept as they are)."""
     if "://" in path:
         return path
     return os.path.abspath(os.path.expanduser(path))

@@ -65,15 +65,17 @@ class Loader:
             self._window_buffer = np.empty((max(rows, self.window), *shape), dtype)
         return self._window_buffer
 
-    def epoch(self, epoch: int, steps: int, batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def epoch(self, epoch: int, steps: int, batch: int, tail: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``steps`` batches ``(x, labels)`` of ``batch`` samples for ``epoch``.
 
         Each window is read in file order into a reused buffer; each batch is gathered
-        from it into a new array (which the consumer may keep).
+        from it into a new array (which the consumer may keep). With ``tail`` (evaluation)
+        ``steps * batch`` may exceed the shard: every sample is read once and the last
+        batch is shorter.
         """
         s = self.shard
         positions, bounds = epoch_order(s.block_starts, self.window, self.seed, epoch, self.rank, self.stream)
-        need = steps * batch
+        need = min(steps * batch, len(positions)) if tail else steps * batch
         assert need <= len(positions), "plan_steps keeps every rank's steps within its shard"
         held_x: list[np.ndarray] = []  # the start of a batch that spans two windows
         held_y: list[np.ndarray] = []
@@ -102,6 +104,8 @@ class Loader:
                 yield buffer[where[i : i + batch]], y[i : i + batch]
             if full < len(pos):
                 held_x, held_y, held = [buffer[where[full:]]], [y[full:]], len(pos) - full
+        if held:  # only with tail: the last, shorter batch
+            yield np.concatenate(held_x), np.concatenate(held_y)
 
     def close(self) -> None:
         self.reader.close()

@@ -14,7 +14,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from raytrain.config import JobConfig, to_dict
 from raytrain.errors import RaytrainError, find_user_error
@@ -70,10 +70,19 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def _check_new_run_dir(run_dir: str) -> None:
-    if os.path.isdir(run_dir) and os.listdir(run_dir):
+def _check_run_dir(job: JobConfig, resume: bool) -> None:
+    """A new run needs an empty run directory; a resumed one needs its job there."""
+    from raytrain import checkpoint, storage
+
+    run_dir = job.run_dir
+    if resume:
+        if not storage.exists(storage.join(run_dir, "job.yaml")):
+            raise RaytrainError(f"--resume: {run_dir} holds no run; check --name and --storage-path")
+        return
+    if storage.listdir(run_dir):
+        hint = " or continue it with --resume" if checkpoint.latest(run_dir) else ""
         raise RaytrainError(
-            f"run directory {run_dir} already holds a run; choose another --name or --storage-path "
+            f"run directory {run_dir} already holds a run; choose another --name or --storage-path{hint} "
             "(raytrain never overwrites a run)"
         )
 
@@ -128,23 +137,35 @@ def _init_ray(job: JobConfig) -> None:
     DataContext.get_current().enable_progress_bars = False
 
 
-def run(job: JobConfig) -> RunSummary:
+def run(job: JobConfig, resume: bool = False) -> Optional[RunSummary]:
     """Train as the (validated) job says and return a summary.
+
+    Args:
+        job: The validated job.
+        resume: Continue the run in ``job.run_dir`` from its newest checkpoint (the
+            epochs already done are not trained again). A finished run is left alone:
+            the result is None.
 
     Raises:
         RaytrainError: Bad input, found on the driver or raised by a worker.
+        TrainingFailed: The workers failed more often than ``run.max_failures`` allows.
     """
     for k, v in WORKER_ENV.items():
         os.environ.setdefault(k, v)
+    from raytrain import storage
     from raytrain.index import build_index, split_index
     from raytrain.loader import auto_window
     from raytrain.models import resolve_builder
     from raytrain.shard import plan_steps
     from raytrain.worker import WorkerSpec
 
+    from raytrain import rundir
+
     started = time.perf_counter()
     d, s = job.data, job.scaling
-    _check_new_run_dir(job.run_dir)
+    _check_run_dir(job, resume)
+    if resume and (rundir.read_status(job.run_dir) or {}).get("status") == "finished":
+        return None
     index = build_index(d)
     train_table, val_table = split_index(index.table, d.validation_ratio, d.seed)
     resolve_builder(job.model.builder)
@@ -162,16 +183,30 @@ def run(job: JobConfig) -> RunSummary:
     _init_ray(job)
     try:
         _check_resources(job)
-        os.makedirs(job.run_dir, exist_ok=True)
+        storage.makedirs(job.run_dir)
         _write_job(job, index, plan, spec.window)
-        _fit(spec, train_table, val_table)
+        rundir.write_status(job.run_dir, "running", resumed=resume, num_workers=s.num_workers)
+        try:
+            _fit(spec, train_table, val_table)
+            _prune_checkpoints(job)
+        except KeyboardInterrupt:
+            rundir.write_status(job.run_dir, "interrupted", num_workers=s.num_workers)
+            raise
+        except Exception as e:
+            _prune_checkpoints(job)
+            rundir.write_status(job.run_dir, "failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__,
+                                num_workers=s.num_workers)
+            raise
     finally:
         ray.shutdown()
-    return _summarize(job, train_table.num_rows, val_table.num_rows, time.perf_counter() - started)
+    summary = _summarize(job, train_table.num_rows, val_table.num_rows, time.perf_counter() - started)
+    rundir.write_status(job.run_dir, "finished", epochs=summary.epochs, num_workers=s.num_workers,
+                        wall_time_s=summary.wall_time_s)
+    return summary
 
 
 def _fit(spec: Any, train_table: Any, val_table: Any) -> Any:
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
     from raytrain.index.dataset import ContiguousShards, to_ray_datasets
@@ -189,7 +224,11 @@ def _fit(spec: Any, train_table: Any, val_table: Any) -> Any:
         scaling_config=ScalingConfig(
             num_workers=s.num_workers, use_gpu=s.gpus_per_worker > 0, resources_per_worker=resources
         ),
-        run_config=RunConfig(name=job.run.name, storage_path=job.run.storage_path),
+        run_config=RunConfig(
+            name=job.run.name, storage_path=job.run.storage_path,
+            failure_config=FailureConfig(max_failures=job.run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=job.run.keep_checkpoints),
+        ),
         datasets=to_ray_datasets(train_table, val_table),
         dataset_config=ContiguousShards(tables, max(s.num_workers, 1)),
     )
@@ -199,14 +238,67 @@ def _fit(spec: Any, train_table: Any, val_table: Any) -> Any:
         user = find_user_error(e)
         if user is not None:
             raise user from None
-        raise
+        if STORAGE_CHECK_FAILED in str(e) or any(
+            STORAGE_CHECK_FAILED in str(f) for f in (getattr(e, "worker_failures", None) or {}).values()
+        ):
+            raise RaytrainError(
+                f"run.storage_path {job.run.storage_path} is not reachable from every node of the cluster "
+                "(Ray Train's check found no marker file there); use a shared filesystem path (/mnt/nfs/runs) "
+                "or a URI (s3://bucket/runs, gs://bucket/runs) with --storage-path"
+            ) from None
+        raise TrainingFailed(_failure_line(e, job)) from e
+
+
+STORAGE_CHECK_FAILED = "Unable to set up cluster storage"  # Ray Train's message when a node cannot see storage_path
+
+
+def _prune_checkpoints(job: JobConfig) -> None:
+    """Keep the newest ``run.keep_checkpoints`` checkpoints. Ray Train prunes the ones it
+    took in this attempt; this also covers those of earlier attempts of a resumed run."""
+    from raytrain import checkpoint, storage
+
+    for _, old in checkpoint.on_storage(job.run_dir)[: -job.run.keep_checkpoints]:
+        storage.delete_dir(old)
+
+
+class TrainingFailed(Exception):
+    """The workers failed (died, or raised) more often than ``run.max_failures`` allows.
+    Not bad input: the CLI prints the one-line message and exits with code 1."""
+
+
+def _failure_line(error: BaseException, job: JobConfig) -> str:
+    """What failed, where the newest checkpoint is, and how to continue."""
+    from raytrain import checkpoint
+
+    failures = getattr(error, "worker_failures", None)
+    if isinstance(failures, dict) and failures:
+        def died(cause: BaseException) -> bool:
+            return any(word in type(cause).__name__ for word in ("HealthCheck", "ActorDied", "ActorError"))
+
+        # A dead worker is the cause; the others' errors are collateral (their collective lost a peer).
+        rank, cause = sorted(failures.items(), key=lambda item: (not died(item[1]), item[0]))[0]
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        what = (f"the process of worker {rank} died ({type(cause).__name__})" if died(cause)
+                else f"worker {rank} raised {type(cause).__name__}: {first[:200]}")
+    else:
+        what = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}"
+    tries = "" if job.run.max_failures == 0 else f" after {job.run.max_failures} restarts"
+    newest = checkpoint.latest(job.run_dir)
+    if newest is None:
+        return f"training failed{tries}: {what}; no epoch had finished, so there is no checkpoint to resume from"
+    return (
+        f"training failed{tries}: {what}; the newest checkpoint is epoch {newest[0]} ({newest[1]}); "
+        f"continue with: raytrain train --resume --name {job.run.name} --storage-path {job.run.storage_path}"
+        + ("" if job.run.max_failures else " (--max-failures N restarts failed workers automatically)")
+    )
 
 
 def _write_job(job: JobConfig, index: Any, plan: Any, window: int) -> None:
     import yaml
 
-    with open(os.path.join(job.run_dir, "job.yaml"), "w") as f:
-        yaml.safe_dump(to_dict(job), f, sort_keys=False)
+    from raytrain import storage
+
+    storage.write_text(storage.join(job.run_dir, "job.yaml"), yaml.safe_dump(to_dict(job), sort_keys=False))
     meta = {
         "samples": len(index),
         "sample_shape": list(index.sample_shape),
@@ -218,41 +310,20 @@ def _write_job(job: JobConfig, index: Any, plan: Any, window: int) -> None:
         "rows_per_block": index.rows_per_block,
         "class_names": list(index.class_names),  # image datasets: the name of each class index
     }
-    with open(os.path.join(job.run_dir, "dataset.json"), "w") as f:
-        json.dump(meta, f, indent=1)
-
-
-def read_metrics(run_dir: str) -> list[dict[str, Any]]:
-    """The per-epoch records of ``<run_dir>/metrics.jsonl`` (empty if none yet)."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def collect_skipped(run_dir: str) -> dict[str, str]:
-    """Bad files every rank skipped (``workers/rank-N.json``), written to
-    ``<run_dir>/skipped_files.txt`` as ``path<TAB>reason`` lines if there are any."""
-    import glob
-
-    skipped: dict[str, str] = {}
-    for record in sorted(glob.glob(os.path.join(run_dir, "workers", "rank-*.json"))):
-        with open(record) as f:
-            skipped.update(json.load(f).get("skipped_files", {}))
-    if skipped:
-        with open(os.path.join(run_dir, "skipped_files.txt"), "w") as f:
-            f.writelines(f"{path}\t{reason}\n" for path, reason in sorted(skipped.items()))
-    return skipped
+    storage.write_text(storage.join(job.run_dir, "dataset.json"), json.dumps(meta, indent=1))
 
 
 def _summarize(job: JobConfig, n_train: int, n_val: int, wall: float) -> RunSummary:
-    epochs = read_metrics(job.run_dir)
-    skipped = collect_skipped(job.run_dir)
-    if len(epochs) != job.training.epochs:
-        raise RuntimeError(f"{job.run_dir}/metrics.jsonl has {len(epochs)} epochs, expected {job.training.epochs}")
+    from raytrain import rundir, storage
+
+    run_dir = job.run_dir
+    epochs = rundir.read_metrics(run_dir)
+    skipped = rundir.collect_skipped(run_dir)
+    numbers = [e["epoch"] for e in epochs]
+    if numbers != list(range(1, job.training.epochs + 1)):
+        raise RuntimeError(f"{run_dir}/metrics.jsonl holds epochs {numbers}, expected 1..{job.training.epochs}")
     summary = RunSummary(
-        run_dir=job.run_dir,
+        run_dir=run_dir,
         epochs=len(epochs),
         num_workers=job.scaling.num_workers,
         train_samples=n_train,
@@ -263,13 +334,13 @@ def _summarize(job: JobConfig, n_train: int, n_val: int, wall: float) -> RunSumm
         wall_time_s=wall,
         skipped_files=len(skipped),
         files={
-            "model": os.path.join(job.run_dir, "model"),
-            "metrics": os.path.join(job.run_dir, "metrics.jsonl"),
-            "job": os.path.join(job.run_dir, "job.yaml"),
+            "model": storage.join(run_dir, rundir.MODEL_KERAS),
+            "serving": storage.join(run_dir, rundir.SAVED_MODEL),
+            "metrics": storage.join(run_dir, rundir.METRICS),
+            "job": storage.join(run_dir, "job.yaml"),
         },
     )
     if skipped:
-        summary.files["bad files"] = os.path.join(job.run_dir, "skipped_files.txt")
-    with open(os.path.join(job.run_dir, "summary.json"), "w") as f:
-        json.dump(summary.__dict__, f, indent=1)
+        summary.files["bad files"] = storage.join(run_dir, rundir.SKIPPED)
+    storage.write_text(storage.join(run_dir, rundir.SUMMARY), json.dumps(summary.__dict__, indent=1))
     return summary

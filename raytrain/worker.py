@@ -12,10 +12,11 @@ with auto-sharding off splits each batch N ways; see ../shared/NOTES.md.)
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
@@ -40,7 +41,7 @@ class WorkerSpec:
     window: int  # samples shuffled together (data.shuffle_window, resolved)
 
 
-def _to_model(spec: WorkerSpec) -> Any:
+def batch_to_model(spec: WorkerSpec) -> Any:
     """The conversion TensorFlow applies to each batch: features to float32 (uint8
     scaled to [0, 1]), labels to one-hot rows if the files had them."""
     import tensorflow as tf
@@ -75,42 +76,39 @@ def _epoch_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
     )
 
 
-def _save_model(model: Any, run_dir: str, rank: int) -> None:
-    """Save the model; every rank must call this (saving under the strategy is collective).
-
-    Rank 0 writes ``<run_dir>/model/``; the others write to a scratch folder that is
-    removed afterwards, as TensorFlow's multi-worker guide prescribes.
-    """
-    import shutil
-    import tempfile
-
-    if rank == 0:
-        model.save(os.path.join(run_dir, "model"), save_format="tf")
-        return
-    scratch = tempfile.mkdtemp(prefix=f"raytrain-rank{rank}-")
-    try:
-        model.save(os.path.join(scratch, "model"), save_format="tf")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
 def epoch_reporter(
-    plan: StepPlan, rank: int, epochs: int, metrics_path: str, take_waited: Callable[[], float],
+    plan: StepPlan, rank: int, epochs: int, run_dir: str, take_waited: Callable[[], float],
     start_validation: Optional[Callable[[int], None]],
+    save_checkpoint: Callable[[Any, int], dict[str, Any]],
 ) -> Any:
-    """A callback that, at each epoch's end on every rank, reports metrics to Ray Train
-    (a barrier every rank must reach equally often); rank 0 also appends them to
-    ``metrics.jsonl`` and prints one line. ``take_waited()`` returns the seconds the
-    training step waited for data since the last call: ``data_wait_fraction`` is their
-    share of the epoch's training time. Before each validation it calls
-    ``start_validation(epoch)``. (Built here: tf_keras is imported late.)"""
+    """A callback that, at each epoch's end on every rank: rank 0 appends the metrics to
+    ``metrics.jsonl`` and prints one line; every rank writes a checkpoint
+    (``save_checkpoint(model, epochs_done)`` returns the checkpoint arguments of
+    ``ray.train.report``) and reports to Ray Train (a barrier every rank must reach
+    equally often). The metrics line comes first, so every checkpointed epoch has its
+    line. ``take_waited()`` returns the seconds the training step waited for data since
+    the last call: ``data_wait_fraction`` is their share of the epoch's training time.
+    Before each validation it calls ``start_validation(epoch)``; at the first training
+    step of the run it logs a ``first_step`` event. (Built here: tf_keras is imported late.)"""
+    import shutil
+
     import ray.train
     import tf_keras
+
+    from raytrain import rundir
 
     class EpochReporter(tf_keras.callbacks.Callback):
         def __init__(self) -> None:
             super().__init__()
+            self._supports_tf_logs = True  # the batch hook below must not convert logs every step
             self.train_seconds = 0.0
+            self.first_step_logged = False
+
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            if not self.first_step_logged:
+                self.first_step_logged = True
+                if rank == 0:
+                    rundir.event(run_dir, "first_step", epoch=self.epoch + 1)
 
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
             self.epoch = epoch
@@ -134,13 +132,14 @@ def epoch_reporter(
             metrics["data_wait_fraction"] = min(1.0, waited / train_time)
             metrics["epoch_time_s"] = ended - self.started
             if rank == 0:
-                os.makedirs(os.path.dirname(metrics_path), exist_ok=True)
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
+                rundir.append_metrics(run_dir, metrics)
                 # Not print(): Ray Train patches it into its logger, which shows every line twice.
                 sys.stdout.write(_epoch_line(epoch + 1, epochs, metrics) + "\n")
                 sys.stdout.flush()
-            ray.train.report(metrics)
+            saved = save_checkpoint(self.model, epoch + 1)
+            ray.train.report(metrics, **saved)
+            if "checkpoint" in saved:  # Ray Train has copied it to the run directory
+                shutil.rmtree(saved["checkpoint"].path, ignore_errors=True)
 
     return EpochReporter()
 
@@ -175,6 +174,7 @@ def train_loop(config: dict[str, Any]) -> Optional[dict[str, Any]]:
 
     import ray.train
 
+    from raytrain import checkpoint, rundir
     from raytrain.errors import RaytrainError
     from raytrain.feed import QueueFeed
     from raytrain.models import build_model
@@ -201,25 +201,39 @@ def train_loop(config: dict[str, Any]) -> Optional[dict[str, Any]]:
     train_loader = loader("train", TRAIN)
     val_loader = loader("validation", VALIDATION) if has_val else None
 
+    run_dir = job.run_dir
+    epochs = job.training.epochs
+    local = job.scaling.num_workers == 0
+    _write_worker_record(run_dir, rank, {"status": "training"})
+
     m = job.model
     with strategy.scope():
         model = build_model(
             m.builder, spec.sample_shape, spec.num_classes, spec.one_hot,
             m.optimizer, m.learning_rate, m.loss, tuple(m.metrics),
         )
+        first_epoch = _restore(model, run_dir, rank)
 
-    run_dir = job.run_dir
-    epochs = job.training.epochs
+    def save_checkpoint(model: Any, done: int) -> dict[str, Any]:
+        folder = tempfile.mkdtemp(prefix=f"raytrain-checkpoint-rank{rank}-")
+        checkpoint.write(model, folder, {"epoch": done, "seed": d.seed, "world_size": world, "epochs": epochs})
+        if rank != 0 or local:
+            if rank == 0:  # local mode: no Ray Train storage, raytrain keeps the checkpoints itself
+                checkpoint.persist(folder, run_dir, done, job.run.keep_checkpoints)
+            shutil.rmtree(folder, ignore_errors=True)
+            return {}
+        return {"checkpoint": ray.train.Checkpoint.from_directory(folder),
+                "checkpoint_dir_name": checkpoint.dir_name(done)}
 
-    # Training: one dataset of every epoch's batches and, since the steps per epoch are
-    # given, one iterator that fit keeps across epochs. Validation: fit makes a new
-    # iterator for each evaluation; the reporter starts feeding that epoch's batches.
+    # Training: one dataset of every remaining epoch's batches and, since the steps per
+    # epoch are given, one iterator that fit keeps across epochs. Validation: fit makes
+    # a new iterator for each evaluation; the reporter starts feeding that epoch's batches.
     replicas, wb = local_replicas, plan.worker_batch
     batch_shape = (plan.replica_batch, *spec.sample_shape)
-    to_model = _to_model(spec)
+    to_model = batch_to_model(spec)
     train_feed = QueueFeed(batch_shape, spec.dtype, d.prefetch_batches * replicas, replicas)
     train_ds = strategy.distribute_datasets_from_function(
-        lambda _: train_feed.dataset(epochs * plan.train_steps * replicas, to_model)
+        lambda _: train_feed.dataset(max(epochs - first_epoch, 1) * plan.train_steps * replicas, to_model)
     )
     feeds, val_ds, start_validation = [train_feed], None, None
     if val_loader is not None:
@@ -233,23 +247,25 @@ def train_loop(config: dict[str, Any]) -> Optional[dict[str, Any]]:
             val_feed.start(val_loader.epoch(epoch, plan.val_steps, wb))
 
     def train_batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for epoch in range(epochs):
+        for epoch in range(first_epoch, epochs):
             yield from train_loader.epoch(epoch, plan.train_steps, wb)
 
-    reporter = epoch_reporter(
-        plan, rank, epochs, os.path.join(run_dir, "metrics.jsonl"), train_feed.take_waited, start_validation
-    )
-    train_feed.start(train_batches())
+    reporter = epoch_reporter(plan, rank, epochs, run_dir, train_feed.take_waited, start_validation, save_checkpoint)
+    if rank == 0:
+        rundir.event(run_dir, "start", from_epoch=first_epoch + 1, world_size=world)
     try:
-        model.fit(
-            train_ds,
-            epochs=epochs,
-            steps_per_epoch=plan.train_steps,
-            validation_data=val_ds,
-            validation_steps=plan.val_steps if has_val else None,
-            callbacks=[reporter],
-            verbose=0,
-        )
+        if first_epoch < epochs:
+            train_feed.start(train_batches())
+            model.fit(
+                train_ds,
+                epochs=epochs,
+                initial_epoch=first_epoch,
+                steps_per_epoch=plan.train_steps,
+                validation_data=val_ds,
+                validation_steps=plan.val_steps if has_val else None,
+                callbacks=[reporter],
+                verbose=0,
+            )
     except Exception:
         failed = next((f.error for f in feeds if f.error is not None), None)
         if failed is not None:
@@ -258,16 +274,48 @@ def train_loop(config: dict[str, Any]) -> Optional[dict[str, Any]]:
     finally:
         for feed in feeds:
             feed.stop()
-    train_seconds = reporter.train_seconds
 
-    _save_model(model, run_dir, rank)
+    rundir.export_model(model, run_dir, rank)
     skipped: dict[str, str] = {}
     for each in (train_loader, val_loader):
         if each is not None:
             each.close()
             skipped.update(each.skipped)
-    _write_worker_record(run_dir, rank, model, len(train_loader.shard), local_replicas, train_seconds, skipped)
+    _write_worker_record(run_dir, rank, {
+        "status": "finished",
+        "train_shard_samples": len(train_loader.shard),
+        "local_replicas": local_replicas,
+        "train_seconds": reporter.train_seconds,
+        "weights_sha256": _weights_digest(model),
+        "skipped_files": skipped,  # data.on_bad_sample: skip -> path: reason
+    })
     return None
+
+
+def _restore(model: Any, run_dir: str, rank: int) -> int:
+    """Restore the latest checkpoint into ``model`` (in the strategy's scope) and return
+    the epochs it completed (0 without one). Ray Train hands a restarted worker group its
+    latest checkpoint; a resumed run (or local mode, where raytrain keeps checkpoints
+    itself) finds the newest complete one in the run directory."""
+    import ray.train
+
+    from raytrain import checkpoint, rundir
+
+    found = ray.train.get_checkpoint()
+    if found is None:
+        newest = checkpoint.latest(run_dir)
+        found = ray.train.Checkpoint(newest[1]) if newest else None
+    if found is None:
+        return 0
+    with found.as_directory() as folder:
+        state = checkpoint.restore(model, folder)
+    done = int(state["epoch"])
+    if rank == 0:
+        rundir.keep_metrics_through(run_dir, done)
+        rundir.event(run_dir, "restored", epoch=done, checkpoint=found.path)
+        sys.stdout.write(f"raytrain: restored the checkpoint of epoch {done} ({found.path})\n")
+        sys.stdout.flush()
+    return done
 
 
 def decode_threads(job: JobConfig) -> int:
@@ -299,25 +347,13 @@ def make_loader(spec: WorkerSpec, shard: Shard, rank: int, stream: int) -> Any:
     return Loader(shard, HDF5Reader(shard.files, d.x_key, cache), spec.window, d.seed, rank, stream)
 
 
-def _write_worker_record(
-    run_dir: str, rank: int, model: Any, shard_size: int, local_replicas: int, train_seconds: float,
-    skipped: dict[str, str],
-) -> None:
-    """``<run_dir>/workers/rank-N.json``: where rank N ran and the digest of its final weights."""
+def _write_worker_record(run_dir: str, rank: int, fields: dict[str, Any]) -> None:
+    """``<run_dir>/workers/rank-N.json``: where rank N runs (written at start, so its pid can
+    be found while it trains) and, at the end, what it did."""
     import ray
 
+    from raytrain import rundir
+
     node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-    record = {
-        "rank": rank,
-        "node_id": node_id,
-        "hostname": socket.gethostname(),
-        "pid": os.getpid(),
-        "train_shard_samples": shard_size,
-        "local_replicas": local_replicas,
-        "train_seconds": train_seconds,
-        "weights_sha256": _weights_digest(model),
-        "skipped_files": skipped,  # data.on_bad_sample: skip -> path: reason
-    }
-    os.makedirs(os.path.join(run_dir, "workers"), exist_ok=True)
-    with open(os.path.join(run_dir, "workers", f"rank-{rank}.json"), "w") as f:
-        json.dump(record, f, indent=1)
+    record = {"rank": rank, "node_id": node_id, "hostname": socket.gethostname(), "pid": os.getpid(), **fields}
+    rundir.write_worker_record(run_dir, rank, record)

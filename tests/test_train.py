@@ -120,7 +120,7 @@ def test_two_workers_learn_and_end_with_identical_weights(tmp_path, make_h5):
 
     import tf_keras
 
-    model = tf_keras.models.load_model(str(run / "model"))
+    model = tf_keras.models.load_model(str(run / "model.keras"))
     assert model.predict(np.zeros((2, 16, 16, 3), np.float32), verbose=0).shape == (2, 3)
 
 
@@ -134,4 +134,4 @@ def test_local_mode_trains_clips_with_one_hot_labels(tmp_path, make_h5):
     assert len(epochs) == 2 and "val_accuracy" in epochs[-1]
     assert json.loads((run / "workers" / "rank-0.json").read_text())["train_shard_samples"] == 128
     assert "finished 2 epochs (local, in-process)" in proc.stdout
-    assert (run / "model" / "saved_model.pb").exists()
+    assert (run / "model.keras").exists() and (run / "saved_model" / "saved_model.pb").exists()

@@ -137,7 +137,7 @@ def _raytrain_train(path: str, x_key: str, y_key: str, batch: int, epochs: int, 
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"bench step 'raytrain train --local' failed (exit {proc.returncode}): {tail}")
-    from raytrain.trainer import read_metrics
+    from raytrain.rundir import read_metrics
 
     return {"epochs": read_metrics(os.path.join(workdir, "runs", name)), "run_dir": os.path.join(workdir, "runs", name)}
 

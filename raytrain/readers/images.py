@@ -194,11 +194,12 @@ class ImageLoader:
                 )
         return x, y
 
-    def epoch(self, epoch: int, steps: int, batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield ``steps`` batches ``(x uint8, labels)`` of ``batch`` images for ``epoch``."""
+    def epoch(self, epoch: int, steps: int, batch: int, tail: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``steps`` batches ``(x uint8, labels)`` of ``batch`` images for ``epoch``
+        (with ``tail``, every image once, the last batch shorter: see the HDF5 loader)."""
         n = len(self.shard)
         positions, _ = epoch_order(np.arange(n + 1), max(n, 1), self.seed, epoch, self.rank, self.stream)
-        need = steps * batch
+        need = min(steps * batch, n) if tail else steps * batch
         assert need <= n, "plan_steps keeps every rank's steps within its shard"
         starts = iter(range(0, need, batch))
         pending: deque[Any] = deque()
