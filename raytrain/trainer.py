@@ -234,6 +234,10 @@ def _fit(spec: Any, train_table: Any, val_table: Any) -> Any:
     )
     try:
         return trainer.fit()
+    except SystemExit:
+        # Ray Train's own Ctrl-C handler aborts the workers gracefully, then exits; the
+        # run was interrupted, not failed.
+        raise KeyboardInterrupt from None
     except Exception as e:
         user = find_user_error(e)
         if user is not None:

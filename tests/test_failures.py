@@ -141,3 +141,20 @@ def test_stopped_local_run_resumes_after_its_last_checkpoint_and_evaluates(tmp_p
     record = json.loads((run / "evaluations.jsonl").read_text().splitlines()[-1])
     assert record["samples"] == 3000 and 0.5 < record["metrics"]["accuracy"] <= 1.0
     assert os.path.isfile(run / "saved_model" / "saved_model.pb")
+
+
+def test_ctrl_c_ends_the_workers_and_keeps_the_checkpoints(tmp_path, data):
+    proc = start(*train_args(data, tmp_path, "ctrlc"), cwd=str(tmp_path))
+    run = tmp_path / "runs" / "ctrlc"
+    wait_for_checkpoint(run, 1, proc)
+    pids = [json.loads((run / "workers" / f"rank-{r}.json").read_text())["pid"] for r in (0, 1)]
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "raytrain: interrupted" in err
+    assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
+    deadline = time.time() + 20
+    while any(os.path.exists(f"/proc/{pid}") for pid in pids) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in pids), "a training worker outlived Ctrl-C"
+    epoch, path = checkpoint.latest(str(run))
+    assert epoch >= 1 and checkpoint.read_state(path)["epoch"] == epoch
