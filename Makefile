@@ -23,9 +23,12 @@ $(STAMP): pyproject.toml
 $(DEMO_DATA): $(STAMP)
 	$(BIN)/raytrain synth $(DEMO_DATA) --samples 4000 --shape 32,32,3 --classes 4
 
-# Trains the built-in conv net with 2 Ray Train workers on this machine.
+DEMO_RUN := demo-$(shell date -u +%Y%m%d-%H%M%S)
+
+# Trains the built-in conv net with 2 Ray Train workers on this machine, then draws its report.
 demo: $(DEMO_DATA)
-	$(BIN)/raytrain train examples/hdf5.yaml --num-workers 2
+	$(BIN)/raytrain train examples/hdf5.yaml --num-workers 2 --name $(DEMO_RUN)
+	$(BIN)/raytrain report runs/$(DEMO_RUN)
 
 $(DEMO_IMAGES): $(STAMP)
 	$(BIN)/raytrain synth --images $(DEMO_IMAGES) --samples 2000 --shape 80,80 --formats jpg,png

@@ -65,6 +65,8 @@ def train_command_parser(sub: Any) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("job", nargs="?", help="YAML job file (optional when --data is given)")
     p.add_argument("--local", action="store_true", help="run in-process on this machine (same as --num-workers 0)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show the workers' and Ray's own output (TensorFlow start-up, Ray Train) besides raytrain's")
     p.add_argument("--resume", action="store_true",
                    help="continue a stopped run from its newest checkpoint: the run named by --name (or run.name), "
                    "else the newest run of this job in the storage path; its saved job is used, flags still override")
@@ -143,7 +145,7 @@ def train_command(args: argparse.Namespace) -> int:
     from raytrain.trainer import run
 
     job = job_from_args(args)
-    summary = run(job, resume=args.resume)
+    summary = run(job, resume=args.resume, verbose=args.verbose)
     if summary is None:
         print(f"raytrain: run {job.run_dir} already finished its {job.training.epochs} epochs; nothing to do")
         return 0
@@ -324,6 +326,45 @@ def evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def report_command_parser(sub: Any) -> None:
+    from raytrain.report import __doc__ as report_doc
+
+    p = sub.add_parser("report", help="draw report.png of one run, or overlay several, and print a table",
+                       description=report_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories: <storage_path>/<name>")
+    p.add_argument("--out", help="the picture to write (default: in the first run's directory)")
+    p.set_defaults(func=report_command)
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from raytrain.report import report
+
+    out, text = report(args.run_dirs, args.out)
+    print(text)
+    print(f"\nreport: {out}")
+    return 0
+
+
+def runs_command_parser(sub: Any) -> None:
+    from raytrain.runs import __doc__ as runs_doc
+
+    p = sub.add_parser("runs", help="list the runs in a storage path: status, epochs, best metric, wall time",
+                       description=runs_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("storage_path", nargs="?", default="./runs", help="where the runs are (default ./runs)")
+    p.set_defaults(func=runs_command)
+
+
+def runs_command(args: argparse.Namespace) -> int:
+    from raytrain import storage
+    from raytrain.runs import list_runs, render
+
+    if not storage.exists(args.storage_path):
+        raise RaytrainError(f"storage path {args.storage_path} does not exist; pass the run.storage_path of your runs")
+    runs = list_runs(args.storage_path)
+    print(render(runs) if runs else f"no runs in {args.storage_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raytrain", description="Train Keras models on data larger than memory, on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -331,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth_command_parser(sub)
     index_command_parser(sub)
     evaluate_command_parser(sub)
+    report_command_parser(sub)
+    runs_command_parser(sub)
     bench_command_parser(sub)
     return parser
 

@@ -74,6 +74,7 @@ class RunSection:
     storage_path: str = "./runs"  # results go to <storage_path>/<name>/; a path, shared FS path, s3:// or gs:// URI
     keep_checkpoints: int = 2  # per-epoch checkpoints kept (the newest)
     max_failures: Optional[int] = None  # worker-group restarts; None = 0 on this machine, 3 on a cluster (--address)
+    log_every_steps: int = 50  # TensorBoard batch scalars every this many steps; 0 = per epoch only
 
 
 @dataclass
@@ -259,6 +260,7 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
         r.name = f"{default_name}-{stamp}"
     _positive("run.keep_checkpoints", r.keep_checkpoints, "keep-checkpoints")
+    _positive("run.log_every_steps", r.log_every_steps, "log-every-steps", allow_zero=True)
     if r.max_failures is None:
         r.max_failures = 0 if s.address is None else CLUSTER_MAX_FAILURES
     if r.max_failures < -1:

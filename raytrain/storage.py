@@ -91,6 +91,19 @@ def write_text(path: str, text: str) -> None:
         f.write(text.encode())
 
 
+def write_bytes(path: str, data: bytes) -> None:
+    """Write a whole binary file (a picture) to a path or URI."""
+    if not is_uri(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+        return
+    fs, p = _fs(path)
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(p) as f:
+        f.write(data)
+
+
 def append_line(path: str, line: str) -> None:
     if not is_uri(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -10,8 +10,10 @@ Without ``scaling.address`` raytrain starts a private Ray instance with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -123,21 +125,33 @@ def _check_model(spec: Any) -> None:
                 m.optimizer, m.learning_rate, m.loss, tuple(m.metrics))
 
 
-def _init_ray(job: JobConfig) -> None:
+def _init_ray(job: JobConfig, verbose: bool) -> None:
+    """Start a private local Ray, or join the cluster at ``scaling.address``. Unless
+    ``verbose``, workers' output stays in their log files (``/tmp/ray/session_*/logs``)
+    and Ray's own INFO/WARNING lines are not shown: progress and errors reach the
+    console through raytrain (:mod:`raytrain.progress`)."""
+    import logging
+
     import ray
 
-    runtime_env = {"env_vars": dict(WORKER_ENV)}
+    from raytrain.progress import VERBOSE_ENV
+
+    quiet = {} if verbose else {"log_to_driver": False, "logging_level": logging.ERROR}
+    runtime_env = {"env_vars": dict(WORKER_ENV, **({VERBOSE_ENV: "1"} if verbose else {}))}
     if job.scaling.address is None:
         # Ray Train's placement-group cleaner needs the dashboard's state API; keep it on loopback.
-        ray.init(address="local", dashboard_host="127.0.0.1", runtime_env=runtime_env)
+        ray.init(address="local", dashboard_host="127.0.0.1", runtime_env=runtime_env, **quiet)
     else:
-        ray.init(address=job.scaling.address, runtime_env=runtime_env)
-    from ray.data import DataContext
+        ray.init(address=job.scaling.address, runtime_env=runtime_env, **quiet)
+    from ray.data import DataContext  # configures Ray Data's loggers: quiet them after this
 
+    if not verbose:
+        for name in ("ray", "ray.train", "ray.data"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     DataContext.get_current().enable_progress_bars = False
 
 
-def run(job: JobConfig, resume: bool = False) -> Optional[RunSummary]:
+def run(job: JobConfig, resume: bool = False, verbose: bool = False) -> Optional[RunSummary]:
     """Train as the (validated) job says and return a summary.
 
     Args:
@@ -145,6 +159,8 @@ def run(job: JobConfig, resume: bool = False) -> Optional[RunSummary]:
         resume: Continue the run in ``job.run_dir`` from its newest checkpoint (the
             epochs already done are not trained again). A finished run is left alone:
             the result is None.
+        verbose: Show the workers' and Ray's own output (TensorFlow start-up, Ray Train's
+            lines) instead of raytrain's progress only.
 
     Raises:
         RaytrainError: Bad input, found on the driver or raised by a worker.
@@ -152,6 +168,12 @@ def run(job: JobConfig, resume: bool = False) -> Optional[RunSummary]:
     """
     for k, v in WORKER_ENV.items():
         os.environ.setdefault(k, v)
+    from raytrain.progress import VERBOSE_ENV, quiet_stderr
+
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    with quiet_stderr():
+        import tensorflow  # noqa: F401  (its C++ start-up lines go to /dev/null unless --verbose)
     from raytrain import storage
     from raytrain.index import build_index, split_index
     from raytrain.loader import auto_window
@@ -176,16 +198,23 @@ def run(job: JobConfig, resume: bool = False) -> Optional[RunSummary]:
     spec = WorkerSpec(job, plan, index.sample_shape, index.num_classes, index.one_hot, index.dtype,
                       index.rows_per_block, window)
     if s.num_workers > 0:
-        _check_model(spec)
+        with quiet_stderr():
+            _check_model(spec)
 
     import ray
 
-    _init_ray(job)
+    _init_ray(job, verbose)
+    printer = None
     try:
+        from raytrain.progress import ProgressPrinter, start_sink
+
+        spec = dataclasses.replace(spec, sink=start_sink())
+        printer = ProgressPrinter(spec.sink).start()
         _check_resources(job)
         storage.makedirs(job.run_dir)
         _write_job(job, index, plan, spec.window)
-        rundir.write_status(job.run_dir, "running", resumed=resume, num_workers=s.num_workers)
+        rundir.write_status(job.run_dir, "running", resumed=resume, num_workers=s.num_workers,
+                            driver_pid=os.getpid(), host=socket.gethostname())
         try:
             _fit(spec, train_table, val_table)
             _prune_checkpoints(job)
@@ -198,6 +227,8 @@ def run(job: JobConfig, resume: bool = False) -> Optional[RunSummary]:
                                 num_workers=s.num_workers)
             raise
     finally:
+        if printer is not None:
+            printer.stop()
         ray.shutdown()
     summary = _summarize(job, train_table.num_rows, val_table.num_rows, time.perf_counter() - started)
     rundir.write_status(job.run_dir, "finished", epochs=summary.epochs, num_workers=s.num_workers,

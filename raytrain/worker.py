@@ -39,6 +39,7 @@ class WorkerSpec:
     dtype: str  # features as stored; converted to float32 by TensorFlow
     rows_per_block: dict[str, int]  # per file, see raytrain.order
     window: int  # samples shuffled together (data.shuffle_window, resolved)
+    sink: Any = None  # the driver's raytrain.progress.ProgressSink actor (None: print instead)
 
 
 def batch_to_model(spec: WorkerSpec) -> Any:
@@ -77,38 +78,64 @@ def _epoch_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
 
 
 def epoch_reporter(
-    plan: StepPlan, rank: int, epochs: int, run_dir: str, take_waited: Callable[[], float],
+    spec: WorkerSpec, rank: int, take_waited: Callable[[], float],
     start_validation: Optional[Callable[[int], None]],
     save_checkpoint: Callable[[Any, int], dict[str, Any]],
 ) -> Any:
     """A callback that, at each epoch's end on every rank: rank 0 appends the metrics to
-    ``metrics.jsonl`` and prints one line; every rank writes a checkpoint
-    (``save_checkpoint(model, epochs_done)`` returns the checkpoint arguments of
-    ``ray.train.report``) and reports to Ray Train (a barrier every rank must reach
-    equally often). The metrics line comes first, so every checkpointed epoch has its
-    line. ``take_waited()`` returns the seconds the training step waited for data since
-    the last call: ``data_wait_fraction`` is their share of the epoch's training time.
-    Before each validation it calls ``start_validation(epoch)``; at the first training
-    step of the run it logs a ``first_step`` event. (Built here: tf_keras is imported late.)"""
+    ``metrics.jsonl``, sends the epoch's line to the driver and writes TensorBoard
+    scalars; every rank writes a checkpoint (``save_checkpoint(model, epochs_done)``
+    returns the checkpoint arguments of ``ray.train.report``) and reports to Ray Train
+    (a barrier every rank must reach equally often). The metrics line comes first, so
+    every checkpointed epoch has its line. ``take_waited()`` returns the seconds the
+    training step waited for data since the last call: ``data_wait_fraction`` is their
+    share of the epoch's training time. Before each validation it calls
+    ``start_validation(epoch)``. During an epoch rank 0 sends progress twice a second
+    (:mod:`raytrain.progress`) and batch scalars every ``run.log_every_steps`` steps.
+    (Built here: tf_keras is imported late.)"""
     import shutil
 
     import ray.train
     import tf_keras
 
-    from raytrain import rundir
+    from raytrain import progress, rundir
+    from raytrain.scalars import ScalarLog
+
+    plan, run_dir, epochs = spec.plan, spec.job.run_dir, spec.job.training.epochs
+    every = spec.job.run.log_every_steps
+    send = progress.sender(spec.sink)
+    scalars = ScalarLog(run_dir) if rank == 0 else None
 
     class EpochReporter(tf_keras.callbacks.Callback):
         def __init__(self) -> None:
             super().__init__()
-            self._supports_tf_logs = True  # the batch hook below must not convert logs every step
+            self._supports_tf_logs = True  # logs stay tensors; read only when shown
             self.train_seconds = 0.0
             self.first_step_logged = False
+            self.global_step = 0
+            self.last_sent = 0.0
 
         def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
             if not self.first_step_logged:
                 self.first_step_logged = True
                 if rank == 0:
                     rundir.event(run_dir, "first_step", epoch=self.epoch + 1)
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            self.global_step += 1
+            if rank != 0:
+                return
+            now = time.perf_counter()
+            log_scalars = every and self.global_step % every == 0
+            if not log_scalars and now - self.last_sent < progress.UPDATE_SECONDS:
+                return
+            values = {k: float(v) for k, v in (logs or {}).items()}
+            if log_scalars:
+                scalars.batch(self.global_step, values)
+            if now - self.last_sent >= progress.UPDATE_SECONDS:
+                self.last_sent = now
+                send(progress.step_message(self.epoch + 1, epochs, batch + 1, plan.train_steps, values,
+                                           (batch + 1) * plan.global_batch, now - self.started))
 
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
             self.epoch = epoch
@@ -133,13 +160,19 @@ def epoch_reporter(
             metrics["epoch_time_s"] = ended - self.started
             if rank == 0:
                 rundir.append_metrics(run_dir, metrics)
-                # Not print(): Ray Train patches it into its logger, which shows every line twice.
-                sys.stdout.write(_epoch_line(epoch + 1, epochs, metrics) + "\n")
-                sys.stdout.flush()
+                line = _epoch_line(epoch + 1, epochs, metrics)
+                if spec.sink is None:
+                    sys.stdout.write(line + "\n")
+                send({"kind": "epoch", "line": line, "metrics": metrics})
+                scalars.epoch(epoch + 1, metrics)
             saved = save_checkpoint(self.model, epoch + 1)
             ray.train.report(metrics, **saved)
             if "checkpoint" in saved:  # Ray Train has copied it to the run directory
                 shutil.rmtree(saved["checkpoint"].path, ignore_errors=True)
+
+        def on_train_end(self, logs: Any = None) -> None:
+            if scalars is not None:
+                scalars.close()
 
     return EpochReporter()
 
@@ -152,9 +185,12 @@ def make_strategy(world_size: int) -> Any:
     has several, else TensorFlow's default strategy; a one-member collective costs
     ~2.4 ms per step for nothing (5% of a step of the cnn at 64x64x3 on 2 cores).
     """
-    import tensorflow as tf
+    from raytrain.progress import quiet_stderr
 
-    gpus = tf.config.list_physical_devices("GPU")
+    with quiet_stderr():
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
     if world_size > 1:
@@ -212,7 +248,7 @@ def train_loop(config: dict[str, Any]) -> Optional[dict[str, Any]]:
             m.builder, spec.sample_shape, spec.num_classes, spec.one_hot,
             m.optimizer, m.learning_rate, m.loss, tuple(m.metrics),
         )
-        first_epoch = _restore(model, run_dir, rank)
+        first_epoch = _restore(model, run_dir, rank, spec.sink)
 
     def save_checkpoint(model: Any, done: int) -> dict[str, Any]:
         folder = tempfile.mkdtemp(prefix=f"raytrain-checkpoint-rank{rank}-")
@@ -250,7 +286,7 @@ def train_loop(config: dict[str, Any]) -> Optional[dict[str, Any]]:
         for epoch in range(first_epoch, epochs):
             yield from train_loader.epoch(epoch, plan.train_steps, wb)
 
-    reporter = epoch_reporter(plan, rank, epochs, run_dir, train_feed.take_waited, start_validation, save_checkpoint)
+    reporter = epoch_reporter(spec, rank, train_feed.take_waited, start_validation, save_checkpoint)
     if rank == 0:
         rundir.event(run_dir, "start", from_epoch=first_epoch + 1, world_size=world)
     try:
@@ -292,7 +328,7 @@ def train_loop(config: dict[str, Any]) -> Optional[dict[str, Any]]:
     return None
 
 
-def _restore(model: Any, run_dir: str, rank: int) -> int:
+def _restore(model: Any, run_dir: str, rank: int, sink: Any) -> int:
     """Restore the latest checkpoint into ``model`` (in the strategy's scope) and return
     the epochs it completed (0 without one). Ray Train hands a restarted worker group its
     latest checkpoint; a resumed run (or local mode, where raytrain keeps checkpoints
@@ -313,8 +349,9 @@ def _restore(model: Any, run_dir: str, rank: int) -> int:
     if rank == 0:
         rundir.keep_metrics_through(run_dir, done)
         rundir.event(run_dir, "restored", epoch=done, checkpoint=found.path)
-        sys.stdout.write(f"raytrain: restored the checkpoint of epoch {done} ({found.path})\n")
-        sys.stdout.flush()
+        from raytrain.progress import note
+
+        note(sink, f"raytrain: restored the checkpoint of epoch {done} ({found.path})")
     return done
 
 
@@ -338,7 +375,10 @@ def make_loader(spec: WorkerSpec, shard: Shard, rank: int, stream: int) -> Any:
         from raytrain.readers.images import ImageDecoder, ImageLoader
 
         decoder = ImageDecoder(tuple(d.image_size), COLOR_MODES[d.color_mode], d.interpolation)
-        return ImageLoader(shard, decoder, decode_threads(spec.job), d.seed, rank, stream, d.on_bad_sample)
+        from raytrain.progress import note
+
+        return ImageLoader(shard, decoder, decode_threads(spec.job), d.seed, rank, stream, d.on_bad_sample,
+                           notify=lambda text: note(spec.sink, text))
     from raytrain.loader import Loader, window_cache_bytes
     from raytrain.readers.hdf5 import HDF5Reader
 

@@ -117,6 +117,11 @@ def test_two_workers_learn_and_end_with_identical_weights(tmp_path, make_h5):
     assert len({r["pid"] for r in ranks}) == 2
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
     assert "finished 3 epochs (2 workers)" in proc.stdout and "val_accuracy" in proc.stdout
+    # Not a terminal: exactly one line per epoch, none from rank 1, no worker or TensorFlow noise.
+    for epoch in (1, 2, 3):
+        assert sum(line.startswith(f"epoch {epoch}/3  ") for line in proc.stdout.splitlines()) == 1
+    assert "\r" not in proc.stdout and "ETA" not in proc.stdout
+    assert "RayTrainWorker" not in proc.stdout + proc.stderr and "cuInit" not in proc.stderr
 
     import tf_keras
 
@@ -127,8 +132,9 @@ def test_two_workers_learn_and_end_with_identical_weights(tmp_path, make_h5):
 def test_local_mode_trains_clips_with_one_hot_labels(tmp_path, make_h5):
     data = make_h5("clips.h5", samples=160, shape=(4, 1, 8, 8), classes=2, one_hot=True)
     proc = run_cli("train", "--data", data, "--local", "--model", "video3d", "--batch-size", "16", "--epochs", "2",
-                   "--name", "local", "--storage-path", str(tmp_path / "runs"), cwd=str(tmp_path))
+                   "--name", "local", "--storage-path", str(tmp_path / "runs"), "--verbose", cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Reported metrics" in proc.stderr  # --verbose shows Ray Train's own lines
     run = tmp_path / "runs" / "local"
     epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(epochs) == 2 and "val_accuracy" in epochs[-1]

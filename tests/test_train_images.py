@@ -68,4 +68,4 @@ def test_skip_trains_without_the_bad_file_and_reports_it(tmp_path, tree_with_a_b
     assert len(metrics(run)) == 2
     assert (run / "skipped_files.txt").read_text().startswith(f"{bad}\tcannot be decoded")
     assert "skipped       1 bad files" in proc.stdout
-    assert proc.stderr.count(f"skipped bad image {bad}") == 1  # once, not once per epoch
+    assert proc.stdout.count(f"skipped bad image {bad}") == 1  # once, not once per epoch

@@ -24,7 +24,7 @@ import sys
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -139,10 +139,11 @@ class ImageLoader:
         rank: The worker's rank (part of the order's seed).
         stream: Training or validation.
         on_bad_sample: ``error`` or ``skip``.
+        notify: Shows a line (a skipped file) to the user; default: stderr.
     """
 
     def __init__(self, shard: Shard, decoder: ImageDecoder, threads: int, seed: int, rank: int, stream: int,
-                 on_bad_sample: str = "error"):
+                 on_bad_sample: str = "error", notify: Optional[Callable[[str], None]] = None):
         self.shard = shard
         self.decoder = decoder
         self.threads = max(1, int(threads))
@@ -150,6 +151,7 @@ class ImageLoader:
         self.rank = rank
         self.stream = stream
         self.on_bad_sample = on_bad_sample
+        self._notify = notify or (lambda text: sys.stderr.write(text + "\n"))
         self.skipped: dict[str, str] = {}  # path -> why it was skipped
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="raytrain-decode")
@@ -164,7 +166,7 @@ class ImageLoader:
             if path in self.skipped:
                 return
             self.skipped[path] = reason
-        sys.stderr.write(f"raytrain: skipped bad image {path}: {reason}\n")
+        self._notify(f"raytrain: skipped bad image {path}: {reason}")
 
     def _decode_batch(self, epoch: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         s = self.shard
