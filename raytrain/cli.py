@@ -58,20 +58,16 @@ def _flag_type(kind: Any) -> Callable[[str], Any]:
     return kind
 
 
-def train_command_parser(sub: Any) -> None:
+def add_job_flags(p: argparse.ArgumentParser, skip: tuple[tuple[str, str], ...] = ()) -> None:
+    """A flag for every job key (``training.batch_size`` -> ``--batch-size``), grouped by section."""
     from raytrain.config import flag_name, option_fields
 
-    p = sub.add_parser("train", help="train a model (locally, or on Ray workers)", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("job", nargs="?", help="YAML job file (optional when --data is given)")
+    p.add_argument("job", nargs="?", help="YAML job file (optional when --data, --directory or --manifest is given)")
     p.add_argument("--local", action="store_true", help="run in-process on this machine (same as --num-workers 0)")
-    p.add_argument("--verbose", action="store_true",
-                   help="show the workers' and Ray's own output (TensorFlow start-up, Ray Train) besides raytrain's")
-    p.add_argument("--resume", action="store_true",
-                   help="continue a stopped run from its newest checkpoint: the run named by --name (or run.name), "
-                   "else the newest run of this job in the storage path; its saved job is used, flags still override")
     groups: dict[str, Any] = {}
     for section, key, kind in option_fields():
+        if (section, key) in skip:
+            continue
         group = groups.setdefault(section, p.add_argument_group(f"{section} (job file section '{section}')"))
         flag = flag_name(section, key)
         extra = {"action": "append"} if (section, key) == ("data", "paths") else {}
@@ -81,6 +77,17 @@ def train_command_parser(sub: Any) -> None:
                                                  else " (comma-separated)" if _flag_type(kind) is _parse_int_list else ""),
             **extra,
         )
+
+
+def train_command_parser(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a model (locally, or on Ray workers)", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_job_flags(p)
+    p.add_argument("--verbose", action="store_true",
+                   help="show the workers' and Ray's own output (TensorFlow start-up, Ray Train) besides raytrain's")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a stopped run from its newest checkpoint: the run named by --name (or run.name), "
+                   "else the newest run of this job in the storage path; its saved job is used, flags still override")
     p.set_defaults(func=train_command)
 
 
@@ -94,7 +101,7 @@ def job_from_args(args: argparse.Namespace) -> Any:
         job = _saved_job(args, job)
     overrides: dict[tuple[str, str], Any] = {}
     for section, key, _ in cfg.option_fields():
-        value = getattr(args, f"{section}.{key}")
+        value = getattr(args, f"{section}.{key}", None)
         if (section, key) == ("data", "paths") and value is not None:
             value = [p for part in value for p in _parse_list(part)]
         overrides[(section, key)] = value
@@ -365,6 +372,50 @@ def runs_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def up_command_parser(sub: Any) -> None:
+    from raytrain.launch import __doc__ as launch_doc
+
+    for name, what in (("up", "start"), ("down", "stop")):
+        p = sub.add_parser(name, help=f"{what} the cluster a cluster YAML describes (ray {name}, or a simulated one here)",
+                           description=launch_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("cluster", help="a cluster YAML, e.g. clusters/local-sim.yaml")
+        p.set_defaults(func=up_command if name == "up" else down_command)
+
+
+def up_command(args: argparse.Namespace) -> int:
+    from raytrain.launch import up
+
+    up(args.cluster, progress=lambda text: print(f"raytrain: {text}", flush=True))
+    return 0
+
+
+def down_command(args: argparse.Namespace) -> int:
+    from raytrain.launch import down
+
+    down(args.cluster, progress=lambda text: print(f"raytrain: {text}", flush=True))
+    return 0
+
+
+def submit_command_parser(sub: Any) -> None:
+    p = sub.add_parser("submit", help="run raytrain train on a Ray cluster as a Ray Job and stream its logs",
+                       description="Submit `raytrain train` to a cluster's job server. Takes the same job file and "
+                       "flags as `raytrain train`; --num-workers is still the one flag that scales. Data and storage "
+                       "paths must be reachable from the cluster (shared filesystem or URIs).")
+    add_job_flags(p, skip=(("scaling", "address"),))
+    p.add_argument("--address", required=True, help="the cluster's job server, e.g. http://127.0.0.1:8265")
+    p.set_defaults(func=submit_command)
+
+
+def submit_command(args: argparse.Namespace) -> int:
+    from raytrain.launch import submit, use_token_auth
+
+    use_token_auth()  # before Ray is imported
+
+    setattr(args, "scaling.address", "auto")
+    job = job_from_args(args)
+    return submit(job, args.address, progress=lambda text: print(f"raytrain: {text}", flush=True))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raytrain", description="Train Keras models on data larger than memory, on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -374,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_command_parser(sub)
     report_command_parser(sub)
     runs_command_parser(sub)
+    up_command_parser(sub)
+    submit_command_parser(sub)
     bench_command_parser(sub)
     return parser
 

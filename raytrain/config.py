@@ -65,6 +65,7 @@ class ScalingSection:
     num_workers: int = 0  # 0 = in-process on this machine (Ray Train local mode)
     gpus_per_worker: float = 0  # each worker's GPUs are local replicas of the strategy
     cpus_per_worker: float = 1
+    placement: str = "pack"  # pack: workers on as few nodes as possible; spread: on as many as possible
     address: Optional[str] = None  # None = a private local Ray; "auto" or ray://HOST:10001 joins a cluster
 
 
@@ -238,6 +239,10 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
         raise RaytrainError(
             f"scaling.gpus_per_worker above 1 must be a whole number. Received: {s.gpus_per_worker}"
         )
+    if s.placement not in PLACEMENTS:
+        raise RaytrainError(
+            f"scaling.placement must be one of {list(PLACEMENTS)}. Received: {s.placement!r} (set it with --placement)"
+        )
     workers = max(s.num_workers, 1)
     replicas = max(int(s.gpus_per_worker), 1) * workers
     if t.batch_size < workers:
@@ -272,6 +277,7 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
     return job
 
 
+PLACEMENTS = {"pack": "PACK", "spread": "SPREAD"}  # scaling.placement -> Ray's placement group strategy
 CLUSTER_MAX_FAILURES = 3  # run.max_failures when joining a cluster, where nodes come and go
 KINDS = ("hdf5", "images")
 COLOR_MODES = {"rgb": 3, "grayscale": 1}  # channels

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from raytrain.config import JobConfig, to_dict
+from raytrain.config import PLACEMENTS, JobConfig, to_dict
 from raytrain.errors import RaytrainError, find_user_error
 
 # Set in every process that trains, before TensorFlow loads:
@@ -253,7 +253,8 @@ def _fit(spec: Any, train_table: Any, val_table: Any) -> Any:
         train_loop_per_worker=train_loop,
         train_loop_config={"spec": spec},
         scaling_config=ScalingConfig(
-            num_workers=s.num_workers, use_gpu=s.gpus_per_worker > 0, resources_per_worker=resources
+            num_workers=s.num_workers, use_gpu=s.gpus_per_worker > 0, resources_per_worker=resources,
+            placement_strategy=PLACEMENTS[s.placement],
         ),
         run_config=RunConfig(
             name=job.run.name, storage_path=job.run.storage_path,

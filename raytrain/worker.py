@@ -395,5 +395,6 @@ def _write_worker_record(run_dir: str, rank: int, fields: dict[str, Any]) -> Non
     from raytrain import rundir
 
     node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-    record = {"rank": rank, "node_id": node_id, "hostname": socket.gethostname(), "pid": os.getpid(), **fields}
+    record = {"rank": rank, "node_id": node_id, "hostname": socket.gethostname(), "pid": os.getpid(),
+              "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), **fields}  # Ray sets it per worker
     rundir.write_worker_record(run_dir, rank, record)
