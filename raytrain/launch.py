@@ -299,7 +299,8 @@ def submit(job: Any, address: str, progress: Any = print) -> int:
     import raytrain
 
     client = _job_client(address)
-    logging.getLogger("ray").setLevel(logging.WARNING)  # not a line per uploaded package
+    for name in ["ray", *[n for n in logging.root.manager.loggerDict if n.startswith("ray.")]]:
+        logging.getLogger(name).setLevel(logging.WARNING)  # not a line per uploaded package
     folder, job = stage_job(job)
     package = os.path.dirname(os.path.abspath(raytrain.__file__))
     entrypoint = "python -m raytrain train job.yaml"
