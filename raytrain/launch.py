@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import yaml
 
@@ -123,20 +123,21 @@ def _job_client(address: str) -> Any:
         ) from None
 
 
-def _pids_under(folder: str) -> list[int]:
-    """PIDs of the processes whose command line names ``folder`` (a cluster's own Ray temp folder)."""
-    pids = []
+def process_cmdlines() -> Iterator[tuple[int, str]]:
+    """(pid, command line) of every process this user can see, from /proc."""
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
+        if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+                yield int(entry), f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if folder in cmd:
-            pids.append(int(entry))
-    return pids
+
+
+def _pids_under(folder: str) -> list[int]:
+    """PIDs of the processes whose command line names ``folder`` (a cluster's own Ray temp folder)."""
+    return [pid for pid, cmd in process_cmdlines() if folder in cmd and pid != os.getpid()]
 
 
 def _children() -> dict[int, list[int]]:

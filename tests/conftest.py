@@ -18,18 +18,9 @@ RAY_PROCESS_MARKERS = ("raylet", "gcs_server", "ray::", "default_worker.py", "da
 
 
 def _ray_pids() -> set[int]:
-    pids = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if any(m in cmd for m in RAY_PROCESS_MARKERS):
-            pids.add(int(entry))
-    return pids
+    from raytrain.launch import process_cmdlines
+
+    return {pid for pid, cmd in process_cmdlines() if any(m in cmd for m in RAY_PROCESS_MARKERS)}
 
 
 @pytest.fixture(scope="session", autouse=True)
