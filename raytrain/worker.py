@@ -253,13 +253,13 @@ def train_loop(config: dict[str, Any]) -> Optional[dict[str, Any]]:
     def save_checkpoint(model: Any, done: int) -> dict[str, Any]:
         folder = tempfile.mkdtemp(prefix=f"raytrain-checkpoint-rank{rank}-")
         checkpoint.write(model, folder, {"epoch": done, "seed": d.seed, "world_size": world, "epochs": epochs})
-        if rank != 0 or local:
-            if rank == 0:  # local mode: no Ray Train storage, raytrain keeps the checkpoints itself
-                checkpoint.persist(folder, run_dir, done, job.run.keep_checkpoints)
-            shutil.rmtree(folder, ignore_errors=True)
-            return {}
-        return {"checkpoint": ray.train.Checkpoint.from_directory(folder),
-                "checkpoint_dir_name": checkpoint.dir_name(done)}
+        if rank == 0 and not local:  # Ray Train copies it into the run directory
+            return {"checkpoint": ray.train.Checkpoint.from_directory(folder),
+                    "checkpoint_dir_name": checkpoint.dir_name(done)}
+        if rank == 0:  # local mode has no Ray Train storage: raytrain keeps the checkpoints itself
+            checkpoint.persist(folder, run_dir, done, job.run.keep_checkpoints)
+        shutil.rmtree(folder, ignore_errors=True)  # the other ranks' copies only completed the collective
+        return {}
 
     # Training: one dataset of every remaining epoch's batches and, since the steps per
     # epoch are given, one iterator that fit keeps across epochs. Validation: fit makes
