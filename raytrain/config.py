@@ -19,63 +19,109 @@ import datetime
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
+
+import yaml
 
 from raytrain.errors import RaytrainError
 
 
+def option(default: Any = None, help: str = "", choices: Optional[tuple[str, ...]] = None,
+           factory: Optional[Callable[[], Any]] = None) -> Any:
+    """A job key: its default, the sentence ``--help`` shows, and its allowed values."""
+    metadata = {"help": help, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+KINDS = ("hdf5", "images")  # data.kind; the loaders' registry (raytrain.data.loaders) has one entry each
+COLOR_MODES = {"rgb": 3, "grayscale": 1}  # data.color_mode -> channels
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
+BAD_SAMPLE_POLICIES = ("error", "skip")
+PLACEMENTS = {"pack": "PACK", "spread": "SPREAD"}  # scaling.placement -> Ray's placement group strategy
+CLUSTER_MAX_FAILURES = 3  # run.max_failures when joining a cluster, where nodes come and go
+
+
 @dataclass
 class DataSection:
-    kind: Optional[str] = None  # hdf5 or images; None = hdf5 if paths are set, images if directory/manifest is
-    paths: list[str] = field(default_factory=list)  # hdf5: files or globs; many files form one dataset
-    x_key: str = "X"  # hdf5: features dataset in each file
-    y_key: str = "Y"  # hdf5: labels dataset: integer classes or one-hot rows
-    directory: Optional[str] = None  # images: a class-per-folder tree (as image_dataset_from_directory reads)
-    manifest: Optional[str] = None  # images: a CSV or Parquet list of files and labels, or a `raytrain index` output
-    path_column: str = "path"  # images: the manifest's column of image paths (relative = to the manifest's folder)
-    label_column: str = "label"  # images: the manifest's column of labels (class names or class indices)
-    image_size: list[int] = field(default_factory=lambda: [200, 200])  # images: [height, width] after resizing
-    color_mode: str = "rgb"  # images: rgb (3 channels) or grayscale (1)
-    interpolation: str = "bilinear"  # images: nearest, bilinear, bicubic, area or lanczos
-    decode_threads: int = 0  # images: decoding threads per worker; 0 = the worker's CPUs
-    on_bad_sample: str = "error"  # images: error (stop, naming the file) or skip (replace it with another sample)
-    validation_ratio: float = 0.2  # fraction of samples held out; 0 = no validation
-    seed: int = 0  # fixes the train/validation split and every epoch's order
-    shuffle_window: int = 0  # samples shuffled together in memory; 0 = auto (64 MiB of samples, at most 4096)
-    prefetch_batches: int = 8  # batches each worker reads ahead of training (a bounded queue)
+    kind: Optional[str] = option(None, "what the data is; inferred when not set: hdf5 if data.paths is set, "
+                                 "images if data.directory or data.manifest is", KINDS)
+    paths: list[str] = option(help="HDF5 files or globs; several files form one dataset, in sorted order",
+                              factory=list)
+    x_key: str = option("X", "HDF5: the features dataset in each file, shape (N, *sample_shape)")
+    y_key: str = option("Y", "HDF5: the labels dataset in each file: class indices (N,) or one-hot rows (N, C)")
+    directory: Optional[str] = option(None, "images: a class-per-folder tree, read by the rules of "
+                                      "image_dataset_from_directory")
+    manifest: Optional[str] = option(None, "images: a CSV/TSV/Parquet list of files and labels, or a "
+                                     "`raytrain index` output")
+    path_column: str = option("path", "images: the manifest's column of image paths (relative paths are "
+                              "relative to the manifest's folder)")
+    label_column: str = option("label", "images: the manifest's column of labels (class names or class indices)")
+    image_size: list[int] = option(help="images: height,width every image is resized to",
+                                   factory=lambda: [200, 200])
+    color_mode: str = option("rgb", "images: rgb (3 channels) or grayscale (1)", tuple(COLOR_MODES))
+    interpolation: str = option("bilinear", "images: the resize interpolation", INTERPOLATIONS)
+    decode_threads: int = option(0, "images: decoding threads per worker; 0 = the CPUs the worker holds")
+    on_bad_sample: str = option("error", "images: what an unreadable image does: error stops the run naming "
+                                "the file; skip replaces it with another sample of the shard and lists it",
+                                BAD_SAMPLE_POLICIES)
+    validation_ratio: float = option(0.2, "fraction of the samples held out for validation; 0 = no validation")
+    seed: int = option(0, "fixes the train/validation split and every epoch's sample order")
+    shuffle_window: int = option(0, "samples shuffled together in memory; 0 = auto (64 MiB of samples, "
+                                 "at most 4096)")
+    prefetch_batches: int = option(8, "batches each worker reads ahead of the training step (a bounded "
+                                   "queue); the same for training, evaluate and bench")
 
 
 @dataclass
 class ModelSection:
-    builder: str = "cnn"  # built-in name, path/to/file.py:function or pkg.module:function
-    optimizer: str = "adam"  # any tf_keras optimizer name
-    learning_rate: float = 0.001
-    loss: str = "auto"  # auto: sparse/categorical crossentropy from the labels' shape
-    metrics: list[str] = field(default_factory=lambda: ["accuracy"])
+    builder: str = option("cnn", "a built-in model (cnn, video3d), path/to/file.py:function or "
+                          "package.module:function")
+    optimizer: str = option("adam", "a tf_keras optimizer name (adam, sgd, rmsprop, ...)")
+    learning_rate: float = option(0.001, "the optimizer's learning rate")
+    loss: str = option("auto", "a tf_keras loss name; auto = (sparse) categorical crossentropy from the "
+                       "labels' format")
+    metrics: list[str] = option(help="tf_keras metric names, reported every epoch", factory=lambda: ["accuracy"])
 
 
 @dataclass
 class TrainingSection:
-    epochs: int = 5
-    batch_size: int = 64  # GLOBAL batch; each worker reads batch_size / num_workers
+    epochs: int = option(5, "passes over the training data")
+    batch_size: int = option(64, "the GLOBAL batch: samples per step summed over every worker and GPU; "
+                             "each worker reads batch_size / num_workers")
 
 
 @dataclass
 class ScalingSection:
-    num_workers: int = 0  # 0 = in-process on this machine (Ray Train local mode)
-    gpus_per_worker: float = 0  # each worker's GPUs are local replicas of the strategy
-    cpus_per_worker: float = 1
-    placement: str = "pack"  # pack: workers on as few nodes as possible; spread: on as many as possible
-    address: Optional[str] = None  # None = a private local Ray; "auto" or ray://HOST:10001 joins a cluster
+    num_workers: int = option(0, "Ray Train workers; 0 = in-process on this machine (the same as --local)")
+    gpus_per_worker: float = option(0, "GPUs each worker holds; each one is a local replica of the strategy")
+    cpus_per_worker: float = option(1, "CPUs each worker holds")
+    placement: str = option("pack", "pack: workers on as few nodes as possible; spread: on as many as possible",
+                            tuple(PLACEMENTS))
+    address: Optional[str] = option(None, "the Ray cluster to join (auto, or ray://HOST:10001); not set = a "
+                                    "private Ray on this machine")
+
+    @property
+    def world_size(self) -> int:
+        """Processes that train: the workers, or 1 in local mode."""
+        return max(self.num_workers, 1)
+
+    @property
+    def replicas_per_worker(self) -> int:
+        """Model replicas in each worker: one per GPU, or 1 on CPUs."""
+        return max(int(self.gpus_per_worker), 1)
 
 
 @dataclass
 class RunSection:
-    name: Optional[str] = None  # None = "<job or data file stem>-<UTC timestamp>"
-    storage_path: str = "./runs"  # results go to <storage_path>/<name>/; a path, shared FS path, s3:// or gs:// URI
-    keep_checkpoints: int = 2  # per-epoch checkpoints kept (the newest)
-    max_failures: Optional[int] = None  # worker-group restarts; None = 0 on this machine, 3 on a cluster (--address)
-    log_every_steps: int = 50  # TensorBoard batch scalars every this many steps; 0 = per epoch only
+    name: Optional[str] = option(None, "the run's folder name; not set = <job or data file stem>-<UTC time>")
+    storage_path: str = option("./runs", "where runs are written, as <storage_path>/<name>/: a path, a shared "
+                               "filesystem path, or an s3:// or gs:// URI")
+    keep_checkpoints: int = option(2, "per-epoch checkpoints kept (the newest)")
+    max_failures: Optional[int] = option(None, "worker-group restarts before the run fails; -1 = no limit; "
+                                         f"not set = 0 on this machine, {CLUSTER_MAX_FAILURES} on a cluster")
+    log_every_steps: int = option(50, "TensorBoard batch scalars every this many steps; 0 = per epoch only")
 
 
 @dataclass
@@ -108,13 +154,26 @@ def flag_name(section: str, key: str) -> str:
     return SHORT_FLAGS.get((section, key), key).replace("_", "-")
 
 
-def option_fields() -> list[tuple[str, str, Any]]:
-    """Every (section, key, type) of a job, in file order."""
+@dataclass(frozen=True)
+class Option:
+    """One job key as the command line shows it."""
+
+    section: str
+    key: str
+    kind: Any  # the field's type
+    default: Any
+    help: str
+    choices: Optional[tuple[str, ...]]
+
+
+def options() -> list[Option]:
+    """Every key of a job, in file order, with its type, default, help and choices."""
     out = []
     for section, cls in _section_types().items():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            out.append((section, f.name, hints[f.name]))
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            out.append(Option(section, f.name, hints[f.name], default, f.metadata["help"], f.metadata["choices"]))
     return out
 
 
@@ -177,20 +236,26 @@ def from_dict(raw: Any, source: str = "job file") -> JobConfig:
     return JobConfig(**sections)
 
 
-def load_job(path: str) -> JobConfig:
-    """Load and type-check a YAML job file (not yet validated: see :func:`validate`)."""
-    import yaml
+def read_yaml(path: str, what: str, hint: str) -> Any:
+    """The parsed YAML file ``path`` (a ``what``: "job file", "cluster file").
 
+    Raises:
+        RaytrainError: The file is missing (``hint`` says where to look) or not YAML.
+    """
     if not os.path.isfile(path):
-        raise RaytrainError(f"job file {path} does not exist; check the path")
+        raise RaytrainError(f"{what} {path} does not exist; {hint}")
     try:
         with open(path) as f:
-            raw = yaml.safe_load(f)
+            return yaml.safe_load(f)
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         at = f" at line {line + 1}" if line is not None else ""
-        raise RaytrainError(f"job file {path} is not valid YAML{at}: {getattr(e, 'problem', e)}") from None
-    return from_dict(raw, source=path)
+        raise RaytrainError(f"{what} {path} is not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+
+
+def load_job(path: str) -> JobConfig:
+    """Load and type-check a YAML job file (not yet validated: see :func:`validate`)."""
+    return from_dict(read_yaml(path, "job file", "check the path"), source=path)
 
 
 def apply_overrides(job: JobConfig, overrides: dict[tuple[str, str], Any]) -> JobConfig:
@@ -243,8 +308,8 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
         raise RaytrainError(
             f"scaling.placement must be one of {list(PLACEMENTS)}. Received: {s.placement!r} (set it with --placement)"
         )
-    workers = max(s.num_workers, 1)
-    replicas = max(int(s.gpus_per_worker), 1) * workers
+    workers = s.world_size
+    replicas = s.replicas_per_worker * workers
     if t.batch_size < workers:
         raise RaytrainError(
             f"training.batch_size {t.batch_size} is smaller than the {workers} workers; "
@@ -254,7 +319,7 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
         lower = t.batch_size // replicas * replicas
         raise RaytrainError(
             f"training.batch_size {t.batch_size} (global) does not divide evenly over {replicas} replicas "
-            f"({workers} workers x {max(int(s.gpus_per_worker), 1)} per worker); "
+            f"({workers} workers x {s.replicas_per_worker} per worker); "
             f"use --batch-size {lower or replicas} or {lower + replicas}"
         )
     d.paths = [os.path.abspath(os.path.expanduser(p)) for p in d.paths]
@@ -277,12 +342,6 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
     return job
 
 
-PLACEMENTS = {"pack": "PACK", "spread": "SPREAD"}  # scaling.placement -> Ray's placement group strategy
-CLUSTER_MAX_FAILURES = 3  # run.max_failures when joining a cluster, where nodes come and go
-KINDS = ("hdf5", "images")
-COLOR_MODES = {"rgb": 3, "grayscale": 1}  # channels
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
-BAD_SAMPLE_POLICIES = ("error", "skip")
 
 
 def validate_source(d: DataSection) -> None:

@@ -1,18 +1,28 @@
-"""The one exception type users see.
+"""The exceptions users see, and how the CLI ends on them.
 
 A :class:`RaytrainError` is a problem with the user's input or environment that the
 user can fix. Its message is one line: what is wrong, what was found, how to fix it.
 The CLI prints it as ``raytrain: error: <message>`` and exits with code 2, without a
-traceback. Anything else is a bug and keeps its traceback.
+traceback. :class:`TrainingFailed` is a run whose workers failed: one line, exit 1.
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
+EXIT_FAILED = 1  # training failed (workers died or raised); the newest checkpoint can be resumed
+EXIT_USER_ERROR = 2  # bad input: fix it and run again
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM, as a shell reports SIGINT
+
 
 class RaytrainError(ValueError):
     """A user-fixable problem; the message names the problem and the fix."""
+
+
+class TrainingFailed(Exception):
+    """The workers failed (died, or raised) more often than ``run.max_failures`` allows.
+    Not bad input: the CLI prints the one-line message and exits with code 1."""
 
 
 def find_user_error(exc: BaseException) -> Optional[RaytrainError]:

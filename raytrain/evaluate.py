@@ -11,45 +11,55 @@ shorter), in this process. The result is printed and appended to
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
+import os
+import tempfile
 import time
 from typing import Any, Optional
 
-from raytrain import rundir, storage
+from raytrain.config import validate_source
+from raytrain.data.feed import read_ahead, to_model
+from raytrain.data.hdf5_loader import AUTO_WINDOW_MAX
+from raytrain.data.kinds import build_index, make_loader
+from raytrain.data.loader import ReadSpec, reading_threads
+from raytrain.data.order import VALIDATION
+from raytrain.data.shard import Shard
+from raytrain.env import set_worker_env
 from raytrain.errors import RaytrainError
+from raytrain.run import rundir, storage
+from raytrain.run.progress import quiet_stderr
 
-
-def load_run_job(run_dir: str) -> Any:
-    """The job a run saved in its directory."""
-    import yaml
-
-    from raytrain.config import from_dict
-
-    text = storage.read_text(storage.join(run_dir, "job.yaml"))
-    if text is None:
-        raise RaytrainError(f"{run_dir} is not a raytrain run (no job.yaml); pass a run directory such as runs/NAME")
-    return from_dict(yaml.safe_load(text), source=storage.join(run_dir, "job.yaml"))
+# TensorFlow and tf_keras are imported in the functions that use them: ~4 s (measured),
+# and their C++ start-up lines are silenced around the import.
 
 
 def _load_model(run_dir: str) -> Any:
-    import tempfile
-
     import tf_keras
 
-    path = storage.join(run_dir, rundir.MODEL_KERAS)
+    path = rundir.path(run_dir, rundir.MODEL_KERAS)
     if not storage.exists(path):
         status = (rundir.read_status(run_dir) or {}).get("status", "unknown")
         raise RaytrainError(f"{run_dir} has no exported model ({rundir.MODEL_KERAS}; the run is {status}); "
                             "evaluate a finished run, or finish this one with raytrain train --resume")
     local = storage.local_path(path)
     if local is None:  # a URI: copy it here first
-        import pyarrow.fs
-
-        local = tempfile.mkdtemp(prefix="raytrain-eval-") + "/" + rundir.MODEL_KERAS
-        fs, p = pyarrow.fs.FileSystem.from_uri(path)
-        pyarrow.fs.copy_files(p, local, source_filesystem=fs)
+        local = os.path.join(tempfile.mkdtemp(prefix="raytrain-eval-"), rundir.MODEL_KERAS)
+        storage.download_file(path, local)
     return tf_keras.models.load_model(local)
+
+
+def _check_like_training(index: Any, meta: dict[str, Any], where: str, run_dir: str) -> None:
+    """The data must have the shape and no more classes than the model was trained on."""
+    trained = tuple(meta.get("sample_shape", ()))
+    if index.sample_shape != trained:
+        raise RaytrainError(
+            f"samples of {where} have shape {index.sample_shape} but the model of "
+            f"{run_dir} was trained on {trained}; evaluate on data of the same shape"
+        )
+    if index.num_classes > meta.get("num_classes", index.num_classes):
+        raise RaytrainError(
+            f"the data has {index.num_classes} classes but the model of {run_dir} knows {meta['num_classes']}"
+        )
 
 
 def evaluate(run_dir: str, data: Optional[dict[str, Any]] = None, batch_size: int = 64) -> dict[str, Any]:
@@ -60,64 +70,45 @@ def evaluate(run_dir: str, data: Optional[dict[str, Any]] = None, batch_size: in
         data: ``data`` keys that replace the run's (e.g. ``{"paths": [...]}``); None = the run's data.
         batch_size: Samples per evaluation batch.
     """
-    import os
-
-    from raytrain.trainer import WORKER_ENV
-
-    for k, v in WORKER_ENV.items():  # before TensorFlow loads, as for training
-        os.environ.setdefault(k, v)
-    import numpy as np
-    import tensorflow as tf
-
-    from raytrain.config import validate_source
-    from raytrain.index import build_index
-    from raytrain.shard import VALIDATION, Shard, StepPlan
-    from raytrain.worker import WorkerSpec, batch_to_model, make_loader
-
+    set_worker_env(os.environ)  # before TensorFlow loads, as for training
     if batch_size < 1:
         raise RaytrainError(f"--batch-size must be a positive integer. Received: {batch_size}")
-    job = load_run_job(run_dir)
-    meta = json.loads(storage.read_text(storage.join(run_dir, "dataset.json")) or "{}")
+    job = rundir.read_job(run_dir)
+    meta = rundir.read_dataset(run_dir)
     d = job.data
     if data:  # other files, read the run's way
         d = dataclasses.replace(d, **{"kind": None, "paths": [], "directory": None, "manifest": None, **data})
         validate_source(d)
+    where = d.paths or d.directory or d.manifest
     index = build_index(d)
-    trained = tuple(meta.get("sample_shape", ()))
-    if index.sample_shape != trained:
-        raise RaytrainError(
-            f"samples of {d.paths or d.directory or d.manifest} have shape {index.sample_shape} but the model of "
-            f"{run_dir} was trained on {trained}; evaluate on data of the same shape"
-        )
-    if index.num_classes > meta.get("num_classes", index.num_classes):
-        raise RaytrainError(
-            f"the data has {index.num_classes} classes but the model of {run_dir} knows {meta['num_classes']}"
-        )
-    model = _load_model(run_dir)
-    job = dataclasses.replace(job, data=d, scaling=dataclasses.replace(job.scaling, num_workers=0))
+    _check_like_training(index, meta, str(where), run_dir)
+    with quiet_stderr():
+        model = _load_model(run_dir)
+    local = dataclasses.replace(job.scaling, num_workers=0)  # this process reads with all its CPUs
+    read = ReadSpec(d, index.sample_shape, index.dtype, index.rows_per_block,
+                    meta.get("shuffle_window") or AUTO_WINDOW_MAX, reading_threads(d, local))
+    loader = make_loader(read, Shard(index.table, index.rows_per_block), 0, VALIDATION)
     steps = math.ceil(len(index) / batch_size)
-    plan = StepPlan(1, batch_size, batch_size, steps, 0)
-    spec = WorkerSpec(job, plan, index.sample_shape, meta.get("num_classes", index.num_classes),
-                      bool(meta.get("one_hot", index.one_hot)), index.dtype, index.rows_per_block,
-                      meta.get("shuffle_window") or 4096)
-    loader = make_loader(spec, Shard(index.table, index.rows_per_block), 0, VALIDATION)
+    convert = to_model(index.dtype, meta.get("num_classes", index.num_classes), bool(meta.get("one_hot", index.one_hot)))
     started = time.perf_counter()
+    feed, ds = read_ahead(loader.epoch(0, steps, batch_size, tail=True), steps, (None, *index.sample_shape),
+                          index.dtype, d.prefetch_batches, convert)
     try:
-        ds = tf.data.Dataset.from_generator(
-            lambda: loader.epoch(0, steps, batch_size, tail=True),
-            output_signature=(tf.TensorSpec((None, *index.sample_shape), np.dtype(index.dtype)),
-                              tf.TensorSpec((None,), tf.int64)),
-        ).map(batch_to_model(spec))
-        metrics = model.evaluate(ds, verbose=0, return_dict=True)
+        metrics = model.evaluate(ds, steps=steps, verbose=0, return_dict=True)
+    except Exception:
+        if feed.error is not None:
+            raise feed.error from None  # the reader's error, not the queue's "cancelled"
+        raise
     finally:
+        feed.stop()
         loader.close()
     result = {
         "time": time.time(),
-        "data": d.paths or d.directory or d.manifest,
+        "data": where,
         "samples": len(index),
         "seconds": time.perf_counter() - started,
         "metrics": {k: float(v) for k, v in metrics.items()},
         "skipped_files": sorted(loader.skipped),
     }
-    storage.append_line(storage.join(run_dir, "evaluations.jsonl"), json.dumps(result))
+    rundir.append_evaluation(run_dir, result)
     return result

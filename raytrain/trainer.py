@@ -11,28 +11,31 @@ Without ``scaling.address`` raytrain starts a private Ray instance with
 from __future__ import annotations
 
 import dataclasses
-import json
+import logging
 import os
 import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from raytrain.config import PLACEMENTS, JobConfig, to_dict
-from raytrain.errors import RaytrainError, find_user_error
+import pyarrow as pa
 
-# Set in every process that trains, before TensorFlow loads:
-# - TF_CPP_MIN_LOG_LEVEL quiets TensorFlow's C++ start-up messages;
-# - TF_CPU_ALLOCATOR_USE_BFC keeps freed tensor memory in TensorFlow's own pool. With the
-#   default allocator, feeding batches from Python made every step fault its ~100 MB of
-#   activations back in from the kernel (5M page faults, +40 ms per step of system time
-#   on the cnn at 64x64x3, batch 32; README, "Input pipeline speed").
-WORKER_ENV = {
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-    "TF_USE_LEGACY_KERAS": "1",
-    "TF_CPU_ALLOCATOR_USE_BFC": "true",
-    "PYTHONUNBUFFERED": "1",
-}
+from raytrain.config import PLACEMENTS, JobConfig
+from raytrain.data.hdf5_loader import auto_window
+from raytrain.data.kinds import build_index
+from raytrain.data.loader import ReadSpec, reading_threads
+from raytrain.data.plan import StepPlan, plan_steps
+from raytrain.data.schema import SampleIndex
+from raytrain.data.split import split_index
+from raytrain.env import VERBOSE_ENV, WORKER_ENV, set_worker_env
+from raytrain.errors import RaytrainError, TrainingFailed, find_user_error
+from raytrain.models import build_model, resolve_builder
+from raytrain.run import checkpoint, rundir, storage
+from raytrain.run.progress import ProgressPrinter, quiet_stderr, start_sink
+from raytrain.worker import WorkerSpec, train_loop
+
+# Ray and Ray Train are imported where they are used: ~2 s (measured) that `raytrain
+# --help` and the commands that do not train must not pay.
 
 
 @dataclass
@@ -53,9 +56,7 @@ class RunSummary:
 
     def render(self) -> str:
         """A one-screen text summary."""
-        from raytrain.worker import RUN_KEYS
-
-        metrics = "  ".join(f"{k} {v:.4f}" for k, v in self.final_metrics.items() if k not in RUN_KEYS)
+        metrics = "  ".join(f"{k} {v:.4f}" for k, v in self.final_metrics.items() if k not in rundir.RUN_KEYS)
         where = "local, in-process" if self.num_workers == 0 else f"{self.num_workers} workers"
         lines = [
             "",
@@ -74,11 +75,9 @@ class RunSummary:
 
 def _check_run_dir(job: JobConfig, resume: bool) -> None:
     """A new run needs an empty run directory; a resumed one needs its job there."""
-    from raytrain import checkpoint, storage
-
     run_dir = job.run_dir
     if resume:
-        if not storage.exists(storage.join(run_dir, "job.yaml")):
+        if not rundir.is_run(run_dir):
             raise RaytrainError(f"--resume: {run_dir} holds no run; check --name and --storage-path")
         return
     if storage.listdir(run_dir):
@@ -118,10 +117,8 @@ def _check_model(spec: Any) -> None:
     data is one line here rather than a traceback from every worker. Skipped in local
     mode, where the loop runs in this process and must create its strategy before any
     other TensorFlow op."""
-    from raytrain.models import build_model
-
     m = spec.job.model
-    build_model(m.builder, spec.sample_shape, spec.num_classes, spec.one_hot,
+    build_model(m.builder, spec.read.sample_shape, spec.num_classes, spec.one_hot,
                 m.optimizer, m.learning_rate, m.loss, tuple(m.metrics))
 
 
@@ -129,12 +126,8 @@ def _init_ray(job: JobConfig, verbose: bool) -> None:
     """Start a private local Ray, or join the cluster at ``scaling.address``. Unless
     ``verbose``, workers' output stays in their log files (``/tmp/ray/session_*/logs``)
     and Ray's own INFO/WARNING lines are not shown: progress and errors reach the
-    console through raytrain (:mod:`raytrain.progress`)."""
-    import logging
-
+    console through raytrain (:mod:`raytrain.run.progress`)."""
     import ray
-
-    from raytrain.progress import VERBOSE_ENV
 
     quiet = {} if verbose else {"log_to_driver": False, "logging_level": logging.ERROR}
     runtime_env = {"env_vars": dict(WORKER_ENV, **({VERBOSE_ENV: "1"} if verbose else {}))}
@@ -143,12 +136,41 @@ def _init_ray(job: JobConfig, verbose: bool) -> None:
         ray.init(address="local", dashboard_host="127.0.0.1", runtime_env=runtime_env, **quiet)
     else:
         ray.init(address=job.scaling.address, runtime_env=runtime_env, **quiet)
-    from ray.data import DataContext  # configures Ray Data's loggers: quiet them after this
+    from ray.data import (
+        DataContext,  # configures Ray Data's loggers: quiet them after this
+    )
 
     if not verbose:
         for name in ("ray", "ray.train", "ray.data"):
             logging.getLogger(name).setLevel(logging.ERROR)
     DataContext.get_current().enable_progress_bars = False
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What the driver works out before Ray starts."""
+
+    spec: WorkerSpec
+    index: SampleIndex
+    train: pa.Table
+    validation: pa.Table
+
+
+def _prepare(job: JobConfig) -> _Prepared:
+    """Index, split and plan on the driver, so bad input fails before any worker starts."""
+    d, s = job.data, job.scaling
+    index = build_index(d)
+    train_table, val_table = split_index(index.table, d.validation_ratio, d.seed)
+    resolve_builder(job.model.builder)
+    plan = plan_steps(train_table.num_rows, val_table.num_rows, s.world_size, job.training.batch_size,
+                      s.replicas_per_worker)
+    read = ReadSpec(d, index.sample_shape, index.dtype, index.rows_per_block,
+                    d.shuffle_window or auto_window(index.sample_bytes), reading_threads(d, s))
+    spec = WorkerSpec(job, plan, read, index.num_classes, index.one_hot)
+    if s.num_workers > 0:
+        with quiet_stderr():
+            _check_model(spec)
+    return _Prepared(spec, index, train_table, val_table)
 
 
 def run(job: JobConfig, resume: bool = False, verbose: bool = False) -> Optional[RunSummary]:
@@ -166,82 +188,61 @@ def run(job: JobConfig, resume: bool = False, verbose: bool = False) -> Optional
         RaytrainError: Bad input, found on the driver or raised by a worker.
         TrainingFailed: The workers failed more often than ``run.max_failures`` allows.
     """
-    for k, v in WORKER_ENV.items():
-        os.environ.setdefault(k, v)
-    from raytrain.progress import VERBOSE_ENV, quiet_stderr
-
+    set_worker_env(os.environ)
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
     with quiet_stderr():
         import tensorflow  # noqa: F401  (its C++ start-up lines go to /dev/null unless --verbose)
-    from raytrain import storage
-    from raytrain.index import build_index, split_index
-    from raytrain.loader import auto_window
-    from raytrain.models import resolve_builder
-    from raytrain.shard import plan_steps
-    from raytrain.worker import WorkerSpec
-
-    from raytrain import rundir
-
     started = time.perf_counter()
-    d, s = job.data, job.scaling
     _check_run_dir(job, resume)
     if resume and (rundir.read_status(job.run_dir) or {}).get("status") == "finished":
         return None
-    index = build_index(d)
-    train_table, val_table = split_index(index.table, d.validation_ratio, d.seed)
-    resolve_builder(job.model.builder)
-    world = max(s.num_workers, 1)
-    plan = plan_steps(train_table.num_rows, val_table.num_rows, world, job.training.batch_size,
-                      max(int(s.gpus_per_worker), 1))
-    window = d.shuffle_window or auto_window(index.sample_bytes)
-    spec = WorkerSpec(job, plan, index.sample_shape, index.num_classes, index.one_hot, index.dtype,
-                      index.rows_per_block, window)
-    if s.num_workers > 0:
-        with quiet_stderr():
-            _check_model(spec)
+    prepared = _prepare(job)
 
     import ray
 
     _init_ray(job, verbose)
     printer = None
     try:
-        from raytrain.progress import ProgressPrinter, start_sink
-
-        spec = dataclasses.replace(spec, sink=start_sink())
+        spec = dataclasses.replace(prepared.spec, sink=start_sink())
         printer = ProgressPrinter(spec.sink).start()
         _check_resources(job)
-        storage.makedirs(job.run_dir)
-        _write_job(job, index, plan, spec.window)
-        rundir.write_status(job.run_dir, "running", resumed=resume, num_workers=s.num_workers,
-                            driver_pid=os.getpid(), host=socket.gethostname())
-        try:
-            _fit(spec, train_table, val_table)
-            _prune_checkpoints(job)
-        except KeyboardInterrupt:
-            rundir.write_status(job.run_dir, "interrupted", num_workers=s.num_workers)
-            raise
-        except Exception as e:
-            _prune_checkpoints(job)
-            rundir.write_status(job.run_dir, "failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__,
-                                num_workers=s.num_workers)
-            raise
+        _train(spec, prepared, resume)
     finally:
         if printer is not None:
             printer.stop()
         ray.shutdown()
-    summary = _summarize(job, train_table.num_rows, val_table.num_rows, time.perf_counter() - started)
-    rundir.write_status(job.run_dir, "finished", epochs=summary.epochs, num_workers=s.num_workers,
+    summary = _summarize(job, prepared.train.num_rows, prepared.validation.num_rows, time.perf_counter() - started)
+    rundir.write_status(job.run_dir, "finished", epochs=summary.epochs, num_workers=job.scaling.num_workers,
                         wall_time_s=summary.wall_time_s)
     return summary
+
+
+def _train(spec: WorkerSpec, prepared: _Prepared, resume: bool) -> None:
+    """Write the run's start, fit, and record how it ended."""
+    job, workers = spec.job, spec.job.scaling.num_workers
+    storage.makedirs(job.run_dir)
+    _write_job(job, prepared.index, spec.plan, spec.read.window)
+    rundir.write_status(job.run_dir, "running", resumed=resume, num_workers=workers,
+                        driver_pid=os.getpid(), host=socket.gethostname())
+    try:
+        _fit(spec, prepared.train, prepared.validation)
+        _prune_checkpoints(job)
+    except KeyboardInterrupt:
+        rundir.write_status(job.run_dir, "interrupted", num_workers=workers)
+        raise
+    except Exception as e:
+        _prune_checkpoints(job)
+        rundir.write_status(job.run_dir, "failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__,
+                            num_workers=workers)
+        raise
 
 
 def _fit(spec: Any, train_table: Any, val_table: Any) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    from raytrain.index.dataset import ContiguousShards, to_ray_datasets
-    from raytrain.worker import train_loop
+    from raytrain.data.ray_datasets import ContiguousShards, to_ray_datasets
 
     job = spec.job
     s = job.scaling
@@ -262,7 +263,7 @@ def _fit(spec: Any, train_table: Any, val_table: Any) -> Any:
             checkpoint_config=CheckpointConfig(num_to_keep=job.run.keep_checkpoints),
         ),
         datasets=to_ray_datasets(train_table, val_table),
-        dataset_config=ContiguousShards(tables, max(s.num_workers, 1)),
+        dataset_config=ContiguousShards(tables, s.world_size),
     )
     try:
         return trainer.fit()
@@ -291,21 +292,12 @@ STORAGE_CHECK_FAILED = "Unable to set up cluster storage"  # Ray Train's message
 def _prune_checkpoints(job: JobConfig) -> None:
     """Keep the newest ``run.keep_checkpoints`` checkpoints. Ray Train prunes the ones it
     took in this attempt; this also covers those of earlier attempts of a resumed run."""
-    from raytrain import checkpoint, storage
-
     for _, old in checkpoint.on_storage(job.run_dir)[: -job.run.keep_checkpoints]:
         storage.delete_dir(old)
 
 
-class TrainingFailed(Exception):
-    """The workers failed (died, or raised) more often than ``run.max_failures`` allows.
-    Not bad input: the CLI prints the one-line message and exits with code 1."""
-
-
 def _failure_line(error: BaseException, job: JobConfig) -> str:
     """What failed, where the newest checkpoint is, and how to continue."""
-    from raytrain import checkpoint
-
     failures = getattr(error, "worker_failures", None)
     if isinstance(failures, dict) and failures:
         def died(cause: BaseException) -> bool:
@@ -329,13 +321,9 @@ def _failure_line(error: BaseException, job: JobConfig) -> str:
     )
 
 
-def _write_job(job: JobConfig, index: Any, plan: Any, window: int) -> None:
-    import yaml
-
-    from raytrain import storage
-
-    storage.write_text(storage.join(job.run_dir, "job.yaml"), yaml.safe_dump(to_dict(job), sort_keys=False))
-    meta = {
+def _write_job(job: JobConfig, index: SampleIndex, plan: StepPlan, window: int) -> None:
+    rundir.write_job(job.run_dir, job)
+    rundir.write_dataset(job.run_dir, {
         "samples": len(index),
         "sample_shape": list(index.sample_shape),
         "num_classes": index.num_classes,
@@ -345,13 +333,10 @@ def _write_job(job: JobConfig, index: Any, plan: Any, window: int) -> None:
         "shuffle_window": window,
         "rows_per_block": index.rows_per_block,
         "class_names": list(index.class_names),  # image datasets: the name of each class index
-    }
-    storage.write_text(storage.join(job.run_dir, "dataset.json"), json.dumps(meta, indent=1))
+    })
 
 
 def _summarize(job: JobConfig, n_train: int, n_val: int, wall: float) -> RunSummary:
-    from raytrain import rundir, storage
-
     run_dir = job.run_dir
     epochs = rundir.read_metrics(run_dir)
     skipped = rundir.collect_skipped(run_dir)
@@ -370,13 +355,13 @@ def _summarize(job: JobConfig, n_train: int, n_val: int, wall: float) -> RunSumm
         wall_time_s=wall,
         skipped_files=len(skipped),
         files={
-            "model": storage.join(run_dir, rundir.MODEL_KERAS),
-            "serving": storage.join(run_dir, rundir.SAVED_MODEL),
-            "metrics": storage.join(run_dir, rundir.METRICS),
-            "job": storage.join(run_dir, "job.yaml"),
+            "model": rundir.path(run_dir, rundir.MODEL_KERAS),
+            "serving": rundir.path(run_dir, rundir.SAVED_MODEL),
+            "metrics": rundir.path(run_dir, rundir.METRICS),
+            "job": rundir.path(run_dir, rundir.JOB),
         },
     )
     if skipped:
-        summary.files["bad files"] = storage.join(run_dir, rundir.SKIPPED)
-    storage.write_text(storage.join(run_dir, rundir.SUMMARY), json.dumps(summary.__dict__, indent=1))
+        summary.files["bad files"] = rundir.path(run_dir, rundir.SKIPPED)
+    rundir.write_summary(run_dir, summary.__dict__)
     return summary

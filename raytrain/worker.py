@@ -4,9 +4,15 @@ Order matters: the strategy is created first, before any other TensorFlow op
 ("collective ops must be configured at program startup"); the model is built and
 compiled in its scope. Each epoch's batches reach ``fit`` through
 ``strategy.distribute_datasets_from_function``: every local replica pulls its own
-per-replica batches, so every sample of a worker's batch is trained on. (Handing a
-``Sequence`` to ``fit`` silently trains on 1 of every N samples; ``from_generator``
-with auto-sharding off splits each batch N ways; see ../shared/NOTES.md.)
+per-replica batches, so every sample of a worker's batch is trained on. (Measured with
+a layer that records the sample ids each step trains on: handing a ``Sequence`` to
+``fit`` silently trains on 1 of every N samples; ``from_generator`` with auto-sharding
+off splits each batch N ways.)
+
+TensorFlow, tf_keras and Ray Train are imported inside the functions that run on the
+worker: importing them costs ~5 s (measured), which ``raytrain --help`` and every
+command that does not train must not pay, and TensorFlow's C++ start-up lines are
+silenced around its import (:func:`raytrain.run.progress.quiet_stderr`).
 """
 
 from __future__ import annotations
@@ -15,16 +21,23 @@ import hashlib
 import os
 import shutil
 import socket
-import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
 from raytrain.config import JobConfig
-from raytrain.shard import TRAIN, VALIDATION, Shard, StepPlan
+from raytrain.data.feed import QueueFeed, to_model
+from raytrain.data.kinds import make_loader
+from raytrain.data.loader import Batch, BatchLoader, ReadSpec
+from raytrain.data.order import TRAIN, VALIDATION
+from raytrain.data.plan import StepPlan
+from raytrain.data.shard import Shard
+from raytrain.errors import RaytrainError
+from raytrain.models import build_model
+from raytrain.run import checkpoint, progress, rundir
+from raytrain.run.progress import quiet_stderr
 
 
 @dataclass(frozen=True)
@@ -33,148 +46,10 @@ class WorkerSpec:
 
     job: JobConfig
     plan: StepPlan
-    sample_shape: tuple[int, ...]
+    read: ReadSpec  # how the worker reads its shard
     num_classes: int
     one_hot: bool
-    dtype: str  # features as stored; converted to float32 by TensorFlow
-    rows_per_block: dict[str, int]  # per file, see raytrain.order
-    window: int  # samples shuffled together (data.shuffle_window, resolved)
-    sink: Any = None  # the driver's raytrain.progress.ProgressSink actor (None: print instead)
-
-
-def batch_to_model(spec: WorkerSpec) -> Any:
-    """The conversion TensorFlow applies to each batch: features to float32 (uint8
-    scaled to [0, 1]), labels to one-hot rows if the files had them."""
-    import tensorflow as tf
-
-    scale = 1.0 / 255.0 if spec.dtype == "uint8" else 1.0
-
-    def to_model(x: Any, y: Any) -> Any:
-        x = tf.cast(x, tf.float32)
-        if scale != 1.0:
-            x = x * scale
-        return x, (tf.one_hot(y, spec.num_classes) if spec.one_hot else y)
-
-    return to_model
-
-
-def _weights_digest(model: Any) -> str:
-    h = hashlib.sha256()
-    for w in model.get_weights():
-        h.update(np.ascontiguousarray(w).tobytes())
-    return h.hexdigest()
-
-
-RUN_KEYS = ("epoch", "epoch_time_s", "samples_per_s", "data_wait_s", "data_wait_fraction")  # not model metrics
-
-
-def _epoch_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
-    shown = [f"{k} {v:.4f}" for k, v in metrics.items() if k not in RUN_KEYS]
-    return (
-        f"epoch {epoch}/{epochs}  " + "  ".join(shown)
-        + f"  {metrics['samples_per_s']:.0f} samples/s  data wait {100 * metrics['data_wait_fraction']:.0f}%"
-        + f"  {metrics['epoch_time_s']:.1f} s"
-    )
-
-
-def epoch_reporter(
-    spec: WorkerSpec, rank: int, take_waited: Callable[[], float],
-    start_validation: Optional[Callable[[int], None]],
-    save_checkpoint: Callable[[Any, int], dict[str, Any]],
-) -> Any:
-    """A callback that, at each epoch's end on every rank: rank 0 appends the metrics to
-    ``metrics.jsonl``, sends the epoch's line to the driver and writes TensorBoard
-    scalars; every rank writes a checkpoint (``save_checkpoint(model, epochs_done)``
-    returns the checkpoint arguments of ``ray.train.report``) and reports to Ray Train
-    (a barrier every rank must reach equally often). The metrics line comes first, so
-    every checkpointed epoch has its line. ``take_waited()`` returns the seconds the
-    training step waited for data since the last call: ``data_wait_fraction`` is their
-    share of the epoch's training time. Before each validation it calls
-    ``start_validation(epoch)``. During an epoch rank 0 sends progress twice a second
-    (:mod:`raytrain.progress`) and batch scalars every ``run.log_every_steps`` steps.
-    (Built here: tf_keras is imported late.)"""
-    import shutil
-
-    import ray.train
-    import tf_keras
-
-    from raytrain import progress, rundir
-    from raytrain.scalars import ScalarLog
-
-    plan, run_dir, epochs = spec.plan, spec.job.run_dir, spec.job.training.epochs
-    every = spec.job.run.log_every_steps
-    send = progress.sender(spec.sink)
-    scalars = ScalarLog(run_dir) if rank == 0 else None
-
-    class EpochReporter(tf_keras.callbacks.Callback):
-        def __init__(self) -> None:
-            super().__init__()
-            self._supports_tf_logs = True  # logs stay tensors; read only when shown
-            self.train_seconds = 0.0
-            self.first_step_logged = False
-            self.global_step = 0
-            self.last_sent = 0.0
-
-        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
-            if not self.first_step_logged:
-                self.first_step_logged = True
-                if rank == 0:
-                    rundir.event(run_dir, "first_step", epoch=self.epoch + 1)
-
-        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-            self.global_step += 1
-            if rank != 0:
-                return
-            now = time.perf_counter()
-            log_scalars = every and self.global_step % every == 0
-            if not log_scalars and now - self.last_sent < progress.UPDATE_SECONDS:
-                return
-            values = {k: float(v) for k, v in (logs or {}).items()}
-            if log_scalars:
-                scalars.batch(self.global_step, values)
-            if now - self.last_sent >= progress.UPDATE_SECONDS:
-                self.last_sent = now
-                send(progress.step_message(self.epoch + 1, epochs, batch + 1, plan.train_steps, values,
-                                           (batch + 1) * plan.global_batch, now - self.started))
-
-        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-            self.epoch = epoch
-            self.started = time.perf_counter()
-            self.train_end: Optional[float] = None
-
-        def on_test_begin(self, logs: Any = None) -> None:
-            self.train_end = time.perf_counter()
-            if start_validation is not None:
-                start_validation(self.epoch)
-
-        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            ended = time.perf_counter()
-            train_time = (self.train_end or ended) - self.started
-            self.train_seconds += train_time
-            metrics: dict[str, Any] = {"epoch": epoch + 1}
-            metrics.update({k: float(v) for k, v in (logs or {}).items()})
-            metrics["samples_per_s"] = plan.train_steps * plan.global_batch / train_time
-            waited = take_waited()
-            metrics["data_wait_s"] = waited
-            metrics["data_wait_fraction"] = min(1.0, waited / train_time)
-            metrics["epoch_time_s"] = ended - self.started
-            if rank == 0:
-                rundir.append_metrics(run_dir, metrics)
-                line = _epoch_line(epoch + 1, epochs, metrics)
-                if spec.sink is None:
-                    sys.stdout.write(line + "\n")
-                send({"kind": "epoch", "line": line, "metrics": metrics})
-                scalars.epoch(epoch + 1, metrics)
-            saved = save_checkpoint(self.model, epoch + 1)
-            ray.train.report(metrics, **saved)
-            if "checkpoint" in saved:  # Ray Train has copied it to the run directory
-                shutil.rmtree(saved["checkpoint"].path, ignore_errors=True)
-
-        def on_train_end(self, logs: Any = None) -> None:
-            if scalars is not None:
-                scalars.close()
-
-    return EpochReporter()
+    sink: Any = None  # the driver's raytrain.run.progress.ProgressSink actor (None: print instead)
 
 
 def make_strategy(world_size: int) -> Any:
@@ -185,8 +60,6 @@ def make_strategy(world_size: int) -> Any:
     has several, else TensorFlow's default strategy; a one-member collective costs
     ~2.4 ms per step for nothing (5% of a step of the cnn at 64x64x3 on 2 cores).
     """
-    from raytrain.progress import quiet_stderr
-
     with quiet_stderr():
         import tensorflow as tf
 
@@ -203,129 +76,161 @@ def make_strategy(world_size: int) -> Any:
     return strategy
 
 
-def train_loop(config: dict[str, Any]) -> Optional[dict[str, Any]]:
+def _local_replicas(strategy: Any, plan: StepPlan, rank: int, world: int) -> int:
+    """The strategy's replicas on this worker, checked against the plan."""
+    if world != plan.world_size:
+        raise RaytrainError(f"planned for {plan.world_size} workers but Ray Train started {world}")
+    local = strategy.num_replicas_in_sync // world
+    if local * plan.replica_batch != plan.worker_batch:
+        raise RaytrainError(
+            f"worker {rank} has {local} local replicas but was planned for "
+            f"{plan.worker_batch // plan.replica_batch}; set --gpus-per-worker to the GPUs each worker sees"
+        )
+    return local
+
+
+def _open_loader(spec: WorkerSpec, name: str, rank: int, stream: int) -> BatchLoader:
+    """The loader of this worker's shard of the dataset ``name`` that Ray Train handed it."""
+    import ray.train
+
+    shard = Shard.from_rows(ray.train.get_dataset_shard(name), spec.read.rows_per_block)
+    return make_loader(spec.read, shard, rank, stream, notify=lambda text: progress.note(spec.sink, text))
+
+
+def _build(spec: WorkerSpec, strategy: Any, rank: int) -> tuple[Any, int]:
+    """The compiled model in the strategy's scope, restored from the newest checkpoint
+    if there is one, and the epochs already done."""
+    m = spec.job.model
+    with strategy.scope():
+        model = build_model(m.builder, spec.read.sample_shape, spec.num_classes, spec.one_hot,
+                            m.optimizer, m.learning_rate, m.loss, tuple(m.metrics))
+        return model, _restore(model, spec.job.run_dir, rank, spec.sink)
+
+
+def _checkpoint_saver(job: JobConfig, rank: int, world: int) -> Callable[[Any, int], dict[str, Any]]:
+    """``save(model, epochs_done)``: write this rank's checkpoint and return the
+    checkpoint arguments for ``ray.train.report`` (rank 0's is kept)."""
+    import ray.train
+
+    local = job.scaling.num_workers == 0
+    state = {"seed": job.data.seed, "world_size": world, "epochs": job.training.epochs}
+
+    def save(model: Any, done: int) -> dict[str, Any]:
+        folder = tempfile.mkdtemp(prefix=f"raytrain-checkpoint-rank{rank}-")
+        checkpoint.write(model, folder, dict(state, epoch=done))
+        if rank == 0 and not local:  # Ray Train copies it into the run directory
+            return {"checkpoint": ray.train.Checkpoint.from_directory(folder),
+                    "checkpoint_dir_name": checkpoint.dir_name(done)}
+        if rank == 0:  # local mode has no Ray Train storage: raytrain keeps the checkpoints itself
+            checkpoint.persist(folder, job.run_dir, done, job.run.keep_checkpoints)
+        shutil.rmtree(folder, ignore_errors=True)  # the other ranks' copies only completed the collective
+        return {}
+
+    return save
+
+
+class _Feeds:
+    """The training and validation feeds of one worker and the datasets ``fit`` reads.
+
+    Training: one dataset of every remaining epoch's batches and, since the steps per
+    epoch are given, one iterator that ``fit`` keeps across epochs. Validation: ``fit``
+    makes a new iterator for each evaluation; :meth:`start_validation` starts feeding
+    that epoch's batches.
+    """
+
+    def __init__(self, spec: WorkerSpec, strategy: Any, replicas: int, first_epoch: int,
+                 train: BatchLoader, validation: Optional[BatchLoader]):
+        plan, read = spec.plan, spec.read
+        self.plan, self.train_loader, self.val_loader = plan, train, validation
+        self.first_epoch, self.epochs = first_epoch, spec.job.training.epochs
+        batch_shape = (plan.replica_batch, *read.sample_shape)
+        capacity = read.data.prefetch_batches * replicas
+        convert = to_model(read.dtype, spec.num_classes, spec.one_hot)
+        self.train = QueueFeed(batch_shape, read.dtype, capacity, replicas)
+        entries = max(self.epochs - first_epoch, 1) * plan.train_steps * replicas
+        self.train_ds = strategy.distribute_datasets_from_function(lambda _: self.train.dataset(entries, convert))
+        self.validation, self.val_ds = None, None
+        if validation is not None:
+            self.validation = QueueFeed(batch_shape, read.dtype, capacity, replicas)
+            self.val_ds = strategy.distribute_datasets_from_function(
+                lambda _: self.validation.dataset(plan.val_steps * replicas, convert)
+            )
+
+    def start_training(self) -> None:
+        def batches() -> Iterator[Batch]:
+            for epoch in range(self.first_epoch, self.epochs):
+                yield from self.train_loader.epoch(epoch, self.plan.train_steps, self.plan.worker_batch)
+
+        self.train.start(batches())
+
+    def start_validation(self, epoch: int) -> None:
+        self.validation.start(self.val_loader.epoch(epoch, self.plan.val_steps, self.plan.worker_batch))
+
+    def error(self) -> Optional[BaseException]:
+        """A reader's error, if a feed stopped on one."""
+        return next((f.error for f in (self.train, self.validation) if f is not None and f.error is not None), None)
+
+    def stop(self) -> None:
+        for feed in (self.train, self.validation):
+            if feed is not None:
+                feed.stop()
+
+
+def train_loop(config: dict[str, Any]) -> None:
     """Train on this worker's shard; called by Ray Train with ``{"spec": WorkerSpec}``."""
     spec: WorkerSpec = config["spec"]
     strategy = make_strategy(spec.plan.world_size)
 
     import ray.train
 
-    from raytrain import checkpoint, rundir
-    from raytrain.errors import RaytrainError
-    from raytrain.feed import QueueFeed
-    from raytrain.models import build_model
+    from raytrain.run.reporter import (
+        EpochReporter,  # imports tf_keras: after the strategy
+    )
 
     job, plan = spec.job, spec.plan
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    if world != plan.world_size:
-        raise RaytrainError(f"planned for {plan.world_size} workers but Ray Train started {world}")
-    local_replicas = strategy.num_replicas_in_sync // world
-    if local_replicas * plan.replica_batch != plan.worker_batch:
-        raise RaytrainError(
-            f"worker {rank} has {local_replicas} local replicas but was planned for "
-            f"{plan.worker_batch // plan.replica_batch}; set --gpus-per-worker to the GPUs each worker sees"
-        )
-
-    d = job.data
-    has_val = plan.val_steps > 0
-
-    def loader(name: str, stream: int) -> Any:
-        shard = Shard.from_rows(ray.train.get_dataset_shard(name), spec.rows_per_block)
-        return make_loader(spec, shard, rank, stream)
-
-    train_loader = loader("train", TRAIN)
-    val_loader = loader("validation", VALIDATION) if has_val else None
-
-    run_dir = job.run_dir
-    epochs = job.training.epochs
-    local = job.scaling.num_workers == 0
+    replicas = _local_replicas(strategy, plan, rank, world)
+    train_loader = _open_loader(spec, "train", rank, TRAIN)
+    val_loader = _open_loader(spec, "validation", rank, VALIDATION) if plan.val_steps > 0 else None
+    loaders = [each for each in (train_loader, val_loader) if each is not None]
+    run_dir, epochs = job.run_dir, job.training.epochs
     _write_worker_record(run_dir, rank, {"status": "training"})
-
-    m = job.model
-    with strategy.scope():
-        model = build_model(
-            m.builder, spec.sample_shape, spec.num_classes, spec.one_hot,
-            m.optimizer, m.learning_rate, m.loss, tuple(m.metrics),
-        )
-        first_epoch = _restore(model, run_dir, rank, spec.sink)
-
-    def save_checkpoint(model: Any, done: int) -> dict[str, Any]:
-        folder = tempfile.mkdtemp(prefix=f"raytrain-checkpoint-rank{rank}-")
-        checkpoint.write(model, folder, {"epoch": done, "seed": d.seed, "world_size": world, "epochs": epochs})
-        if rank == 0 and not local:  # Ray Train copies it into the run directory
-            return {"checkpoint": ray.train.Checkpoint.from_directory(folder),
-                    "checkpoint_dir_name": checkpoint.dir_name(done)}
-        if rank == 0:  # local mode has no Ray Train storage: raytrain keeps the checkpoints itself
-            checkpoint.persist(folder, run_dir, done, job.run.keep_checkpoints)
-        shutil.rmtree(folder, ignore_errors=True)  # the other ranks' copies only completed the collective
-        return {}
-
-    # Training: one dataset of every remaining epoch's batches and, since the steps per
-    # epoch are given, one iterator that fit keeps across epochs. Validation: fit makes
-    # a new iterator for each evaluation; the reporter starts feeding that epoch's batches.
-    replicas, wb = local_replicas, plan.worker_batch
-    batch_shape = (plan.replica_batch, *spec.sample_shape)
-    to_model = batch_to_model(spec)
-    train_feed = QueueFeed(batch_shape, spec.dtype, d.prefetch_batches * replicas, replicas)
-    train_ds = strategy.distribute_datasets_from_function(
-        lambda _: train_feed.dataset(max(epochs - first_epoch, 1) * plan.train_steps * replicas, to_model)
-    )
-    feeds, val_ds, start_validation = [train_feed], None, None
-    if val_loader is not None:
-        val_feed = QueueFeed(batch_shape, spec.dtype, d.prefetch_batches * replicas, replicas)
-        feeds.append(val_feed)
-        val_ds = strategy.distribute_datasets_from_function(
-            lambda _: val_feed.dataset(plan.val_steps * replicas, to_model)
-        )
-
-        def start_validation(epoch: int) -> None:
-            val_feed.start(val_loader.epoch(epoch, plan.val_steps, wb))
-
-    def train_batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for epoch in range(first_epoch, epochs):
-            yield from train_loader.epoch(epoch, plan.train_steps, wb)
-
-    reporter = epoch_reporter(spec, rank, train_feed.take_waited, start_validation, save_checkpoint)
+    model, first_epoch = _build(spec, strategy, rank)
+    feeds = _Feeds(spec, strategy, replicas, first_epoch, train_loader, val_loader)
+    reporter = EpochReporter(plan, run_dir, epochs, job.run.log_every_steps, rank, spec.sink,
+                             feeds.train.take_waited, feeds.start_validation if val_loader else None,
+                             _checkpoint_saver(job, rank, world))
     if rank == 0:
         rundir.event(run_dir, "start", from_epoch=first_epoch + 1, world_size=world)
     try:
         if first_epoch < epochs:
-            train_feed.start(train_batches())
+            feeds.start_training()
             model.fit(
-                train_ds,
-                epochs=epochs,
-                initial_epoch=first_epoch,
-                steps_per_epoch=plan.train_steps,
-                validation_data=val_ds,
-                validation_steps=plan.val_steps if has_val else None,
-                callbacks=[reporter],
-                verbose=0,
+                feeds.train_ds, epochs=epochs, initial_epoch=first_epoch, steps_per_epoch=plan.train_steps,
+                validation_data=feeds.val_ds, validation_steps=plan.val_steps if val_loader else None,
+                callbacks=[reporter], verbose=0,
             )
     except Exception:
-        failed = next((f.error for f in feeds if f.error is not None), None)
+        failed = feeds.error()
         if failed is not None:
             raise failed from None  # the reader's error, not the queue's "cancelled"
         raise
     finally:
-        for feed in feeds:
-            feed.stop()
-
+        feeds.stop()
     rundir.export_model(model, run_dir, rank)
     skipped: dict[str, str] = {}
-    for each in (train_loader, val_loader):
-        if each is not None:
-            each.close()
-            skipped.update(each.skipped)
+    for each in loaders:
+        each.close()
+        skipped.update(each.skipped)
     _write_worker_record(run_dir, rank, {
         "status": "finished",
         "train_shard_samples": len(train_loader.shard),
-        "local_replicas": local_replicas,
+        "local_replicas": replicas,
         "train_seconds": reporter.train_seconds,
         "weights_sha256": _weights_digest(model),
         "skipped_files": skipped,  # data.on_bad_sample: skip -> path: reason
     })
-    return None
 
 
 def _restore(model: Any, run_dir: str, rank: int, sink: Any) -> int:
@@ -334,8 +239,6 @@ def _restore(model: Any, run_dir: str, rank: int, sink: Any) -> int:
     latest checkpoint; a resumed run (or local mode, where raytrain keeps checkpoints
     itself) finds the newest complete one in the run directory."""
     import ray.train
-
-    from raytrain import checkpoint, rundir
 
     found = ray.train.get_checkpoint()
     if found is None:
@@ -349,50 +252,21 @@ def _restore(model: Any, run_dir: str, rank: int, sink: Any) -> int:
     if rank == 0:
         rundir.keep_metrics_through(run_dir, done)
         rundir.event(run_dir, "restored", epoch=done, checkpoint=found.path)
-        from raytrain.progress import note
-
-        note(sink, f"raytrain: restored the checkpoint of epoch {done} ({found.path})")
+        progress.note(sink, f"raytrain: restored the checkpoint of epoch {done} ({found.path})")
     return done
 
 
-def decode_threads(job: JobConfig) -> int:
-    """``data.decode_threads``, or (0) the CPUs the worker holds: all of this machine's in
-    local mode, ``scaling.cpus_per_worker`` for a Ray worker."""
-    if job.data.decode_threads:
-        return job.data.decode_threads
-    if job.scaling.num_workers == 0:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, int(job.scaling.cpus_per_worker))
-
-
-def make_loader(spec: WorkerSpec, shard: Shard, rank: int, stream: int) -> Any:
-    """The local generator of a worker's shard: :class:`raytrain.loader.Loader` over HDF5
-    files or :class:`raytrain.readers.images.ImageLoader` over image files."""
-    from raytrain.config import COLOR_MODES
-
-    d = spec.job.data
-    if d.kind == "images":
-        from raytrain.readers.images import ImageDecoder, ImageLoader
-
-        decoder = ImageDecoder(tuple(d.image_size), COLOR_MODES[d.color_mode], d.interpolation)
-        from raytrain.progress import note
-
-        return ImageLoader(shard, decoder, decode_threads(spec.job), d.seed, rank, stream, d.on_bad_sample,
-                           notify=lambda text: note(spec.sink, text))
-    from raytrain.loader import Loader, window_cache_bytes
-    from raytrain.readers.hdf5 import HDF5Reader
-
-    sample_bytes = int(np.prod(spec.sample_shape)) * np.dtype(spec.dtype).itemsize
-    cache = window_cache_bytes(spec.window, spec.rows_per_block, sample_bytes)
-    return Loader(shard, HDF5Reader(shard.files, d.x_key, cache), spec.window, d.seed, rank, stream)
+def _weights_digest(model: Any) -> str:
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
 
 
 def _write_worker_record(run_dir: str, rank: int, fields: dict[str, Any]) -> None:
     """``<run_dir>/workers/rank-N.json``: where rank N runs (written at start, so its pid can
     be found while it trains) and, at the end, what it did."""
     import ray
-
-    from raytrain import rundir
 
     node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     record = {"rank": rank, "node_id": node_id, "hostname": socket.gethostname(), "pid": os.getpid(),

@@ -11,14 +11,14 @@ import h5py
 import numpy as np
 import pytest
 
-from raytrain.synth import make_hdf5
+from raytrain.data.synth import make_hdf5
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY_PROCESS_MARKERS = ("raylet", "gcs_server", "ray::", "default_worker.py", "dashboard.py", "log_monitor.py")
 
 
 def _ray_pids() -> set[int]:
-    from raytrain.launch import process_cmdlines
+    from raytrain.cluster.processes import process_cmdlines
 
     return {pid for pid, cmd in process_cmdlines() if any(m in cmd for m in RAY_PROCESS_MARKERS)}
 

@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from raytrain import checkpoint
 from raytrain.models import build_model
+from raytrain.run import checkpoint
 
 
 def model(optimizer="adam"):

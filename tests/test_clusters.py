@@ -9,8 +9,10 @@ import time
 import pytest
 import yaml
 
+from raytrain.cluster.files import load_cluster, schema
+from raytrain.cluster.launch import read_state
+from raytrain.cluster.processes import cluster_pids
 from raytrain.errors import RaytrainError
-from raytrain.launch import cluster_pids, load_cluster, read_state, schema
 from tests.conftest import ROOT, _ray_pids, run_cli
 
 CLUSTERS = os.path.join(ROOT, "clusters")

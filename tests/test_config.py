@@ -3,7 +3,8 @@ import textwrap
 import pytest
 
 from raytrain import config as cfg
-from raytrain.cli import build_parser, job_from_args
+from raytrain.cli import build_parser
+from raytrain.cli.jobflags import job_from_args
 from raytrain.errors import RaytrainError
 
 JOB = textwrap.dedent(
@@ -90,7 +91,7 @@ def test_flags_override_the_job_file(job_file, tmp_path):
 def test_every_job_key_has_a_flag():
     parser = build_parser()
     text = parser._subparsers._group_actions[0].choices["train"].format_help()
-    for section, key, _ in cfg.option_fields():
+    for section, key in ((o.section, o.key) for o in cfg.options()):
         assert f"--{cfg.flag_name(section, key)}" in text
 
 

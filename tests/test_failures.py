@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from raytrain import checkpoint
+from raytrain.run import checkpoint
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.ray

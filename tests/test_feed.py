@@ -3,7 +3,7 @@ import time
 import numpy as np
 import pytest
 
-from raytrain.feed import QueueFeed
+from raytrain.data.feed import QueueFeed
 
 
 def batches(n: int, produced: list, fail_at: int = -1):

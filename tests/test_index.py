@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
+from raytrain.data.hdf5_index import build_hdf5_index
+from raytrain.data.split import split_index
 from raytrain.errors import RaytrainError
-from raytrain.index import build_hdf5_index, split_index
 from tests.conftest import write_h5
 
 

@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from raytrain.data.image_index import build_image_index, read_manifest, scan_directory
+from raytrain.data.synth import make_image_tree
 from raytrain.errors import RaytrainError
-from raytrain.index.images import build_image_index, read_manifest, scan_directory
-from raytrain.synth import make_image_tree
 from tests.conftest import run_cli, write_image
 
 

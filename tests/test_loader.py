@@ -1,12 +1,13 @@
 import numpy as np
 import pytest
 
-from raytrain.index.dataset import cut_shards
-from raytrain.index.hdf5 import build_hdf5_index
-from raytrain.loader import Loader, auto_window
-from raytrain.order import epoch_positions
-from raytrain.readers.hdf5 import HDF5Reader
-from raytrain.shard import TRAIN, Shard, plan_steps
+from raytrain.data.hdf5_index import build_hdf5_index
+from raytrain.data.hdf5_loader import HDF5Loader, auto_window
+from raytrain.data.hdf5_reader import HDF5Reader
+from raytrain.data.order import TRAIN, epoch_positions
+from raytrain.data.plan import plan_steps
+from raytrain.data.shard import Shard
+from raytrain.data.split import cut_shards
 from tests.test_readers import numbered
 
 
@@ -33,7 +34,7 @@ def two_files(tmp_path):
 def test_batches_are_the_planned_samples_in_order(two_files):
     index = two_files
     shard = Shard(index.table, index.rows_per_block)
-    loader = Loader(shard, HDF5Reader(shard.files, "X"), window=40, seed=5, rank=0, stream=TRAIN)
+    loader = HDF5Loader(shard, HDF5Reader(shard.files, "X"), window=40, seed=5, rank=0, stream=TRAIN)
     steps, batch = 50, 10
     for epoch in (0, 1):
         got = list(loader.epoch(epoch, steps, batch))
@@ -53,7 +54,7 @@ def test_every_sample_once_per_epoch_across_workers(two_files):
         seen = []
         for rank, table in enumerate(cut_shards(index.table, world)):
             shard = Shard(table, index.rows_per_block)
-            loader = Loader(shard, HDF5Reader(shard.files, "X"), window=50, seed=0, rank=rank, stream=TRAIN)
+            loader = HDF5Loader(shard, HDF5Reader(shard.files, "X"), window=50, seed=0, rank=rank, stream=TRAIN)
             pos = epoch_positions(shard.block_starts, 50, plan.train_steps, plan.worker_batch, 0, epoch, rank, TRAIN)
             batches = list(loader.epoch(epoch, plan.train_steps, plan.worker_batch))
             assert len(batches) == plan.train_steps  # equal steps on every rank
@@ -70,7 +71,7 @@ def test_reads_are_bounded_by_the_window(two_files):
     shard = Shard(index.table, {f: 16 for f in index.rows_per_block})  # the files' chunks
     largest_block = int(np.diff(shard.block_starts).max())
     reader = CountingReader(shard.files, "X")
-    loader = Loader(shard, reader, window=48, seed=0, rank=0, stream=TRAIN)
+    loader = HDF5Loader(shard, reader, window=48, seed=0, rank=0, stream=TRAIN)
     n = sum(1 for _ in loader.epoch(0, 51, 10))
     assert n == 51
     assert max(reader.reads) <= 48 + largest_block - 1
@@ -78,11 +79,16 @@ def test_reads_are_bounded_by_the_window(two_files):
 
 
 def test_prefetched_epochs_yield_every_batch(two_files):
+    from raytrain.data.feed import read_ahead
+
     index = two_files
     shard = Shard(index.table, index.rows_per_block)
-    loader = Loader(shard, HDF5Reader(shard.files, "X"), window=64, seed=0, rank=0, stream=TRAIN)
-    batches = list(loader.epochs(0, 3, steps=20, batch=8, depth=2))
-    assert len(batches) == 60
+    loader = HDF5Loader(shard, HDF5Reader(shard.files, "X"), window=64, seed=0, rank=0, stream=TRAIN)
+    epochs = (b for e in range(3) for b in loader.epoch(e, steps=20, batch=8))
+    feed, ds = read_ahead(epochs, 60, (8, *index.sample_shape), index.dtype, 2, lambda x, y: (x, y))
+    batches = list(ds.as_numpy_iterator())
+    feed.stop()
+    assert len(batches) == 60 and feed.error is None
 
 
 def test_auto_window_holds_64_mib_at_most_4096_samples():
@@ -92,7 +98,7 @@ def test_auto_window_holds_64_mib_at_most_4096_samples():
 
 
 def test_empty_shard_has_no_blocks():
-    from raytrain.index.hdf5 import INDEX_SCHEMA
+    from raytrain.data.schema import INDEX_SCHEMA
 
     shard = Shard(INDEX_SCHEMA.empty_table())
     assert len(shard) == 0 and shard.block_starts.tolist() == [0]

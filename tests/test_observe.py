@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from raytrain.progress import ProgressPrinter, render_bar, step_message
-from raytrain.synth import make_image_tree
+from raytrain.data.synth import make_image_tree
+from raytrain.run.progress import ProgressPrinter, render_bar, step_message
 from tests.conftest import ROOT, run_cli
 
 
@@ -56,7 +56,7 @@ def test_non_terminal_output_is_one_line_per_epoch(tmp_path):
 def finished_run(tmp_path_factory):
     """A local run on a terminal (module-scoped: several tests read it)."""
     tmp = tmp_path_factory.mktemp("observe")
-    from raytrain.synth import make_hdf5
+    from raytrain.data.synth import make_hdf5
 
     make_hdf5(str(tmp / "d.h5"), 1200, (16, 16, 3), classes=3)
     code, out = run_in_terminal("train", "--data", str(tmp / "d.h5"), "--local", "--epochs", "3", "--batch-size", "16",

@@ -1,8 +1,13 @@
 import numpy as np
 import pytest
 
-from raytrain.order import block_starts, epoch_order, epoch_positions
-from raytrain.shard import TRAIN, VALIDATION
+from raytrain.data.order import (
+    TRAIN,
+    VALIDATION,
+    block_starts,
+    epoch_order,
+    epoch_positions,
+)
 
 
 def starts_of(n: int, block: int, first_row: int = 0) -> np.ndarray:
@@ -46,7 +51,7 @@ def test_windows_are_whole_blocks_and_bounded(block, window):
     largest = int(np.diff(starts).max())
     block_of = np.searchsorted(starts, np.arange(n), side="right") - 1
     for a, b in zip(bounds[:-1], bounds[1:]):
-        assert 0 < b - a <= window + largest - 1  # the memory bound documented in raytrain.order
+        assert 0 < b - a <= window + largest - 1  # the memory bound documented in raytrain.data.order
         blocks = np.unique(block_of[positions[a:b]])
         # a window holds whole blocks only
         assert np.diff(starts)[blocks].sum() == b - a

@@ -1,6 +1,7 @@
 import h5py
 import numpy as np
-from raytrain.readers.hdf5 import MIN_BLOCK_BYTES, HDF5Reader, block_rows
+
+from raytrain.data.hdf5_reader import MIN_BLOCK_BYTES, HDF5Reader, block_rows
 
 
 def numbered(path: str, n: int, shape=(4, 4, 3), chunks=None) -> str:

@@ -5,10 +5,12 @@ import os
 import numpy as np
 import pytest
 
+from raytrain.data.image_index import to_table
+from raytrain.data.image_loader import ImageLoader
+from raytrain.data.image_reader import ImageDecoder, jpeg_size
+from raytrain.data.order import TRAIN
+from raytrain.data.shard import Shard
 from raytrain.errors import RaytrainError
-from raytrain.index.images import to_table
-from raytrain.readers.images import ImageDecoder, ImageLoader, jpeg_size
-from raytrain.shard import TRAIN, Shard
 from tests.conftest import write_image
 
 
@@ -85,7 +87,7 @@ def write_bad_files(tmp_path):
 
 
 def test_bad_files_raise_bad_image_with_the_reason(tmp_path):
-    from raytrain.readers.images import BadImage
+    from raytrain.data.image_reader import BadImage
 
     _, bad = write_bad_files(tmp_path)
     out = np.zeros((8, 8, 3), np.uint8)

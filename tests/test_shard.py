@@ -2,10 +2,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from raytrain.data.order import TRAIN, epoch_positions
+from raytrain.data.plan import plan_steps
+from raytrain.data.shard import Shard
+from raytrain.data.split import cut_shards
 from raytrain.errors import RaytrainError
-from raytrain.index.dataset import cut_shards
-from raytrain.order import epoch_positions
-from raytrain.shard import TRAIN, Shard, plan_steps
 
 
 def index_table(n: int) -> pa.Table:

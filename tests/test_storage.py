@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from raytrain import storage
+from raytrain.run import storage
 from tests.conftest import run_cli
 
 

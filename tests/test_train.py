@@ -89,7 +89,9 @@ def test_uneven_three_workers_train_each_sample_at_most_once(tmp_path):
     assert (plan["train_steps"], plan["val_steps"], plan["worker_batch"]) == (7, 3, 3)
 
     import pyarrow as pa  # noqa: F401  (split is recomputed the way the driver did)
-    from raytrain.index import build_hdf5_index, split_index
+
+    from raytrain.data.hdf5_index import build_hdf5_index
+    from raytrain.data.split import split_index
 
     train, val = split_index(build_hdf5_index([data]).table, 0.3, 0)
     train_ids = set(train.column("sample_id").to_pylist())

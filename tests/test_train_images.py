@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from raytrain.synth import make_image_tree
+from raytrain.data.synth import make_image_tree
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.ray

@@ -92,6 +92,38 @@ def workspace(workdir: Optional[str]) -> Iterator[str]:
         shutil.rmtree(temporary, ignore_errors=True)
 
 
+def feed_rates(loader: Any, steps: int, batch: int, sample_shape: tuple[int, ...], dtype: str,
+               prefetch: int) -> dict[str, Any]:
+    """:data:`REPEATS` epochs of ``loader`` read through raytrain's feed, the path training
+    takes (a background thread, a bounded TensorFlow queue, the conversion to float32);
+    returns the median samples/s."""
+    from raytrain.data.feed import read_ahead, to_model
+
+    convert = to_model(dtype, 2, False)
+    rates = []
+    for epoch in range(REPEATS):
+        start = time.perf_counter()
+        feed, ds = read_ahead(loader.epoch(epoch, steps, batch), steps, (batch, *sample_shape), dtype, prefetch, convert)
+        try:
+            n = sum(int(y.shape[0]) for _, y in ds)
+        finally:
+            feed.stop()
+        rates.append(n / (time.perf_counter() - start))
+    return {"samples": n, "samples_per_s": float(sorted(rates)[len(rates) // 2]), "samples_per_s_each": rates}
+
+
+def table(head: list[str], rows: list[list[str]], right: tuple[int, ...] = ()) -> list[str]:
+    """A Markdown table; the columns numbered in ``right`` are right-aligned."""
+    align = "|".join("---:" if i in right else "---" for i in range(len(head)))
+    return ["| " + " | ".join(head) + " |", f"|{align}|", *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def bars_table(bars: dict[str, Any], shown: Callable[[dict[str, Any]], str]) -> list[str]:
+    """The table of bars: each with its measured value (``shown(bar)``) and whether it was met."""
+    rows = [[b["bar"], shown(b), "yes" if b["met"] else "NO"] for b in bars.values()]
+    return table(["bar", "measured", "met"], rows, right=(1,))
+
+
 def judge(bars: list[tuple[str, str, Callable[[float], bool]]], ratios: dict[str, float]) -> dict[str, Any]:
     """Each bar (key, description, test) with its measured value and whether it was met."""
     return {key: {"bar": text, "value": ratios[key], "met": bool(test(ratios[key]))} for key, text, test in bars}

@@ -4,7 +4,8 @@ On one file (yours, or a synthetic one it writes) it measures, in this order:
 
 - **sequential**: the whole file in large slices, the upper bound for any reader;
 - **raytrain loader**: one shuffled epoch as a worker reads it (block order, window,
-  background prefetch), in a child process that also reports its peak resident memory;
+  through the training feed: background thread, bounded TensorFlow queue, conversion
+  to float32), in a child process that also reports its peak resident memory;
   then the same on a copy of the file four times as long, for the memory growth;
 - **tutorial**: sorted random indices per batch, ``np.array(X[idx])``, as in the HDF5
   tutorial raytrain replaces;
@@ -33,10 +34,30 @@ import sys
 import time
 from typing import Any, Iterator, Optional
 
+import h5py
 import numpy as np
 
-from raytrain.bench import REPEATS, child, judge, machine, peak_rss_bytes, python_env, rate, workspace
+from raytrain.bench import (
+    REPEATS,
+    bars_table,
+    child,
+    feed_rates,
+    judge,
+    machine,
+    peak_rss_bytes,
+    python_env,
+    rate,
+    table,
+    workspace,
+)
+from raytrain.data.hdf5_index import build_hdf5_index
+from raytrain.data.hdf5_loader import HDF5Loader, auto_window, window_cache_bytes
+from raytrain.data.hdf5_reader import HDF5Reader
+from raytrain.data.order import TRAIN
+from raytrain.data.shard import Shard
+from raytrain.data.synth import make_hdf5
 from raytrain.errors import RaytrainError
+from raytrain.run.rundir import read_metrics
 
 SEQUENTIAL_SLICE_BYTES = 16 << 20  # the sequential read's slice size
 GROWTH = 4  # the memory check reads a file this many times longer
@@ -70,27 +91,18 @@ def _one_at_a_time(x: Any, batch: int, seed: int) -> Iterator[np.ndarray]:
 
 def loader_child(args: dict[str, Any]) -> dict[str, Any]:
     """Shuffled epochs through raytrain's loader; reports samples/s and peak RSS."""
-    from raytrain.index.hdf5 import build_hdf5_index
-    from raytrain.loader import Loader, auto_window, window_cache_bytes
-    from raytrain.readers.hdf5 import HDF5Reader
-    from raytrain.shard import TRAIN, Shard
-
     index = build_hdf5_index([args["path"]], args["x_key"], args["y_key"])
     shard = Shard(index.table, index.rows_per_block)
     window = args["window"] or auto_window(index.sample_bytes)
     cache = window_cache_bytes(window, index.rows_per_block, index.sample_bytes)
-    loader = Loader(shard, HDF5Reader(shard.files, args["x_key"], cache), window, seed=0, rank=0, stream=TRAIN)
+    loader = HDF5Loader(shard, HDF5Reader(shard.files, args["x_key"], cache), window, seed=0, rank=0, stream=TRAIN)
     batch = args["batch"]
-    steps = len(shard) // batch
-    rates = []
-    for epoch in range(REPEATS):
-        start = time.perf_counter()
-        n = sum(len(x) for x, _ in loader.epochs(epoch, epoch + 1, steps, batch, args["prefetch"]))
-        rates.append(n / (time.perf_counter() - start))
+    try:
+        rates = feed_rates(loader, len(shard) // batch, batch, index.sample_shape, index.dtype, args["prefetch"])
+    finally:
+        loader.close()
     return {
-        "samples": n,
-        "samples_per_s": float(np.median(rates)),
-        "samples_per_s_each": rates,
+        **rates,
         "peak_rss_bytes": peak_rss_bytes(),
         "window": window,
         "rows_per_block": max(index.rows_per_block.values()),
@@ -99,7 +111,6 @@ def loader_child(args: dict[str, Any]) -> dict[str, Any]:
 
 def in_memory_child(args: dict[str, Any]) -> dict[str, Any]:
     """A plain tf_keras fit of the built-in cnn on the whole file held in memory."""
-    import h5py
     import tf_keras
 
     from raytrain.models import build_model
@@ -137,15 +148,11 @@ def _raytrain_train(path: str, x_key: str, y_key: str, batch: int, epochs: int, 
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"bench step 'raytrain train --local' failed (exit {proc.returncode}): {tail}")
-    from raytrain.rundir import read_metrics
-
     return {"epochs": read_metrics(os.path.join(workdir, "runs", name)), "run_dir": os.path.join(workdir, "runs", name)}
 
 
 def _repeat_file(src: str, dst: str, times: int, x_key: str, y_key: str) -> None:
     """Write ``dst``: the samples of ``src`` repeated ``times`` times, same chunking."""
-    import h5py
-
     with h5py.File(src, "r") as fin, h5py.File(dst, "w") as fout:
         x, y = fin[x_key], fin[y_key]
         n = x.shape[0]
@@ -157,6 +164,45 @@ def _repeat_file(src: str, dst: str, times: int, x_key: str, y_key: str) -> None
             for k in range(times):
                 out_x[k * n + s : k * n + s + len(part_x)] = part_x
                 out_y[k * n + s : k * n + s + len(part_y)] = part_y
+
+
+def _readers_in_process(path: str, x_key: str, batch: int, budget: float, progress: Any) -> dict[str, dict[str, Any]]:
+    """The sequential read, the tutorial pattern and one sample at a time, in this process."""
+    rows: dict[str, dict[str, Any]] = {}
+    with h5py.File(path, "r") as f:
+        x = f[x_key]
+        sum(len(p) for p in _sequential(x))  # warm the page cache
+        progress("sequential read")
+        rates = [np.divide(*rate(_sequential(x), float("inf"))) for _ in range(REPEATS)]
+        rows["sequential"] = {"samples": x.shape[0], "samples_per_s": float(np.median(rates)), "samples_per_s_each": rates}
+        for key, what, batches in (("tutorial", "tutorial pattern", _tutorial(x, batch, 0)),
+                                   ("one_at_a_time", "one sample at a time", _one_at_a_time(x, batch, 0))):
+            progress(what)
+            n, seconds = rate(batches, budget)
+            rows[key] = {"samples": n, "seconds": seconds, "samples_per_s": n / seconds}
+    return rows
+
+
+def _loader_rows(path: str, child_args: dict[str, Any], workdir: str, timeout: float,
+                 progress: Any) -> dict[str, dict[str, Any]]:
+    """raytrain's loader on the file, then on a copy :data:`GROWTH` times as long (memory growth)."""
+    progress("raytrain loader")
+    rows = {"loader": child("loader", child_args, timeout)}
+    bigger = os.path.join(workdir, f"bench-x{GROWTH}.h5")
+    progress(f"raytrain loader on a {GROWTH}x file")
+    _repeat_file(path, bigger, GROWTH, child_args["x_key"], child_args["y_key"])
+    os.sync()
+    rows["loader_x4"] = child("loader", dict(child_args, path=bigger), timeout)
+    os.remove(bigger)
+    return rows
+
+
+def _file_info(path: str, x_key: str) -> dict[str, Any]:
+    with h5py.File(path, "r") as f:
+        x = f[x_key]
+        return {"file": os.path.abspath(path), "samples": x.shape[0], "sample_shape": list(x.shape[1:]),
+                "dtype": str(x.dtype), "chunks": list(x.chunks) if x.chunks else None,
+                "file_bytes": os.path.getsize(path)}
 
 
 def run_bench(
@@ -176,48 +222,17 @@ def run_bench(
     progress: Any = print,
 ) -> dict[str, Any]:
     """Run every measurement once and return the results (see the module docstring)."""
-    import h5py
-
     with workspace(workdir) as workdir:
         if path is None:
-            from raytrain.synth import make_hdf5
-
             path = os.path.join(workdir, "bench.h5")
             progress(f"writing {samples:,} synthetic samples of {shape} to {path}")
             make_hdf5(path, samples, shape, classes=4, chunk_rows=chunk_rows)
             os.sync()  # so the kernel's write-back does not compete with the reads timed below
-        from raytrain.index.hdf5 import build_hdf5_index
-
         index = build_hdf5_index([path], x_key, y_key)  # validates the file like `train` does
-        with h5py.File(path, "r") as f:
-            x = f[x_key]
-            info = {
-                "file": os.path.abspath(path), "samples": x.shape[0], "sample_shape": list(x.shape[1:]),
-                "dtype": str(x.dtype), "chunks": list(x.chunks) if x.chunks else None,
-                "file_bytes": os.path.getsize(path),
-            }
-            sum(len(p) for p in _sequential(x))  # warm the page cache
-            rows: dict[str, dict[str, Any]] = {}
-            progress("sequential read")
-            rates = [np.divide(*rate(_sequential(x), float("inf"))) for _ in range(REPEATS)]
-            rows["sequential"] = {"samples": x.shape[0], "samples_per_s": float(np.median(rates)), "samples_per_s_each": rates}
-        progress("raytrain loader")
+        info = _file_info(path, x_key)
+        rows = _readers_in_process(path, x_key, batch, budget, progress)
         child_args = {"path": path, "x_key": x_key, "y_key": y_key, "batch": batch, "window": window, "prefetch": prefetch}
-        rows["loader"] = child("loader", child_args, timeout)
-        bigger = os.path.join(workdir, f"bench-x{GROWTH}.h5")
-        progress(f"raytrain loader on a {GROWTH}x file")
-        _repeat_file(path, bigger, GROWTH, x_key, y_key)
-        os.sync()
-        rows["loader_x4"] = child("loader", dict(child_args, path=bigger), timeout)
-        os.remove(bigger)
-        with h5py.File(path, "r") as f:
-            x = f[x_key]
-            progress("tutorial pattern")
-            n, s = rate(_tutorial(x, batch, 0), budget)
-            rows["tutorial"] = {"samples": n, "seconds": s, "samples_per_s": n / s}
-            progress("one sample at a time")
-            n, s = rate(_one_at_a_time(x, batch, 0), budget)
-            rows["one_at_a_time"] = {"samples": n, "seconds": s, "samples_per_s": n / s}
+        rows.update(_loader_rows(path, child_args, workdir, timeout, progress))
         progress(f"raytrain train --local ({epochs} epochs)")
         train = _raytrain_train(path, x_key, y_key, batch, epochs, workdir, timeout)
         progress(f"in-memory tf_keras fit ({epochs} epochs)")
@@ -257,43 +272,35 @@ def render(result: dict[str, Any]) -> str:
     d, r, e, q = result["data"], result["readers"], result["end_to_end"], result["ratios"]
     loader = r["loader"]
     mb = 1 << 20
-    lines = [
-        f"raytrain bench, {result['date']}, {result['machine']['cpus']} cores: {d['samples']:,} samples of "
-        f"{tuple(d['sample_shape'])} {d['dtype']}, chunks {tuple(d['chunks']) if d['chunks'] else 'none'}, "
-        f"{d['file_bytes'] / mb:,.0f} MiB; batch {result['batch']}",
-        "",
-        "| reader (warm page cache) | samples/s | raytrain loader is |",
-        "|---|---:|---:|",
-    ]
     names = [
         ("loader", f"raytrain loader: shuffled epoch (blocks of {loader['rows_per_block']} rows, window {loader['window']})"),
         ("tutorial", "tutorial: sorted random indices per batch, `np.array(X[idx])`"),
         ("one_at_a_time", "one sample at a time, `X[i]`"),
         ("sequential", "sequential read in 16 MiB slices (upper bound)"),
     ]
-    for key, name in names:
-        rate = r[key]["samples_per_s"]
-        lines.append(f"| {name} | {rate:,.0f} | {loader['samples_per_s'] / rate:,.2f}x |")
-    lines += [
+    readers = [[name, f"{r[key]['samples_per_s']:,.0f}", f"{loader['samples_per_s'] / r[key]['samples_per_s']:,.2f}x"]
+               for key, name in names]
+    end_to_end = [
+        ["`raytrain train --local`", f"{e['raytrain_epoch_s']:.1f}", f"{e['raytrain_samples_per_s']:,.0f}",
+         f"{100 * e['raytrain_data_wait_fraction']:.1f}%"],
+        ["in-memory `tf_keras` fit (float32 arrays)", f"{e['in_memory_epoch_s']:.1f}",
+         f"{e['in_memory_samples_per_s']:,.0f}", "-"],
+    ]
+    return "\n".join([
+        f"raytrain bench, {result['date']}, {result['machine']['cpus']} cores: {d['samples']:,} samples of "
+        f"{tuple(d['sample_shape'])} {d['dtype']}, chunks {tuple(d['chunks']) if d['chunks'] else 'none'}, "
+        f"{d['file_bytes'] / mb:,.0f} MiB; batch {result['batch']}",
         "",
-        f"| end to end, cnn, epoch {result['epochs']} of {result['epochs']} | epoch s | samples/s | waiting for data |",
-        "|---|---:|---:|---:|",
-        f"| `raytrain train --local` | {e['raytrain_epoch_s']:.1f} | {e['raytrain_samples_per_s']:,.0f} | "
-        f"{100 * e['raytrain_data_wait_fraction']:.1f}% |",
-        f"| in-memory `tf_keras` fit (float32 arrays) | {e['in_memory_epoch_s']:.1f} | {e['in_memory_samples_per_s']:,.0f} | - |",
+        *table(["reader (warm page cache)", "samples/s", "raytrain loader is"], readers, right=(1, 2)),
+        "",
+        *table([f"end to end, cnn, epoch {result['epochs']} of {result['epochs']}", "epoch s", "samples/s",
+                "waiting for data"], end_to_end, right=(1, 2, 3)),
         "",
         f"loader peak RSS: {loader['peak_rss_bytes'] / mb:,.0f} MiB on this file, "
-        f"{r['loader_x4']['peak_rss_bytes'] / mb:,.0f} MiB on a {GROWTH}x file "
-        f"({100 * q['rss_growth']:+.1f}%)",
+        f"{r['loader_x4']['peak_rss_bytes'] / mb:,.0f} MiB on a {GROWTH}x file ({100 * q['rss_growth']:+.1f}%)",
         "",
-        "| bar | measured | met |",
-        "|---|---:|---|",
-    ]
-    for bar in result["bars"].values():
-        value = bar["value"]
-        shown = f"{100 * value:+.1f}%" if "RSS" in bar["bar"] else f"{value:,.2f}x"
-        lines.append(f"| {bar['bar']} | {shown} | {'yes' if bar['met'] else 'NO'} |")
-    return "\n".join(lines)
+        *bars_table(result["bars"], lambda b: f"{100 * b['value']:+.1f}%" if "RSS" in b["bar"] else f"{b['value']:,.2f}x"),
+    ])
 
 
 def check_args(samples: int, shape: tuple[int, ...], chunk_rows: int, batch: int, epochs: int, budget: float) -> None:

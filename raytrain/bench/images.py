@@ -4,9 +4,9 @@ On a class-per-folder tree (yours, or 3,000 synthetic 256x256 JPEGs it writes) e
 reader turns the files into batches of ``--image-size`` images, each in its own child
 process, on a warm page cache (every file is read once before timing):
 
-- **raytrain loader**: :class:`raytrain.readers.images.ImageLoader`, one shuffled epoch,
-  ``--decode-threads`` threads (0 = this machine's CPUs); uint8 batches (TensorFlow
-  scales them to [0, 1] in the training step);
+- **raytrain loader**: :class:`raytrain.data.image_loader.ImageLoader`, one shuffled epoch,
+  ``--decode-threads`` threads (0 = this machine's CPUs), read through the training feed
+  (bounded TensorFlow queue, conversion to float32 in [0, 1]);
 - **tutorial, as written**: the Keras ``Sequence`` of the tutorial raytrain replaces:
   per batch, ``skimage.io.imread`` and ``skimage.transform.resize`` one file at a
   time, one thread, ``np.array`` of the float results;
@@ -30,7 +30,23 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from raytrain.bench import REPEATS, child, judge, machine, rate, workspace
+from raytrain.bench import (
+    REPEATS,
+    bars_table,
+    child,
+    feed_rates,
+    judge,
+    machine,
+    rate,
+    table,
+    workspace,
+)
+from raytrain.data.image_index import scan_directory, to_table
+from raytrain.data.image_loader import ImageLoader
+from raytrain.data.image_reader import ImageDecoder
+from raytrain.data.order import TRAIN
+from raytrain.data.shard import Shard
+from raytrain.data.synth import make_image_tree
 from raytrain.errors import RaytrainError
 
 BARS = [
@@ -40,8 +56,6 @@ BARS = [
 
 
 def _files(root: str) -> tuple[list[str], np.ndarray]:
-    from raytrain.index.images import scan_directory
-
     paths, labels, _ = scan_directory(root)
     return paths, labels
 
@@ -55,19 +69,14 @@ def _median_rate(passes: Callable[[], Iterator[Any]]) -> dict[str, Any]:
 
 
 def loader_child(args: dict[str, Any]) -> dict[str, Any]:
-    from raytrain.index.images import to_table
-    from raytrain.readers.images import ImageDecoder, ImageLoader
-    from raytrain.shard import TRAIN, Shard
-
     paths, labels = _files(args["root"])
     shard = Shard(to_table(paths, labels))
     threads = args["threads"] or len(os.sched_getaffinity(0))
-    loader = ImageLoader(shard, ImageDecoder(tuple(args["size"]), 3), threads, 0, 0, TRAIN)
+    size = tuple(args["size"])
+    loader = ImageLoader(shard, ImageDecoder(size, 3), threads, 0, 0, TRAIN)
     batch = args["batch"]
-    steps = len(shard) // batch
-    epoch = iter(range(1000))
     try:
-        result = _median_rate(lambda: (x for x, _ in loader.epoch(next(epoch), steps, batch)))
+        result = feed_rates(loader, len(shard) // batch, batch, (*size, 3), "uint8", args["prefetch"])
     finally:
         loader.close()
     return dict(result, threads=threads)
@@ -75,7 +84,7 @@ def loader_child(args: dict[str, Any]) -> dict[str, Any]:
 
 def tutorial_child(args: dict[str, Any]) -> dict[str, Any]:
     """The tutorial's ``__getitem__``, as written (skimage), until the budget runs out."""
-    from skimage.io import imread
+    from skimage.io import imread  # an optional dependency (the bench and test extras)
     from skimage.transform import resize
 
     paths, _ = _files(args["root"])
@@ -92,8 +101,6 @@ def tutorial_child(args: dict[str, Any]) -> dict[str, Any]:
 
 def tutorial_opencv_child(args: dict[str, Any]) -> dict[str, Any]:
     """The tutorial's loop (one file at a time, one thread, float batches) with raytrain's decoder."""
-    from raytrain.readers.images import ImageDecoder
-
     paths, _ = _files(args["root"])
     order = np.random.default_rng(0).permutation(len(paths))
     batch, size = args["batch"], tuple(args["size"])
@@ -176,6 +183,7 @@ def run_bench(
     batch: int = 32,
     budget: float = 15.0,
     threads: int = 0,
+    prefetch: int = 8,
     workdir: Optional[str] = None,
     timeout: float = 3600,
     progress: Any = print,
@@ -183,8 +191,6 @@ def run_bench(
     """Run every measurement once and return the results (see the module docstring)."""
     with workspace(workdir) as workdir:
         if root is None:
-            from raytrain.synth import make_image_tree
-
             root = os.path.join(workdir, "images")
             progress(f"writing {samples:,} synthetic {shape[0]}x{shape[1]} JPEGs to {root}")
             make_image_tree(root, samples, shape, classes=4)
@@ -200,7 +206,8 @@ def run_bench(
         for p in paths:
             with open(p, "rb") as f:
                 f.read()
-        args = {"root": root, "batch": batch, "size": list(size), "budget": budget, "threads": threads}
+        args = {"root": root, "batch": batch, "size": list(size), "budget": budget, "threads": threads,
+                "prefetch": prefetch}
         rows: dict[str, dict[str, Any]] = {}
         for key, what in (("loader", "raytrain image loader"), ("tf_data", "tf.data"),
                           ("tutorial", "tutorial (skimage)"), ("tutorial_opencv", "tutorial pattern (OpenCV)"),
@@ -227,13 +234,6 @@ def render(result: dict[str, Any]) -> str:
     d, r = result["data"], result["readers"]
     loader = r["loader"]
     h, w = d["image_size"]
-    lines = [
-        f"raytrain bench --images, {result['date']}, {result['machine']['cpus']} cores: {d['images']:,} JPEGs "
-        f"({d['source_bytes'] / d['images'] / 1024:,.0f} KiB each) -> {h}x{w}; batch {result['batch']}",
-        "",
-        "| reader (warm page cache) | images/s | raytrain loader is |",
-        "|---|---:|---:|",
-    ]
     names = [
         ("loader", f"raytrain image loader ({loader['threads']} decode threads, OpenCV)"),
         ("tf_data", "tf.data: list_files -> map(read, decode_jpeg, resize), AUTOTUNE"),
@@ -241,10 +241,13 @@ def render(result: dict[str, Any]) -> str:
         ("tutorial_opencv", "tutorial pattern, one file at a time, OpenCV, 1 thread"),
         ("tutorial", "tutorial as written: skimage imread + resize, 1 thread"),
     ]
-    for key, name in names:
-        value = r[key]["samples_per_s"]
-        lines.append(f"| {name} | {value:,.0f} | {loader['samples_per_s'] / value:,.2f}x |")
-    lines += ["", "| bar | measured | met |", "|---|---:|---|"]
-    for bar in result["bars"].values():
-        lines.append(f"| {bar['bar']} | {bar['value']:,.2f}x | {'yes' if bar['met'] else 'NO'} |")
-    return "\n".join(lines)
+    readers = [[name, f"{r[key]['samples_per_s']:,.0f}", f"{loader['samples_per_s'] / r[key]['samples_per_s']:,.2f}x"]
+               for key, name in names]
+    return "\n".join([
+        f"raytrain bench --images, {result['date']}, {result['machine']['cpus']} cores: {d['images']:,} JPEGs "
+        f"({d['source_bytes'] / d['images'] / 1024:,.0f} KiB each) -> {h}x{w}; batch {result['batch']}",
+        "",
+        *table(["reader (warm page cache)", "images/s", "raytrain loader is"], readers, right=(1, 2)),
+        "",
+        *bars_table(result["bars"], lambda b: f"{b['value']:,.2f}x"),
+    ])

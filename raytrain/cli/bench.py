@@ -1,0 +1,63 @@
+"""``raytrain bench``: measure raytrain's loaders against other ways of reading."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from raytrain.bench import hdf5, images, write_json
+from raytrain.cli.jobflags import parse_shape
+from raytrain.errors import RaytrainError
+
+
+def command_parser(sub: Any) -> None:
+    p = sub.add_parser("bench", help="measure raytrain's loaders against other ways of reading, in one run",
+                       description=f"{hdf5.__doc__}\n{images.__doc__}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", nargs="?", help="HDF5 file, or with --images a class-per-folder tree of JPEGs "
+                   "(default: write a synthetic one)")
+    p.add_argument("--images", action="store_true", help="measure the image loader (default: the HDF5 loader)")
+    p.add_argument("--samples", type=int, default=None, help="synthetic data: samples (default 20,000; images 3,000)")
+    p.add_argument("--shape", type=parse_shape, default=None,
+                   help="synthetic data: sample shape (default 64,64,3); images: H,W of the files (default 256,256)")
+    p.add_argument("--chunk-rows", type=int, default=32, help="synthetic file: HDF5 chunk rows")
+    p.add_argument("--x-key", default="X", help="features dataset")
+    p.add_argument("--y-key", default="Y", help="labels dataset")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per batch, for every reader")
+    p.add_argument("--epochs", type=int, default=2, help="end-to-end epochs; the last one is compared")
+    p.add_argument("--budget", type=float, default=15.0, help="seconds after which a slow reader stops")
+    p.add_argument("--shuffle-window", type=int, default=0, help="the loader's data.shuffle_window (0 = auto)")
+    p.add_argument("--prefetch-batches", type=int, default=8, help="the loader's data.prefetch_batches")
+    p.add_argument("--image-size", type=parse_shape, default=(200, 200), help="images: H,W every reader resizes to")
+    p.add_argument("--decode-threads", type=int, default=0, help="images: the loader's threads (0 = this machine's CPUs)")
+    p.add_argument("--workdir", help="keep generated files and runs here (default: a temporary folder)")
+    p.add_argument("--out", default="bench.json", help="JSON results file")
+    p.set_defaults(func=bench_command)
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    progress = lambda text: print(f"raytrain bench: {text}", file=sys.stderr, flush=True)  # noqa: E731
+    if args.images:
+        bench: Any = images
+        samples, shape = args.samples or 3000, args.shape or (256, 256)
+        bench.check_args(samples, shape, args.image_size, args.batch_size, args.budget, args.decode_threads)
+        if args.file is not None and not os.path.isdir(args.file):
+            raise RaytrainError(f"bench --images folder {args.file} does not exist; pass a class-per-folder tree or none")
+        result = bench.run_bench(args.file, samples, shape, args.image_size, args.batch_size, args.budget,
+                                 args.decode_threads, args.prefetch_batches, args.workdir, progress=progress)
+    else:
+        bench = hdf5
+        samples, shape = args.samples or 20_000, args.shape or (64, 64, 3)
+        bench.check_args(samples, shape, args.chunk_rows, args.batch_size, args.epochs, args.budget)
+        if args.file is not None and not os.path.isfile(args.file):
+            raise RaytrainError(f"bench file {args.file} does not exist; pass an HDF5 file or no file for a synthetic one")
+        result = bench.run_bench(
+            args.file, samples, shape, args.chunk_rows, args.batch_size, args.epochs, args.budget,
+            args.shuffle_window, args.prefetch_batches, args.x_key, args.y_key, args.workdir, progress=progress,
+        )
+    write_json(result, args.out)
+    print(bench.render(result))
+    print(f"\nresults: {os.path.abspath(args.out)}")
+    return 0

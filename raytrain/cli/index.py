@@ -1,0 +1,41 @@
+"""``raytrain index``: scan an image tree or manifest into a Parquet index."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any
+
+from raytrain.data.image_index import read_manifest, scan_directory, write_index
+from raytrain.errors import RaytrainError
+
+
+def command_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "index", help="scan an image folder tree or manifest into a Parquet index (train on it with --manifest)",
+        description="Scan a class-per-folder image tree (in parallel) or a CSV/Parquet manifest into a Parquet "
+        "index of absolute paths and class indices, with the class names in its metadata. Train on it with "
+        "`raytrain train --manifest INDEX.parquet`, so a large tree is not scanned again on every run.",
+    )
+    p.add_argument("source", help="a class-per-folder directory, or a .csv/.tsv/.parquet manifest")
+    p.add_argument("--out", required=True, help="the Parquet index to write")
+    p.add_argument("--path-column", default="path", help="manifest: the column of image paths")
+    p.add_argument("--label-column", default="label", help="manifest: the column of labels")
+    p.set_defaults(func=index_command)
+
+
+def index_command(args: argparse.Namespace) -> int:
+    if os.path.exists(args.out):
+        raise RaytrainError(f"index file {args.out} already exists; remove it or choose another --out")
+    started = time.perf_counter()
+    if os.path.isdir(args.source):
+        paths, labels, classes = scan_directory(os.path.abspath(args.source))
+    else:
+        paths, labels, classes = read_manifest(os.path.abspath(args.source), args.path_column, args.label_column)
+    write_index(paths, labels, classes, args.out)
+    counts = {name: int(n) for name, n in zip(classes, [int((labels == i).sum()) for i in range(len(classes))])}
+    shown = ", ".join(f"{k} {v}" for k, v in list(counts.items())[:8]) + (" ..." if len(counts) > 8 else "")
+    print(f"indexed {len(paths):,} images in {len(classes)} classes ({shown}) in {time.perf_counter() - started:.1f} s "
+          f"to {args.out}; train on it with --manifest {args.out}")
+    return 0

@@ -1,0 +1,141 @@
+"""``raytrain up`` / ``raytrain down``: bring the cluster of a cluster file up or down.
+
+- A cloud or on-premises file: ``up``/``down`` run ``ray up -y FILE`` / ``ray down -y FILE``.
+- A simulated cluster (``provider: {type: fake_multinode}``, ``clusters/local-sim.yaml``):
+  ``up`` starts a head on this machine (``RAY_FAKE_CLUSTER=1 ray start --head --block``,
+  GCS on port 6379, dashboard and job server on 127.0.0.1:8265, no CPUs unless the head
+  type declares some) with its own Ray temp folder, and records it under
+  ``$RAYTRAIN_HOME/clusters/`` (default ``~/.raytrain``). The autoscaler then starts a
+  simulated node (a raylet on this machine) whenever work asks for a worker type's
+  resources. ``down`` ends the head, then every process still running from that temp
+  folder (the simulated nodes outlive the head), by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Optional
+
+from raytrain.cluster.files import is_simulated, load_cluster
+from raytrain.cluster.jobs import job_client
+from raytrain.cluster.processes import alive, cluster_pids
+from raytrain.env import DEFAULT_HOME, HOME_ENV
+from raytrain.errors import RaytrainError
+
+SIM_GCS_PORT = 6379  # the fake_multinode provider connects its nodes to this port
+SIM_DASHBOARD = "http://127.0.0.1:8265"
+UP_TIMEOUT_S = 120
+
+
+def _ray_cli() -> str:
+    return os.path.join(os.path.dirname(sys.executable), "ray")
+
+
+def _state_path(config: dict[str, Any]) -> str:
+    home = os.path.expanduser(os.environ.get(HOME_ENV) or DEFAULT_HOME)
+    return os.path.join(home, "clusters", f"{config['cluster_name']}.json")
+
+
+def read_state(config: dict[str, Any]) -> Optional[dict[str, Any]]:
+    path = _state_path(config)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def up(path: str, progress: Any = print) -> dict[str, Any]:
+    """Bring the cluster of ``path`` up (see the module docstring); return its record."""
+    config = load_cluster(path)
+    if not is_simulated(config):
+        code = subprocess.call([_ray_cli(), "up", "-y", path])
+        if code:
+            raise RaytrainError(f"ray up {path} failed (exit {code}); see its output above")
+        return {"cluster_name": config["cluster_name"], "config": os.path.abspath(path)}
+    state = read_state(config)
+    if state and alive(state["head_pid"]):
+        raise RaytrainError(
+            f"simulated cluster {config['cluster_name']} is already up (head pid {state['head_pid']}); "
+            f"raytrain down {path} first"
+        )
+    head_type = config["available_node_types"][config["head_node_type"]]
+    cpus = head_type.get("resources", {}).get("CPU", 0)
+    gpus = head_type.get("resources", {}).get("GPU", 0)
+    temp_dir = tempfile.mkdtemp(prefix="raytrain-sim-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = dict(os.environ, RAY_FAKE_CLUSTER="1")
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")  # jobs run this Python
+    log = open(os.path.join(temp_dir, "head.log"), "w")
+    cmd = [_ray_cli(), "start", "--head", "--block", f"--num-cpus={cpus}", f"--num-gpus={gpus}",
+           f"--port={SIM_GCS_PORT}", "--dashboard-host=127.0.0.1", "--dashboard-port=8265",
+           f"--autoscaling-config={os.path.abspath(path)}", f"--temp-dir={temp_dir}"]
+    head = subprocess.Popen(cmd, env=env, cwd=temp_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    state = {"cluster_name": config["cluster_name"], "config": os.path.abspath(path), "head_pid": head.pid,
+             "temp_dir": temp_dir, "dashboard": SIM_DASHBOARD, "gcs_address": f"127.0.0.1:{SIM_GCS_PORT}",
+             "started": time.time()}
+    os.makedirs(os.path.dirname(_state_path(config)), exist_ok=True)
+    with open(_state_path(config), "w") as f:
+        json.dump(state, f, indent=1)
+    progress(f"starting the head of {config['cluster_name']} (pid {head.pid}, logs in {temp_dir})")
+    deadline = time.time() + UP_TIMEOUT_S
+    while True:
+        if head.poll() is not None:
+            tail = open(os.path.join(temp_dir, "head.log")).read().strip().splitlines()[-1:]
+            down(path, progress=lambda text: None)
+            raise RaytrainError(f"the simulated head exited (code {head.returncode}): {' '.join(tail)}; "
+                                f"is port {SIM_GCS_PORT} or 8265 taken by another Ray?")
+        try:
+            job_client(SIM_DASHBOARD).get_version()
+            break
+        except RaytrainError:
+            if time.time() > deadline:
+                down(path, progress=lambda text: None)
+                raise RaytrainError(f"the simulated cluster's job server did not answer in {UP_TIMEOUT_S} s; "
+                                    f"see {temp_dir}/head.log") from None
+            time.sleep(1)
+    progress(f"{config['cluster_name']} is up: submit jobs to {SIM_DASHBOARD}")
+    return state
+
+
+def down(path: str, progress: Any = print) -> list[int]:
+    """Bring the cluster of ``path`` down; return the PIDs ended (simulated clusters)."""
+    config = load_cluster(path)
+    if not is_simulated(config):
+        code = subprocess.call([_ray_cli(), "down", "-y", path])
+        if code:
+            raise RaytrainError(f"ray down {path} failed (exit {code}); see its output above")
+        return []
+    state = read_state(config)
+    if state is None:
+        progress(f"{config['cluster_name']} is not up (no record in {_state_path(config)})")
+        return []
+    # Every process of the cluster is listed before any is signalled: once a raylet is
+    # gone its workers are re-parented and could no longer be told apart.
+    pids = cluster_pids(state["temp_dir"], state["head_pid"])
+    if alive(state["head_pid"]):
+        os.kill(state["head_pid"], signal.SIGTERM)  # `ray start --block` stops the head's processes
+        deadline = time.time() + 5  # then end the rest directly: a raylet would drain for 30 s
+        while alive(state["head_pid"]) and time.time() < deadline:
+            time.sleep(0.2)
+    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        left = [pid for pid in sorted(set(pids) | set(cluster_pids(state["temp_dir"]))) if alive(pid)]
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + wait_s
+        while any(alive(pid) for pid in left) and time.time() < deadline:
+            time.sleep(0.2)
+    ended = pids
+    left = [pid for pid in pids if alive(pid)]
+    if left:
+        raise RaytrainError(f"processes of {config['cluster_name']} still run after SIGKILL: {left}")
+    os.remove(_state_path(config))
+    progress(f"{config['cluster_name']} is down ({len(ended)} processes ended; logs stay in {state['temp_dir']})")
+    return ended

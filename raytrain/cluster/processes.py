@@ -1,0 +1,62 @@
+"""The processes of a simulated cluster, found and checked through ``/proc`` (by PID,
+never by name)."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, Optional
+
+
+def process_cmdlines() -> Iterator[tuple[int, str]]:
+    """(pid, command line) of every process this user can see, from /proc."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                yield int(entry), f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+
+
+def _pids_under(folder: str) -> list[int]:
+    """PIDs of the processes whose command line names ``folder`` (a cluster's own Ray temp folder)."""
+    return [pid for pid, cmd in process_cmdlines() if folder in cmd and pid != os.getpid()]
+
+
+def _children() -> dict[int, list[int]]:
+    """Parent PID -> child PIDs, from /proc."""
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def cluster_pids(folder: str, head_pid: Optional[int] = None) -> list[int]:
+    """The processes of a simulated cluster: those naming its temp ``folder`` on their
+    command line (raylets, GCS, dashboard, monitor) and all their descendants (Ray's
+    workers rename themselves ``ray::...`` and no longer show the folder)."""
+    roots = set(_pids_under(folder)) | ({head_pid} if head_pid and alive(head_pid) else set())
+    tree, found, todo = _children(), set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in found or pid == os.getpid():
+            continue
+        found.add(pid)
+        todo.extend(tree.get(pid, []))
+    return sorted(found)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

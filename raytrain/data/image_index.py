@@ -1,0 +1,235 @@
+"""Build the sample index of an image dataset: a class-per-folder tree or a manifest.
+
+The index holds paths and labels only; no image is opened here. A worker reads and
+decodes its own files (:mod:`raytrain.data.image_loader`), so a bad file is found when
+it is read, under ``data.on_bad_sample``.
+
+- **Directory**: the rules of ``tf_keras.utils.image_dataset_from_directory``. Each
+  sub-folder not starting with ``.`` is a class; class indices follow the sorted folder
+  names; each class folder is walked recursively and its files with the extensions in
+  :data:`IMAGE_EXTENSIONS` (any case) are listed sorted by folder, then name. Folders
+  are listed by a thread pool, one task per folder, so deep and wide trees (and
+  network filesystems, where each listing waits on the server) are scanned in
+  parallel.
+- **Manifest**: a CSV or Parquet file with a path column and a label column. Relative
+  paths resolve against the manifest's folder. String labels are mapped to the
+  indices of their sorted names; integer labels are class indices.
+- **Index file**: ``raytrain index SOURCE --out index.parquet`` writes the scanned
+  index as a Parquet manifest (absolute paths, integer labels, class names in the
+  file's metadata). Train on it with ``data.manifest: index.parquet``: a million-file
+  tree is then scanned once, not on every run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv
+import pyarrow.parquet as pq
+
+from raytrain.config import COLOR_MODES, DataSection
+from raytrain.data.schema import INDEX_SCHEMA, SampleIndex
+from raytrain.errors import RaytrainError
+
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # as tf_keras' image_dataset_from_directory
+SCAN_THREADS = 16  # folder listings in flight: they wait on the filesystem, not the CPU
+CLASS_NAMES_KEY = b"raytrain.class_names"  # Parquet metadata of an index file: JSON list of class names
+CHECK_FIRST = 8  # a manifest's first paths are checked on the driver (a wrong base folder fails early)
+
+
+def _list_folder(path: str) -> tuple[list[str], list[str]]:
+    """(image file names, sub-folder paths) of one folder, as ``os.walk`` would see them."""
+    files, folders = [], []
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):  # a linked folder could loop back
+                folders.append(entry.path)
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                files.append(entry.name)
+    return files, folders
+
+
+def _walk(roots: list[str], threads: int) -> dict[str, list[str]]:
+    """Every folder under ``roots`` (recursively) -> its image file names, listed in parallel."""
+    found: dict[str, list[str]] = {}
+    with ThreadPoolExecutor(threads) as pool:
+        pending = {pool.submit(_list_folder, r): r for r in roots}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                folder = pending.pop(future)
+                files, subfolders = future.result()
+                found[folder] = files
+                pending.update({pool.submit(_list_folder, s): s for s in subfolders})
+    return found
+
+
+def scan_directory(directory: str, threads: int = SCAN_THREADS) -> tuple[list[str], np.ndarray, list[str]]:
+    """Paths, class indices and class names of a class-per-folder tree (see the module docstring).
+
+    Raises:
+        RaytrainError: The directory is missing, has no class folders, or no images.
+    """
+    if not os.path.isdir(directory):
+        raise RaytrainError(f"image directory {directory} does not exist; check data.directory / --directory")
+    classes = sorted(
+        name for name in os.listdir(directory) if not name.startswith(".") and os.path.isdir(os.path.join(directory, name))
+    )
+    if not classes:
+        raise RaytrainError(
+            f"image directory {directory} has no class folders; put each class's images in a sub-folder "
+            "named for the class (e.g. cats/, dogs/)"
+        )
+    roots = [os.path.join(directory, c) for c in classes]
+    found = _walk(roots, threads)
+    paths: list[str] = []
+    labels: list[int] = []
+    for label, root in enumerate(roots):
+        folders = sorted(f for f in found if f == root or f.startswith(root + os.sep))
+        for folder in folders:
+            names = sorted(found[folder])
+            paths.extend(os.path.join(folder, n) for n in names)
+            labels.extend([label] * len(names))
+    if not paths:
+        raise RaytrainError(
+            f"image directory {directory} has class folders {classes[:5]} but no images with extensions "
+            f"{list(IMAGE_EXTENSIONS)}"
+        )
+    return paths, np.asarray(labels, dtype=np.int64), classes
+
+
+def _read_table(path: str) -> pa.Table:
+    if not os.path.isfile(path):
+        raise RaytrainError(f"manifest {path} does not exist; check data.manifest / --manifest")
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext in (".parquet", ".pq"):
+            return pq.read_table(path)
+        if ext in (".csv", ".tsv"):
+            options = pyarrow.csv.ParseOptions(delimiter="\t" if ext == ".tsv" else ",")
+            return pyarrow.csv.read_csv(path, parse_options=options)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise RaytrainError(f"manifest {path} cannot be read: {str(e).splitlines()[0]}; fix the file") from None
+    raise RaytrainError(f"manifest {path} must be a .csv, .tsv or .parquet file. Received: {ext or 'no extension'}")
+
+
+def read_manifest(
+    path: str, path_column: str = "path", label_column: str = "label"
+) -> tuple[list[str], np.ndarray, list[str]]:
+    """Paths (absolute), class indices and class names of a manifest (see the module docstring).
+
+    Raises:
+        RaytrainError: The file is missing or unreadable, a column is missing, a value
+            is empty, or labels are neither class names nor non-negative integers.
+    """
+    table = _read_table(path)
+    for column, key in ((path_column, "path_column"), (label_column, "label_column")):
+        if column not in table.column_names:
+            raise RaytrainError(
+                f"manifest {path} has no column '{column}' (data.{key}); its columns: {table.column_names}; "
+                f"set --{key.replace('_', '-')} to one of them"
+            )
+    for column in (path_column, label_column):
+        nulls = table.column(column).null_count
+        if nulls:
+            first = int(np.flatnonzero(table.column(column).is_null().to_numpy(zero_copy_only=False))[0])
+            raise RaytrainError(f"manifest {path}: column '{column}' is empty in {nulls} rows (first: row {first + 1})")
+    if table.num_rows == 0:
+        raise RaytrainError(f"manifest {path} lists no images")
+    base = os.path.dirname(os.path.abspath(path))
+    paths = [p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
+             for p in table.column(path_column).cast(pa.string()).to_pylist()]
+    raw = table.column(label_column)
+    stored = (table.schema.metadata or {}).get(CLASS_NAMES_KEY)
+    if pa.types.is_string(raw.type) or pa.types.is_large_string(raw.type):
+        names = np.asarray(raw.to_pylist(), dtype=object)
+        classes = sorted(set(names.tolist()))
+        labels = np.searchsorted(np.asarray(classes, dtype=object), names).astype(np.int64)
+    elif pa.types.is_integer(raw.type):
+        labels = raw.to_numpy().astype(np.int64)
+        if labels.min() < 0:
+            raise RaytrainError(
+                f"manifest {path}: label column '{label_column}' has negative values (e.g. {labels[labels < 0][0]}); "
+                "labels must be class names or class indices 0..C-1"
+            )
+        classes = json.loads(stored) if stored else [str(i) for i in range(int(labels.max()) + 1)]
+        if labels.max() >= len(classes):
+            raise RaytrainError(f"manifest {path}: label {labels.max()} is beyond its {len(classes)} class names")
+    else:
+        raise RaytrainError(
+            f"manifest {path}: label column '{label_column}' holds {raw.type} values; "
+            "use class names (strings) or class indices (integers)"
+        )
+    missing = [p for p in paths[:CHECK_FIRST] if not os.path.exists(p)]
+    if missing:
+        raise RaytrainError(
+            f"manifest {path}: image {missing[0]} does not exist; relative paths are resolved against "
+            f"the manifest's folder {base}"
+        )
+    return paths, labels, list(classes)
+
+
+def to_table(paths: list[str], labels: np.ndarray) -> pa.Table:
+    """The index table (:data:`raytrain.data.schema.INDEX_SCHEMA`): an image is a ``file``, ``row`` 0."""
+    n = len(paths)
+    return pa.table(
+        {
+            "sample_id": pa.array(np.arange(n, dtype=np.int64)),
+            "file": pa.array(paths, pa.string()),
+            "row": pa.array(np.zeros(n, dtype=np.int64)),
+            "label": pa.array(labels),
+        },
+        schema=INDEX_SCHEMA,
+    )
+
+
+def build_image_index(
+    directory: Optional[str],
+    manifest: Optional[str],
+    image_size: tuple[int, int],
+    channels: int,
+    path_column: str = "path",
+    label_column: str = "label",
+) -> SampleIndex:
+    """Index an image dataset from a directory or a manifest (exactly one).
+
+    Args:
+        directory: A class-per-folder tree, or None.
+        manifest: A CSV/Parquet manifest or a ``raytrain index`` file, or None.
+        image_size: ``(height, width)`` every image is resized to.
+        channels: 3 (rgb) or 1 (grayscale).
+        path_column: The manifest's path column.
+        label_column: The manifest's label column.
+    """
+    if directory:
+        paths, labels, classes = scan_directory(directory)
+    else:
+        assert manifest, "config validation requires a directory or a manifest"
+        paths, labels, classes = read_manifest(manifest, path_column, label_column)
+    if len(classes) < 2:
+        raise RaytrainError(f"{directory or manifest} holds {len(classes)} class; a classifier needs at least 2")
+    shape = (int(image_size[0]), int(image_size[1]), channels)
+    return SampleIndex(to_table(paths, labels), shape, len(classes), False, "uint8", {}, tuple(classes))
+
+
+def index_section(d: DataSection) -> SampleIndex:
+    """The index of the image folder or manifest a (validated) ``data`` section names."""
+    return build_image_index(d.directory, d.manifest, tuple(d.image_size), COLOR_MODES[d.color_mode],
+                             d.path_column, d.label_column)
+
+
+def write_index(paths: list[str], labels: np.ndarray, classes: list[str], out: str) -> None:
+    """Write an index file: a Parquet manifest with columns ``path`` and ``label`` and the
+    class names in its metadata (read back by :func:`read_manifest`)."""
+    table = pa.table({"path": pa.array(paths, pa.string()), "label": pa.array(labels, pa.int64())})
+    table = table.replace_schema_metadata({CLASS_NAMES_KEY: json.dumps(classes).encode()})
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = f"{out}.tmp-{os.getpid()}"
+    pq.write_table(table, tmp)
+    os.replace(tmp, out)  # never a half-written index under the final name

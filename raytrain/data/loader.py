@@ -1,0 +1,62 @@
+"""The loader contract: what every kind of data gives a worker to read its shard with.
+
+A loader is a worker's local generator. Given an epoch, it yields that epoch's batches
+of the worker's own samples, in the epoch's order (:mod:`raytrain.data.order`), reading
+and decoding only those samples. The kinds (HDF5 files, image files) each implement
+:class:`BatchLoader`; :mod:`raytrain.data.kinds` maps ``data.kind`` to the one to use.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+
+from raytrain.config import DataSection, ScalingSection
+from raytrain.data.shard import Shard
+
+Batch = tuple[np.ndarray, np.ndarray]  # (features as stored, class indices)
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """How a shard is read, decided once on the driver."""
+
+    data: DataSection
+    sample_shape: tuple[int, ...]
+    dtype: str  # features as stored
+    rows_per_block: dict[str, int]  # per file, see raytrain.data.order
+    window: int  # samples shuffled together (data.shuffle_window, resolved)
+    threads: int  # decoding threads (data.decode_threads, resolved)
+
+
+class BatchLoader(Protocol):
+    """A worker's local generator over its shard."""
+
+    shard: Shard
+    skipped: dict[str, str]  # files left out under data.on_bad_sample: skip -> why
+
+    def epoch(self, epoch: int, steps: int, batch: int, tail: bool = False) -> Iterator[Batch]:
+        """``steps`` batches of ``batch`` samples of ``epoch``; with ``tail`` (evaluation)
+        every sample once, the last batch shorter."""
+        ...
+
+    def close(self) -> None:
+        """Release files and threads."""
+        ...
+
+
+LoaderFactory = Callable[[ReadSpec, Shard, int, int, Callable[[str], None]], BatchLoader]
+"""``open(spec, shard, rank, stream, notify)``: ``notify`` shows one line to the user."""
+
+
+def reading_threads(d: DataSection, s: ScalingSection) -> int:
+    """``data.decode_threads``, or (0) the CPUs the reading process holds: all of this
+    machine's in local mode, ``scaling.cpus_per_worker`` for a Ray worker."""
+    if d.decode_threads:
+        return d.decode_threads
+    if s.num_workers == 0:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, int(s.cpus_per_worker))

@@ -1,0 +1,64 @@
+"""The index as Ray Datasets, and how Ray Train hands each worker its shard.
+
+:class:`ContiguousShards` cuts the (small) index at fixed row positions into one
+contiguous shard per worker, served by ``get_dataset_shard``. Ray Train's default
+``streaming_split(equal=True)`` is not used: it drops up to ``world_size - 1`` rows
+(always the same ones), hands blocks to whichever worker asks first (so a worker's
+shard changes from run to run), and needs free CPUs for its split while the workers
+hold every CPU of a small machine. Fixed cuts keep each worker's shard the same for
+the same data and world size, contiguous in file order (reads stay sequential), and
+drop nothing: the last worker also takes the remainder rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+from ray.train import DataConfig
+
+from raytrain.data.split import cut_shards
+
+
+class ContiguousShards(DataConfig):
+    """Give rank ``r`` the ``r``-th contiguous cut of every dataset (see :func:`raytrain.data.split.cut_shards`).
+
+    The cuts are made on the driver, where CPUs are still free, and travel with this
+    config to Ray Train's dataset manager. Creating or cutting a Ray Dataset there
+    instead runs Ray tasks, which wait forever for a CPU when the training workers
+    hold all of them (as on a 2-core machine with 2 workers).
+    """
+
+    def __init__(self, tables: dict[str, pa.Table], world_size: int):
+        import ray.data
+
+        super().__init__()
+        self._shards = {
+            name: [ray.data.from_arrow(shard) for shard in cut_shards(t, world_size)]
+            for name, t in tables.items()
+            if t.num_rows
+        }
+
+    def configure(
+        self,
+        datasets: dict[str, Any],
+        world_size: int,
+        worker_handles: Any = None,
+        worker_node_ids: Any = None,
+        **kwargs: Any,
+    ) -> list[dict[str, Any]]:
+        output: list[dict[str, Any]] = [{} for _ in range(world_size)]
+        for name in datasets:
+            shards = self._shards[name]
+            assert len(shards) == world_size, f"cut for {len(shards)} workers, started {world_size}"
+            for rank, shard in enumerate(shards):
+                output[rank][name] = shard.iterator()
+        return output
+
+
+def to_ray_datasets(train: pa.Table, validation: pa.Table) -> dict[str, Any]:
+    """The training and (if not empty) validation index as Ray Datasets."""
+    import ray.data
+
+    parts = {"train": train, "validation": validation}
+    return {name: ray.data.from_arrow(t) for name, t in parts.items() if t.num_rows}

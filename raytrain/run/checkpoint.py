@@ -1,0 +1,94 @@
+"""Per-epoch checkpoints: what a restarted worker group or a resumed run continues from.
+
+A checkpoint is a folder ``checkpoint-epoch-NNNN`` in the run directory holding
+
+- ``weights.*``: a ``tf.train.Checkpoint`` of the model **and its optimizer** (slots,
+  iteration count), so training continues as if it had not stopped;
+- ``raytrain_state.json``: the epochs completed, the data order's seed and the world
+  size. An epoch's order is a pure function of ``(seed, epoch, rank)``
+  (:mod:`raytrain.data.order`), so this is all the data order needs to continue.
+
+Every rank writes one at the end of every epoch (saving under the strategy is
+collective); rank 0's is kept. With Ray workers it is reported to Ray Train
+(``ray.train.report(..., checkpoint=...)``), which copies it to the run directory,
+keeps ``run.keep_checkpoints`` of them and hands the latest to a restarted worker
+group (``ray.train.get_checkpoint()``). In local mode (no worker group) raytrain copies
+and prunes them itself, in the same layout, so either mode resumes the other's run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Optional
+
+from raytrain.run import storage
+from raytrain.run.rundir import CHECKPOINT_PREFIX as PREFIX
+
+STATE_FILE = "raytrain_state.json"  # written last: a folder without it is incomplete
+WEIGHTS = "weights"
+
+
+def dir_name(epoch: int) -> str:
+    """The folder name of the checkpoint taken after ``epoch`` epochs (1-based)."""
+    return f"{PREFIX}{epoch:04d}"
+
+
+def write(model: Any, folder: str, state: dict[str, Any]) -> None:
+    """Write the model's weights, its optimizer's state and ``state`` into a local ``folder``."""
+    import tensorflow as tf
+
+    os.makedirs(folder, exist_ok=True)
+    tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(os.path.join(folder, WEIGHTS))
+    with open(os.path.join(folder, STATE_FILE), "w") as f:
+        json.dump(state, f)
+
+
+def read_state(folder: str) -> dict[str, Any]:
+    with open(os.path.join(folder, STATE_FILE)) as f:
+        return json.load(f)
+
+
+def restore(model: Any, folder: str) -> dict[str, Any]:
+    """Load weights and optimizer state from a local checkpoint ``folder``; return its state.
+
+    Call in the strategy's scope, after the model is compiled: the optimizer's slot
+    variables are created here so that they are restored, not lazily created later.
+    """
+    import tensorflow as tf
+
+    optimizer = model.optimizer
+    if callable(getattr(optimizer, "build", None)):  # tf_keras optimizers
+        optimizer.build(model.trainable_variables)
+    else:  # tf_keras.optimizers.legacy (what optimizers.get(name, config) returns)
+        optimizer._create_all_weights(model.trainable_variables)
+    status = tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(os.path.join(folder, WEIGHTS))
+    status.assert_existing_objects_matched()
+    return read_state(folder)
+
+
+def on_storage(run_dir: str) -> list[tuple[int, str]]:
+    """Complete checkpoints in ``run_dir`` as (epoch, path), oldest first."""
+    found = []
+    for name in storage.listdir(run_dir):
+        match = re.fullmatch(rf"{PREFIX}(\d+)", name)
+        if match and storage.exists(storage.join(run_dir, name, STATE_FILE)):
+            found.append((int(match.group(1)), storage.join(run_dir, name)))
+    return sorted(found)
+
+
+def latest(run_dir: str) -> Optional[tuple[int, str]]:
+    """The newest complete checkpoint in ``run_dir``, or None."""
+    found = on_storage(run_dir)
+    return found[-1] if found else None
+
+
+def persist(folder: str, run_dir: str, epoch: int, keep: int) -> str:
+    """Copy a local checkpoint into the run directory and keep only the newest ``keep``
+    (local mode; with Ray workers Ray Train does this)."""
+    dest = storage.join(run_dir, dir_name(epoch))
+    storage.upload_dir(folder, dest)
+    for _, old in on_storage(run_dir)[:-keep]:
+        storage.delete_dir(old)
+    return dest

@@ -1,0 +1,84 @@
+"""``raytrain runs [STORAGE_PATH]``: the runs in a storage path, one line each.
+
+Status comes from ``status.json``: ``running``, ``finished``, ``failed`` or
+``interrupted``; a run that says ``running`` but whose driver process (on this machine)
+is gone shows as ``stopped`` (continue it with ``--resume``). The best validation
+metric is the highest ``val_<metric>`` other than the loss (or the lowest
+``val_loss``) over the epochs done.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any, Optional
+
+from raytrain.run import rundir, storage
+
+
+def _best(epochs: list[dict[str, Any]]) -> Optional[tuple[str, float]]:
+    if not epochs:
+        return None
+    keys = [k for k in epochs[-1] if k.startswith("val_") and k != "val_loss"]
+    if keys:
+        return keys[0], max(e[keys[0]] for e in epochs if keys[0] in e)
+    if "val_loss" in epochs[-1]:
+        return "val_loss", min(e["val_loss"] for e in epochs if "val_loss" in e)
+    return None
+
+
+def _alive(status: dict[str, Any]) -> bool:
+    pid, host = status.get("driver_pid"), status.get("host")
+    if pid is None or host != socket.gethostname():
+        return True  # another machine's driver: trust the file
+    return os.path.exists(f"/proc/{pid}")
+
+
+def describe(run_dir: str) -> dict[str, Any]:
+    """What ``raytrain runs`` shows about one run."""
+    job = rundir.read_job(run_dir)
+    status = rundir.read_status(run_dir) or {}
+    epochs = rundir.read_metrics(run_dir)
+    summary = rundir.read_summary(run_dir)
+    state = status.get("status", "finished" if summary else "unknown")  # runs older than status.json
+    if state == "running" and not _alive(status):
+        state = "stopped"
+    events = rundir.read_events(run_dir)
+    started = min((e["time"] for e in events if e["event"] == "start"), default=None)
+    if state == "running" and started is not None:
+        wall = time.time() - started
+    elif summary:
+        wall = summary.get("wall_time_s")
+    else:
+        wall = sum(e["epoch_time_s"] for e in epochs) if epochs else None
+    return {
+        "name": run_dir.rstrip("/").rsplit("/", 1)[-1],
+        "status": state,
+        "epochs_done": len(epochs),
+        "epochs": job.training.epochs,
+        "best": _best(epochs),
+        "workers": job.scaling.num_workers,
+        "wall_time_s": wall,
+        "error": status.get("error"),
+    }
+
+
+def list_runs(base: str) -> list[dict[str, Any]]:
+    """Every run in ``base`` (folders with a saved job), oldest name first."""
+    return [describe(storage.join(base, name)) for name in storage.listdir(base)
+            if rundir.is_run(storage.join(base, name))]
+
+
+def render(runs: list[dict[str, Any]]) -> str:
+    head = ["name", "status", "epochs", "best validation", "workers", "wall time"]
+    rows = []
+    for r in runs:
+        best = f"{r['best'][0]} {r['best'][1]:.4f}" if r["best"] else "-"
+        workers = "local" if r["workers"] == 0 else str(r["workers"])
+        wall = f"{r['wall_time_s']:.0f} s" if r["wall_time_s"] is not None else "-"
+        rows.append([r["name"], r["status"], f"{r['epochs_done']}/{r['epochs']}", best, workers, wall])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
