@@ -124,3 +124,22 @@ def test_index_command_round_trips(tmp_path):
     assert read_manifest(str(tmp_path / "m.parquet"))[2] == read_manifest(str(tmp_path / "m.csv"))[2]
     again = run_cli("index", root, "--out", str(tmp_path / "idx.parquet"), cwd=str(tmp_path))
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_index_verify_lists_every_bad_image_and_writes_no_index(tmp_path):
+    root = str(tmp_path / "tree")
+    paths = make_image_tree(root, 12, (32, 32), classes=2)
+    for victim in paths[:2]:  # zero bytes mid-file: a whole file that OpenCV would decode without an error
+        data = bytearray(open(victim, "rb").read())
+        data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
+        open(victim, "wb").write(bytes(data))
+    out = tmp_path / "idx.parquet"
+    proc = run_cli("index", root, "--out", str(out), "--verify", cwd=str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    listed = [line for line in proc.stderr.splitlines() if line.startswith("bad image ")]
+    assert sorted(line.split()[2].rstrip(":") for line in listed) == sorted(paths[:2])
+    assert "2 of 12 images are bad" in proc.stderr and not out.exists()
+    for victim in paths[:2]:
+        os.remove(victim)
+    proc = run_cli("index", root, "--out", str(out), "--verify", cwd=str(tmp_path))
+    assert proc.returncode == 0 and "every one decoded" in proc.stdout and out.exists()

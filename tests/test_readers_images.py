@@ -7,7 +7,7 @@ import pytest
 
 from raytrain.data.image_index import to_table
 from raytrain.data.image_loader import ImageLoader
-from raytrain.data.image_reader import ImageDecoder, jpeg_size
+from raytrain.data.image_reader import ImageDecoder
 from raytrain.data.order import TRAIN
 from raytrain.data.shard import Shard
 from raytrain.errors import RaytrainError
@@ -61,17 +61,14 @@ def test_large_jpeg_is_decoded_in_draft_mode_with_the_same_result(tmp_path):
     pixels = np.repeat(np.repeat(gradient(100, 80), 8, axis=0), 8, axis=1)  # 800x640, smooth
     path = write_image(str(tmp_path / "big.jpg"), pixels)
     data = np.fromfile(path, np.uint8)
-    assert jpeg_size(data) == (800, 640)
     decoder = ImageDecoder((100, 80), 3)
-    import cv2
-
-    assert decoder._draft_flag(data) == cv2.IMREAD_REDUCED_GRAYSCALE_8  # 800/8 = 100, 640/8 = 80
-    assert ImageDecoder((101, 80), 3)._draft_flag(data) == cv2.IMREAD_REDUCED_GRAYSCALE_4
-    assert ImageDecoder((401, 80), 3)._draft_flag(data) == 0
+    assert decoder.decode(data).shape == (100, 80, 3)  # 800/8 = 100, 640/8 = 80: decoded at 1/8
+    assert ImageDecoder((101, 80), 3).decode(data).shape == (200, 160, 3)  # 1/8 is too small: 1/4
+    assert ImageDecoder((401, 80), 1).decode(data).shape == (500, 400)  # 5/8, libjpeg's next scale
+    assert ImageDecoder((900, 80), 3).decode(data).shape == (800, 640, 3)  # never upscaled by the decoder
     out = np.zeros((100, 80, 3), np.uint8)
     decoder.decode_into(path, out)
     assert np.abs(out.astype(int) - gradient(100, 80)).mean() < 3
-    assert jpeg_size(np.fromfile(write_image(str(tmp_path / "p.png"), pixels[:4, :4]), np.uint8)) is None
 
 
 def write_bad_files(tmp_path):
@@ -83,7 +80,14 @@ def write_bad_files(tmp_path):
     open(garbage, "wb").write(b"this is not an image" * 20)
     empty = str(tmp_path / "empty.bmp")
     open(empty, "wb").close()
-    return good, [truncated, garbage, empty, str(tmp_path / "gone.jpg")]
+    corrupt = str(tmp_path / "corrupt.jpg")  # whole, but with bytes zeroed mid-file: OpenCV decodes it silently
+    rng = np.random.default_rng(0)
+    noisy = write_image(str(tmp_path / "noisy.jpg"), (rng.random((64, 64, 3)) * 255).astype(np.uint8))
+    data = bytearray(open(noisy, "rb").read())
+    data[len(data) // 2 : len(data) // 2 + 100] = bytes(100)
+    open(corrupt, "wb").write(bytes(data))
+    os.remove(noisy)
+    return good, [truncated, garbage, empty, str(tmp_path / "gone.jpg"), corrupt]
 
 
 def test_bad_files_raise_bad_image_with_the_reason(tmp_path):
@@ -91,11 +95,19 @@ def test_bad_files_raise_bad_image_with_the_reason(tmp_path):
 
     _, bad = write_bad_files(tmp_path)
     out = np.zeros((8, 8, 3), np.uint8)
-    for path in bad[:3]:
+    truncated, garbage, empty, gone, corrupt = bad
+    for path in (garbage, empty):
         with pytest.raises(BadImage, match="cannot be decoded"):
             ImageDecoder((8, 8), 3).decode_into(path, out)
     with pytest.raises(BadImage, match="cannot be read"):
-        ImageDecoder((8, 8), 3).decode_into(bad[3], out)
+        ImageDecoder((8, 8), 3).decode_into(gone, out)
+    with pytest.raises(BadImage, match="corrupt or truncated JPEG"):
+        ImageDecoder((8, 8), 3).decode_into(truncated, out)
+    with pytest.raises(BadImage, match=r"corrupt or truncated JPEG \(Corrupt JPEG data"):
+        ImageDecoder((8, 8), 3).decode_into(corrupt, out)
+    import cv2  # what the test guards against: OpenCV alone would have trained on it
+
+    assert cv2.imdecode(np.fromfile(corrupt, np.uint8), cv2.IMREAD_COLOR) is not None
 
 
 def id_images(tmp_path, n, bad=()):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from typing import Any
 
-from raytrain.data.image_index import read_manifest, scan_directory, write_index
+from raytrain.data.image_index import read_manifest, scan_directory, verify_images, write_index
 from raytrain.errors import RaytrainError
 
 
@@ -22,6 +23,9 @@ def command_parser(sub: Any) -> None:
     p.add_argument("--out", required=True, help="the Parquet index to write")
     p.add_argument("--path-column", default="path", help="manifest: the column of image paths")
     p.add_argument("--label-column", default="label", help="manifest: the column of labels")
+    p.add_argument("--verify", action="store_true",
+                   help="decode every image once, in parallel, and list every bad one; the index is written only "
+                   "if none is bad (a bad file otherwise surfaces in whichever epoch first reads it)")
     p.set_defaults(func=index_command)
 
 
@@ -33,9 +37,19 @@ def index_command(args: argparse.Namespace) -> int:
         paths, labels, classes = scan_directory(os.path.abspath(args.source))
     else:
         paths, labels, classes = read_manifest(os.path.abspath(args.source), args.path_column, args.label_column)
+    if args.verify:
+        bad = verify_images(paths)
+        for path, reason in bad:
+            print(f"bad image {path}: {reason}", file=sys.stderr)
+        if bad:
+            raise RaytrainError(
+                f"{len(bad)} of {len(paths):,} images are bad (listed above); fix or remove them and index again, "
+                "or train without --verify's index using --on-bad-sample skip"
+            )
     write_index(paths, labels, classes, args.out)
     counts = {name: int(n) for name, n in zip(classes, [int((labels == i).sum()) for i in range(len(classes))])}
     shown = ", ".join(f"{k} {v}" for k, v in list(counts.items())[:8]) + (" ..." if len(counts) > 8 else "")
-    print(f"indexed {len(paths):,} images in {len(classes)} classes ({shown}) in {time.perf_counter() - started:.1f} s "
-          f"to {args.out}; train on it with --manifest {args.out}")
+    verified = ", every one decoded" if args.verify else ""
+    print(f"indexed {len(paths):,} images in {len(classes)} classes ({shown}){verified} in "
+          f"{time.perf_counter() - started:.1f} s to {args.out}; train on it with --manifest {args.out}")
     return 0
