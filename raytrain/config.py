@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -245,8 +246,10 @@ def read_yaml(path: str, what: str, hint: str) -> Any:
     if not os.path.isfile(path):
         raise RaytrainError(f"{what} {path} does not exist; {hint}")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return yaml.safe_load(f)
+    except UnicodeDecodeError:
+        raise RaytrainError(f"{what} {path} is not a text file (UTF-8 YAML); check that you passed the right file") from None
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         at = f" at line {line + 1}" if line is not None else ""
@@ -267,6 +270,18 @@ def apply_overrides(job: JobConfig, overrides: dict[tuple[str, str], Any]) -> Jo
     return job
 
 
+def _finite(job: JobConfig) -> None:
+    """Every number of the job is finite: ``nan`` passes every comparison, so a NaN learning
+    rate would otherwise be accepted and train to NaN."""
+    for option in options():
+        value = getattr(getattr(job, option.section), option.key)
+        if isinstance(value, float) and not math.isfinite(value):
+            flag = flag_name(option.section, option.key)
+            raise RaytrainError(
+                f"{option.section}.{option.key} must be a finite number. Received: {value} (set it with --{flag})"
+            )
+
+
 def _positive(where: str, value: float, flag: str, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         bound = "non-negative" if allow_zero else "positive"
@@ -285,6 +300,7 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
     """
     job = apply_overrides(job, {})
     d, m, t, s, r = job.data, job.model, job.training, job.scaling, job.run
+    _finite(job)
     validate_source(d)
     if not 0 <= d.validation_ratio < 1:
         raise RaytrainError(
@@ -292,8 +308,10 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
         )
     _positive("data.shuffle_window", d.shuffle_window, "shuffle-window", allow_zero=True)
     _positive("data.prefetch_batches", d.prefetch_batches, "prefetch-batches")
+    _positive("data.seed", d.seed, "seed", allow_zero=True)  # numpy's generators take no negative seed
     if not m.builder:
         raise RaytrainError("model.builder is empty; name a built-in model (e.g. cnn) or file.py:function")
+    m.builder = absolute_builder(m.builder)
     _positive("model.learning_rate", m.learning_rate, "learning-rate")
     _positive("training.epochs", t.epochs, "epochs")
     _positive("training.batch_size", t.batch_size, "batch-size")
@@ -386,6 +404,15 @@ def validate_source(d: DataSection) -> None:
     _positive("data.decode_threads", d.decode_threads, "decode-threads", allow_zero=True)
     if not d.path_column or not d.label_column:
         raise RaytrainError("data.path_column and data.label_column must name the manifest's columns; they are empty")
+
+
+def absolute_builder(spec: str) -> str:
+    """``model.builder`` with its file made absolute (``path/to/file.py:function``): Ray
+    Train starts workers in a folder of its own, and ``--resume`` may run elsewhere."""
+    target, sep, function = spec.rpartition(":")
+    if sep and (target.endswith(".py") or os.sep in target):
+        return f"{os.path.abspath(os.path.expanduser(target))}:{function}"
+    return spec
 
 
 def validate_storage_path(path: str) -> str:

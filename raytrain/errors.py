@@ -25,18 +25,33 @@ class TrainingFailed(Exception):
     Not bad input: the CLI prints the one-line message and exits with code 1."""
 
 
+class LossNotFinite(TrainingFailed):
+    """The training loss became NaN or infinite; raised on every rank at the same step
+    (the loss is all-reduced, so every rank sees it)."""
+
+
 def find_user_error(exc: BaseException) -> Optional[RaytrainError]:
-    """Find a :class:`RaytrainError` inside an exception raised through Ray.
+    """The first :class:`RaytrainError` inside an exception raised through Ray (see
+    :func:`find_error`), as a one-line error, or None."""
+    found = find_error(exc, RaytrainError)
+    if found is None:
+        return None
+    return RaytrainError(str(found).splitlines()[0] if str(found) else type(found).__name__)
+
+
+def find_error(exc: BaseException, kind: type) -> Optional[BaseException]:
+    """Find an exception of type ``kind`` inside an exception raised through Ray.
 
     Ray wraps a worker's exception in its own types (``RayTaskError``, Ray Train's
-    ``WorkerGroupError`` with per-rank ``worker_failures``); the user's error is in
+    ``WorkerGroupError`` with per-rank ``worker_failures``); the worker's error is in
     the chain, or in the failures of the ranks.
 
     Args:
         exc: The exception caught on the driver.
+        kind: The type to look for.
 
     Returns:
-        The first RaytrainError found, or None.
+        The first one found, or None.
     """
     seen: set[int] = set()
     todo: list[BaseException] = [exc]
@@ -45,8 +60,8 @@ def find_user_error(exc: BaseException) -> Optional[RaytrainError]:
         if id(err) in seen:
             continue
         seen.add(id(err))
-        if isinstance(err, RaytrainError):
-            return RaytrainError(str(err).splitlines()[0] if str(err) else type(err).__name__)
+        if isinstance(err, kind):
+            return err
         for attr in ("cause", "__cause__", "__context__", "controller_failure"):
             nested = getattr(err, attr, None)
             if isinstance(nested, BaseException):

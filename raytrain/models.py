@@ -129,6 +129,40 @@ def resolve_builder(spec: str) -> Callable[..., Any]:
     return builder
 
 
+def _check_input(model: Any, spec: str, sample_shape: tuple[int, ...]) -> None:
+    """The model takes samples of the data's shape (checked here, on the driver, rather
+    than failing inside every worker's first step)."""
+    taken = getattr(model, "input_shape", None)
+    if not isinstance(taken, tuple) or not all(d is None or isinstance(d, int) for d in taken):
+        return  # several inputs: the builder knows what it does
+    takes = taken[1:]
+    if len(takes) != len(sample_shape) or any(t is not None and t != s for t, s in zip(takes, sample_shape)):
+        raise RaytrainError(
+            f"model '{spec}' takes inputs of shape {tuple(takes)} but the samples have shape {sample_shape}; "
+            "build the model from the input_shape argument the builder receives"
+        )
+
+
+COMPILE_METRIC_NAMES = ("accuracy", "acc", "crossentropy", "ce")  # resolved by compile() from the loss
+
+
+def _check_metrics(metrics: tuple[str, ...]) -> None:
+    import tf_keras as keras
+
+    for name in metrics:
+        if name in COMPILE_METRIC_NAMES:
+            continue
+        try:
+            known = not isinstance(keras.metrics.get(name), str)  # an unknown name comes back as itself
+        except ValueError:
+            known = False
+        if not known:
+            raise RaytrainError(
+                f"unknown metric '{name}' (model.metrics); use a tf_keras metric function or class name such as "
+                "accuracy, mse, top_k_categorical_accuracy, AUC, Precision, Recall"
+            )
+
+
 def default_loss(one_hot: bool) -> str:
     """``loss: auto``: categorical crossentropy for one-hot labels, sparse for class indices."""
     return "categorical_crossentropy" if one_hot else "sparse_categorical_crossentropy"
@@ -165,6 +199,7 @@ def build_model(
             else ""
         )
         raise RaytrainError(f"model builder '{spec}' returned {type(model).__name__}, not a tf_keras.Model{hint}")
+    _check_input(model, spec, tuple(input_shape))
     out = model.output_shape
     if isinstance(out, tuple) and out[-1] != num_classes:
         raise RaytrainError(
@@ -178,6 +213,7 @@ def build_model(
             raise RaytrainError(
                 f"unknown optimizer '{optimizer}' (model.optimizer); use a tf_keras optimizer name such as adam, sgd, rmsprop"
             ) from None
+        _check_metrics(metrics)
         loss_name = default_loss(one_hot) if loss == "auto" else loss
         try:
             keras.losses.get(loss_name)

@@ -28,7 +28,7 @@ from raytrain.data.plan import StepPlan, plan_steps
 from raytrain.data.schema import SampleIndex
 from raytrain.data.split import split_index
 from raytrain.env import VERBOSE_ENV, WORKER_ENV, set_worker_env
-from raytrain.errors import RaytrainError, TrainingFailed, find_user_error
+from raytrain.errors import LossNotFinite, RaytrainError, TrainingFailed, find_error, find_user_error
 from raytrain.models import build_model, resolve_builder
 from raytrain.run import checkpoint, rundir, storage
 from raytrain.run.progress import ProgressPrinter, quiet_stderr, start_sink
@@ -73,19 +73,28 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def _check_run_dir(job: JobConfig, resume: bool) -> None:
-    """A new run needs an empty run directory; a resumed one needs its job there."""
+def _check_run_dir(job: JobConfig, resume: bool) -> int:
+    """A new run needs an empty run directory, a resumed one its job there and no fewer ``--epochs`` than it has trained. Returns the
+    epochs a resumed run has done (0 for a new run)."""
     run_dir = job.run_dir
     if resume:
         if not rundir.is_run(run_dir):
             raise RaytrainError(f"--resume: {run_dir} holds no run; check --name and --storage-path")
-        return
-    if storage.listdir(run_dir):
+        newest = checkpoint.latest(run_dir)
+        done = newest[0] if newest else 0
+        if job.training.epochs < done:
+            raise RaytrainError(
+                f"--resume --epochs {job.training.epochs}: {run_dir} has already trained {done} epochs; "
+                f"pass --epochs {done} or more (more continues training)"
+            )
+        return done
+    if [name for name in storage.listdir(run_dir) if name != rundir.CLAIM]:
         hint = " or continue it with --resume" if checkpoint.latest(run_dir) else ""
         raise RaytrainError(
             f"run directory {run_dir} already holds a run; choose another --name or --storage-path{hint} "
             "(raytrain never overwrites a run)"
         )
+    return 0
 
 
 def _check_resources(job: JobConfig) -> None:
@@ -120,6 +129,23 @@ def _check_model(spec: Any) -> None:
     m = spec.job.model
     build_model(m.builder, spec.read.sample_shape, spec.num_classes, spec.one_hot,
                 m.optimizer, m.learning_rate, m.loss, tuple(m.metrics))
+
+
+def hide_gpus() -> None:
+    """Keep this process's TensorFlow off the GPUs (the driver, when Ray workers train).
+
+    TensorFlow reserves nearly all memory of every GPU it sees when it first touches them;
+    the driver's one check build of the model (:func:`_check_model`) would then starve the
+    workers on its node. Hiding the GPUs before any device is initialized builds it on the
+    CPU. Not in local mode: there the loop trains in this process. (Reasoned from
+    TensorFlow's documented allocator behaviour; no GPU was available to measure it.)
+    """
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # devices already initialized in this process: nothing to change now
+        pass
 
 
 def _init_ray(job: JobConfig, verbose: bool) -> None:
@@ -169,6 +195,7 @@ def _prepare(job: JobConfig) -> _Prepared:
     spec = WorkerSpec(job, plan, read, index.num_classes, index.one_hot)
     if s.num_workers > 0:
         with quiet_stderr():
+            hide_gpus()
             _check_model(spec)
     return _Prepared(spec, index, train_table, val_table)
 
@@ -194,11 +221,22 @@ def run(job: JobConfig, resume: bool = False, verbose: bool = False) -> Optional
     with quiet_stderr():
         import tensorflow  # noqa: F401  (its C++ start-up lines go to /dev/null unless --verbose)
     started = time.perf_counter()
-    _check_run_dir(job, resume)
-    if resume and (rundir.read_status(job.run_dir) or {}).get("status") == "finished":
-        return None
-    prepared = _prepare(job)
+    problem = storage.writable(job.run.storage_path)
+    if problem:
+        raise RaytrainError(
+            f"run.storage_path {job.run.storage_path} {problem}; pass a folder you can write to with --storage-path"
+        )
+    with rundir.claim(job.run_dir):  # a second raytrain on the same run stops here, with one line
+        done = _check_run_dir(job, resume)
+        finished = (rundir.read_status(job.run_dir) or {}).get("status") == "finished"
+        if resume and finished and done >= job.training.epochs:
+            return None
+        prepared = _prepare(job)
+        return _run_prepared(job, prepared, resume, verbose, started)
 
+
+def _run_prepared(job: JobConfig, prepared: _Prepared, resume: bool, verbose: bool, started: float) -> RunSummary:
+    """Start Ray, train, and summarize."""
     import ray
 
     _init_ray(job, verbose)
@@ -275,6 +313,9 @@ def _fit(spec: Any, train_table: Any, val_table: Any) -> Any:
         user = find_user_error(e)
         if user is not None:
             raise user from None
+        diverged = find_error(e, LossNotFinite)
+        if diverged is not None:
+            raise TrainingFailed(f"{str(diverged).splitlines()[0]}; {_resume_hint(job)}") from None
         if STORAGE_CHECK_FAILED in str(e) or any(
             STORAGE_CHECK_FAILED in str(f) for f in (getattr(e, "worker_failures", None) or {}).values()
         ):
@@ -311,13 +352,19 @@ def _failure_line(error: BaseException, job: JobConfig) -> str:
     else:
         what = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}"
     tries = "" if job.run.max_failures == 0 else f" after {job.run.max_failures} restarts"
+    hint = "" if job.run.max_failures or checkpoint.latest(job.run_dir) is None else \
+        " (--max-failures N restarts failed workers automatically)"
+    return f"training failed{tries}: {what}; {_resume_hint(job)}{hint}"
+
+
+def _resume_hint(job: JobConfig) -> str:
+    """Where the newest checkpoint is and how to continue from it."""
     newest = checkpoint.latest(job.run_dir)
     if newest is None:
-        return f"training failed{tries}: {what}; no epoch had finished, so there is no checkpoint to resume from"
+        return "no epoch had finished, so there is no checkpoint to resume from"
     return (
-        f"training failed{tries}: {what}; the newest checkpoint is epoch {newest[0]} ({newest[1]}); "
+        f"the newest checkpoint is epoch {newest[0]} ({newest[1]}); "
         f"continue with: raytrain train --resume --name {job.run.name} --storage-path {job.run.storage_path}"
-        + ("" if job.run.max_failures else " (--max-failures N restarts failed workers automatically)")
     )
 
 

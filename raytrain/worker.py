@@ -200,7 +200,7 @@ def train_loop(config: dict[str, Any]) -> None:
     feeds = _Feeds(spec, strategy, replicas, first_epoch, train_loader, val_loader)
     reporter = EpochReporter(plan, run_dir, epochs, job.run.log_every_steps, rank, spec.sink,
                              feeds.train.take_waited, feeds.start_validation if val_loader else None,
-                             _checkpoint_saver(job, rank, world))
+                             _checkpoint_saver(job, rank, world), first_step=first_epoch * plan.train_steps)
     if rank == 0:
         rundir.event(run_dir, "start", from_epoch=first_epoch + 1, world_size=world)
     try:
@@ -218,10 +218,11 @@ def train_loop(config: dict[str, Any]) -> None:
         raise
     finally:
         feeds.stop()
+        for each in loaders:  # files and decoding threads, also when training failed
+            each.close()
     rundir.export_model(model, run_dir, rank)
     skipped: dict[str, str] = {}
     for each in loaders:
-        each.close()
         skipped.update(each.skipped)
     _write_worker_record(run_dir, rank, {
         "status": "finished",
@@ -245,6 +246,8 @@ def _restore(model: Any, run_dir: str, rank: int, sink: Any) -> int:
         newest = checkpoint.latest(run_dir)
         found = ray.train.Checkpoint(newest[1]) if newest else None
     if found is None:
+        if rank == 0:  # a run that died before its first checkpoint starts over: so do its metrics
+            rundir.keep_metrics_through(run_dir, 0)
         return 0
     with found.as_directory() as folder:
         state = checkpoint.restore(model, folder)

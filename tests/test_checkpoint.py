@@ -46,3 +46,17 @@ def test_persist_keeps_the_newest_and_latest_skips_incomplete(tmp_path):
     os.makedirs(os.path.join(run, checkpoint.dir_name(5)))  # a copy that never finished
     assert checkpoint.latest(run)[0] == 4
     assert checkpoint.latest(str(tmp_path / "nothing")) is None
+
+
+def test_a_checkpoint_whose_weights_have_not_all_landed_is_not_complete(tmp_path):
+    """Object stores show the files of a copy in no guaranteed order: the state file alone
+    does not make a checkpoint complete (issue 13, item 11)."""
+    run = str(tmp_path / "run")
+    folder = str(tmp_path / "local")
+    checkpoint.write(model(), folder, {"epoch": 1})
+    checkpoint.persist(folder, run, 1, keep=2)
+    assert checkpoint.latest(run)[0] == 1
+    data = [n for n in os.listdir(os.path.join(run, checkpoint.dir_name(1))) if n.startswith("weights.data")]
+    assert data
+    os.remove(os.path.join(run, checkpoint.dir_name(1), data[0]))  # the state landed, the weights not yet
+    assert checkpoint.latest(run) is None

@@ -20,6 +20,8 @@ import tempfile
 import time
 from typing import Any, Callable, Iterator, Optional
 
+import numpy as np
+
 REPEATS = 3  # fast readers run this many passes; the median is reported
 
 
@@ -97,6 +99,8 @@ def feed_rates(loader: Any, steps: int, batch: int, sample_shape: tuple[int, ...
     """:data:`REPEATS` epochs of ``loader`` read through raytrain's feed, the path training
     takes (a background thread, a bounded TensorFlow queue, the conversion to float32);
     returns the median samples/s."""
+    import tensorflow as tf
+
     from raytrain.data.feed import read_ahead, to_model
 
     convert = to_model(dtype, 2, False)
@@ -105,7 +109,9 @@ def feed_rates(loader: Any, steps: int, batch: int, sample_shape: tuple[int, ...
         start = time.perf_counter()
         feed, ds = read_ahead(loader.epoch(epoch, steps, batch), steps, (batch, *sample_shape), dtype, prefetch, convert)
         try:
-            n = sum(int(y.shape[0]) for _, y in ds)
+            # Consumed inside TensorFlow, as fit consumes it: iterating a dataset from Python
+            # adds ~0.6 ms per batch that training never pays.
+            n = int(ds.reduce(np.int64(0), lambda total, batch: total + tf.shape(batch[1], out_type=tf.int64)[0]))
         finally:
             feed.stop()
         rates.append(n / (time.perf_counter() - start))

@@ -61,7 +61,10 @@ class QueueFeed:
         self.queue = tf.queue.FIFOQueue(
             capacity, [tf.as_dtype(dtype), tf.int64], shapes=[batch_shape, batch_shape[:1]] if fixed else None
         )
-        self.waited = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="raytrain_data_wait")
+        # On the CPU: it is updated inside the input pipeline, which runs on the CPU; on a
+        # GPU machine it would otherwise be placed on GPU:0 and copied every step.
+        with tf.device("/CPU:0"):
+            self.waited = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="raytrain_data_wait")
         self.error: Optional[BaseException] = None
         self._thread: Optional[threading.Thread] = None
         self._stopping = False

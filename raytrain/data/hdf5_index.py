@@ -23,6 +23,7 @@ from raytrain.data.schema import INDEX_SCHEMA, SampleIndex
 from raytrain.errors import RaytrainError
 
 LABEL_READ_ROWS = 1 << 16  # labels are read in slices this long, so memory stays bounded
+NUMERIC_KINDS = "biuf"  # numpy dtype kinds a model can train on: bool, signed, unsigned, float
 
 
 def expand_paths(patterns: list[str]) -> list[str]:
@@ -104,16 +105,38 @@ def _datasets(f: Any, path: str, x_key: str, y_key: str) -> tuple[Any, Any]:
     x, y = f[x_key], f[y_key]
     if x.ndim < 2:
         raise RaytrainError(f"{path}: features '{x_key}' have shape {x.shape}; expected (N, *sample_shape)")
+    if x.dtype.kind not in NUMERIC_KINDS:
+        raise RaytrainError(
+            f"{path}: features '{x_key}' are {x.dtype} values; a model trains on numbers: store them as "
+            "uint8, integers or floats"
+        )
+    if x.dtype.byteorder == ">":
+        raise RaytrainError(
+            f"{path}: features '{x_key}' are big-endian ({x.dtype.str}); TensorFlow reads little-endian only: "
+            f"rewrite the dataset, e.g. f.create_dataset(name, data=x[...].astype('{x.dtype.newbyteorder('<').str}'))"
+        )
+    if y.dtype.kind not in NUMERIC_KINDS:
+        raise RaytrainError(
+            f"{path}: labels '{y_key}' are {y.dtype} values; store class indices 0..C-1 (integers) or one-hot rows "
+            "(raytrain index maps class names to indices for image manifests, not HDF5)"
+        )
     if x.shape[0] != y.shape[0]:
         raise RaytrainError(
             f"{path}: '{x_key}' has {x.shape[0]} samples but '{y_key}' has {y.shape[0]}; "
             "both must have one row per sample"
         )
-    if "sample_count" in f.attrs and int(f.attrs["sample_count"]) != x.shape[0]:
-        raise RaytrainError(
-            f"{path}: attribute sample_count={int(f.attrs['sample_count'])} but '{x_key}' has "
-            f"{x.shape[0]} samples; fix the attribute or the datasets"
-        )
+    if "sample_count" in f.attrs:
+        count = f.attrs["sample_count"]
+        if np.ndim(count) != 0 or np.asarray(count).dtype.kind not in "iu":
+            raise RaytrainError(
+                f"{path}: attribute sample_count={count!r} is not a whole number; set it to the number of "
+                f"samples ({x.shape[0]}) or delete it"
+            )
+        if int(count) != x.shape[0]:
+            raise RaytrainError(
+                f"{path}: attribute sample_count={int(count)} but '{x_key}' has "
+                f"{x.shape[0]} samples; fix the attribute or the datasets"
+            )
     return x, y
 
 

@@ -11,7 +11,8 @@ it is read, under ``data.on_bad_sample``.
   are listed by a thread pool, one task per folder, so deep and wide trees (and
   network filesystems, where each listing waits on the server) are scanned in
   parallel.
-- **Manifest**: a CSV or Parquet file with a path column and a label column. Relative
+- **Manifest**: a CSV or Parquet file with a path column and a label column, each image
+  listed once (a repeated path is refused: it would train twice an epoch). Relative
   paths resolve against the manifest's folder. String labels are mapped to the
   indices of their sorted names; integer labels are class indices.
 - **Index file**: ``raytrain index SOURCE --out index.parquet`` writes the scanned
@@ -33,6 +34,7 @@ import pyarrow.csv
 import pyarrow.parquet as pq
 
 from raytrain.config import COLOR_MODES, DataSection
+from raytrain.data.image_reader import BadImage, ImageDecoder
 from raytrain.data.schema import INDEX_SCHEMA, SampleIndex
 from raytrain.errors import RaytrainError
 
@@ -57,7 +59,8 @@ def _list_folder(path: str) -> tuple[list[str], list[str]]:
 def _walk(roots: list[str], threads: int) -> dict[str, list[str]]:
     """Every folder under ``roots`` (recursively) -> its image file names, listed in parallel."""
     found: dict[str, list[str]] = {}
-    with ThreadPoolExecutor(threads) as pool:
+    pool = ThreadPoolExecutor(threads)
+    try:
         pending = {pool.submit(_list_folder, r): r for r in roots}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -66,6 +69,10 @@ def _walk(roots: list[str], threads: int) -> dict[str, list[str]]:
                 files, subfolders = future.result()
                 found[folder] = files
                 pending.update({pool.submit(_list_folder, s): s for s in subfolders})
+    finally:
+        # On Ctrl-C (or an error) drop the listings still queued instead of running them
+        # all first, as leaving a `with ThreadPoolExecutor` block would.
+        pool.shutdown(wait=False, cancel_futures=True)
     return found
 
 
@@ -144,6 +151,7 @@ def read_manifest(
     base = os.path.dirname(os.path.abspath(path))
     paths = [p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
              for p in table.column(path_column).cast(pa.string()).to_pylist()]
+    _reject_duplicates(path, paths)
     raw = table.column(label_column)
     stored = (table.schema.metadata or {}).get(CLASS_NAMES_KEY)
     if pa.types.is_string(raw.type) or pa.types.is_large_string(raw.type):
@@ -172,6 +180,25 @@ def read_manifest(
             f"the manifest's folder {base}"
         )
     return paths, labels, list(classes)
+
+
+def _reject_duplicates(manifest: str, paths: list[str]) -> None:
+    """A file listed twice would be trained on twice an epoch, and could land in both the
+    training and the validation split: refuse it, naming the first repeats."""
+    first_row: dict[str, int] = {}
+    repeats: list[str] = []
+    for row, p in enumerate(paths):
+        if p in first_row:
+            repeats.append(f"{p} (rows {first_row[p] + 1} and {row + 1})")
+            if len(repeats) == 3:
+                break
+        else:
+            first_row[p] = row
+    if repeats:
+        raise RaytrainError(
+            f"manifest {manifest} lists the same image more than once: {'; '.join(repeats)}; "
+            "list each image once (rows are numbered from 1, after the header)"
+        )
 
 
 def to_table(paths: list[str], labels: np.ndarray) -> pa.Table:
@@ -221,6 +248,27 @@ def index_section(d: DataSection) -> SampleIndex:
     """The index of the image folder or manifest a (validated) ``data`` section names."""
     return build_image_index(d.directory, d.manifest, tuple(d.image_size), COLOR_MODES[d.color_mode],
                              d.path_column, d.label_column)
+
+
+def verify_images(paths: list[str], threads: int = 0) -> list[tuple[str, str]]:
+    """Decode every image once (at its smallest JPEG scale, without resizing) in a thread
+    pool; return ``(path, reason)`` of each one that cannot be read or decoded."""
+    decoder = ImageDecoder((1, 1), 3)
+
+    def check(path: str) -> Optional[tuple[str, str]]:
+        try:
+            decoder.decode(np.fromfile(path, dtype=np.uint8))
+        except OSError as e:
+            return path, f"cannot be read ({e.strerror or e})"
+        except BadImage as e:
+            return path, str(e)
+        return None
+
+    pool = ThreadPoolExecutor(threads or os.cpu_count() or 1)
+    try:
+        return [found for found in pool.map(check, paths, chunksize=64) if found is not None]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C: drop what is queued
 
 
 def write_index(paths: list[str], labels: np.ndarray, classes: list[str], out: str) -> None:

@@ -41,13 +41,17 @@ def write(model: Any, folder: str, state: dict[str, Any]) -> None:
 
     os.makedirs(folder, exist_ok=True)
     tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(os.path.join(folder, WEIGHTS))
+    files = {name: os.path.getsize(os.path.join(folder, name)) for name in sorted(os.listdir(folder))}
     with open(os.path.join(folder, STATE_FILE), "w") as f:
-        json.dump(state, f)
+        json.dump(dict(state, files=files), f)
 
 
 def read_state(folder: str) -> dict[str, Any]:
+    """The state written with the checkpoint (without its list of files)."""
     with open(os.path.join(folder, STATE_FILE)) as f:
-        return json.load(f)
+        state = json.load(f)
+    state.pop("files", None)
+    return state
 
 
 def restore(model: Any, folder: str) -> dict[str, Any]:
@@ -68,12 +72,29 @@ def restore(model: Any, folder: str) -> dict[str, Any]:
     return read_state(folder)
 
 
+def complete(path: str) -> bool:
+    """Whether the checkpoint folder ``path`` holds every file its state lists, at its
+    size. The state file alone is not enough: an object store may show it before the
+    weights copied beside it (copies of several files land in no guaranteed order)."""
+    text = storage.read_text(storage.join(path, STATE_FILE))
+    if text is None:
+        return False
+    try:
+        listed = json.loads(text).get("files")
+    except ValueError:
+        return False  # a state file still being written
+    if listed is None:  # written before the state listed its files
+        return True
+    sizes = storage.sizes(path)
+    return all(sizes.get(name) == size for name, size in listed.items())
+
+
 def on_storage(run_dir: str) -> list[tuple[int, str]]:
     """Complete checkpoints in ``run_dir`` as (epoch, path), oldest first."""
     found = []
     for name in storage.listdir(run_dir):
         match = re.fullmatch(rf"{PREFIX}(\d+)", name)
-        if match and storage.exists(storage.join(run_dir, name, STATE_FILE)):
+        if match and complete(storage.join(run_dir, name)):
             found.append((int(match.group(1)), storage.join(run_dir, name)))
     return sorted(found)
 

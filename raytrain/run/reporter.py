@@ -13,6 +13,7 @@ Ray Train, ~5 s; see :mod:`raytrain.worker`).
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 import time
@@ -22,6 +23,7 @@ import ray.train
 import tf_keras
 
 from raytrain.data.plan import StepPlan
+from raytrain.errors import LossNotFinite
 from raytrain.run import progress, rundir
 from raytrain.run.rundir import RUN_KEYS
 from raytrain.run.scalars import ScalarLog
@@ -52,11 +54,13 @@ class EpochReporter(tf_keras.callbacks.Callback):
         start_validation: Called with the epoch before each validation (None: no validation).
         save_checkpoint: ``save_checkpoint(model, epochs_done)`` writes a checkpoint and
             returns the checkpoint arguments of ``ray.train.report``.
+        first_step: The global step training starts from (a resumed run continues its
+            TensorBoard curves instead of starting them again at 0).
     """
 
     def __init__(self, plan: StepPlan, run_dir: str, epochs: int, log_every_steps: int, rank: int, sink: Any,
                  take_waited: Callable[[], float], start_validation: Optional[Callable[[int], None]],
-                 save_checkpoint: Callable[[Any, int], dict[str, Any]]):
+                 save_checkpoint: Callable[[Any, int], dict[str, Any]], first_step: int = 0):
         super().__init__()
         self._supports_tf_logs = True  # logs stay tensors; read only when shown
         self.plan, self.run_dir, self.epochs, self.every = plan, run_dir, epochs, log_every_steps
@@ -66,7 +70,7 @@ class EpochReporter(tf_keras.callbacks.Callback):
         self.scalars = ScalarLog(run_dir) if rank == 0 else None
         self.train_seconds = 0.0
         self.first_step_logged = False
-        self.global_step = 0
+        self.global_step = first_step
         self.last_sent = 0.0
         self.epoch = 0
         self.started = 0.0
@@ -80,6 +84,12 @@ class EpochReporter(tf_keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         self.global_step += 1
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            raise LossNotFinite(
+                f"the training loss became {loss} at epoch {self.epoch + 1}, step {batch + 1}; lower "
+                "--learning-rate or check the data for NaN/inf values"
+            )
         if self.rank != 0:
             return
         now = time.perf_counter()

@@ -25,9 +25,10 @@ import io
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import yaml
 
@@ -48,7 +49,65 @@ SAVED_MODEL = "saved_model"
 TENSORBOARD = "tensorboard"
 EVALUATIONS = "evaluations.jsonl"
 REPORT = "report.png"
+CLAIM = ".claim.json"  # the process that is starting or running this run (see claim())
 CHECKPOINT_PREFIX = "checkpoint-epoch-"  # + the epochs done, 4 digits: see raytrain.run.checkpoint
+
+
+def _owner_alive(owner: dict[str, Any]) -> bool:
+    if owner.get("host") != socket.gethostname():
+        return True  # another machine's process: it cannot be checked from here
+    return os.path.exists(f"/proc/{owner.get('pid')}")
+
+
+@contextlib.contextmanager
+def claim(run_dir: str) -> Iterator[None]:
+    """Hold ``run_dir`` for this process while it is checked, indexed and trained.
+
+    The claim is a file created exclusively (``O_EXCL``), so of two commands started on
+    the same run at once exactly one goes on; the other gets one line naming the first.
+    A claim left by a process that no longer runs (on this machine) is taken over. On a
+    URI the file is written if absent, which narrows the race but cannot close it (object
+    stores offer no exclusive create through pyarrow): do not start two drivers on one
+    run name there.
+    """
+    path = storage.join(run_dir, CLAIM)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
+    if storage.is_uri(run_dir):
+        owner = json.loads(storage.read_text(path) or "null")
+        if owner and _owner_alive(owner) and owner.get("pid") != me["pid"]:
+            raise _claimed(run_dir, owner)
+        storage.write_text(path, json.dumps(me))
+    else:
+        created = not os.path.isdir(run_dir)
+        os.makedirs(run_dir, exist_ok=True)
+        while True:
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                break
+            except FileExistsError:
+                owner = json.loads(storage.read_text(path) or "{}")
+                if _owner_alive(owner):
+                    raise _claimed(run_dir, owner) from None
+                os.remove(path)  # its process is gone: take the run over
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+    try:
+        yield
+    finally:
+        if storage.is_uri(run_dir):
+            storage.delete_file(path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+            if created and not os.listdir(run_dir):  # bad input stopped it before anything was written
+                os.rmdir(run_dir)
+
+
+def _claimed(run_dir: str, owner: dict[str, Any]) -> RaytrainError:
+    return RaytrainError(
+        f"run {run_dir} is in use by another raytrain (pid {owner.get('pid')} on {owner.get('host')}); "
+        "wait for it, or choose another --name"
+    )
 
 
 def is_run(run_dir: str) -> bool:
@@ -118,7 +177,10 @@ def keep_metrics_through(run_dir: str, epoch: int) -> None:
     """Drop the lines of epochs after ``epoch``: a restored run redoes them, and each
     epoch must appear once. (Each line is written before its epoch's checkpoint, so the
     lines up to a checkpoint's epoch are all there.)"""
-    kept = [m for m in read_metrics(run_dir) if m["epoch"] <= epoch]
+    found = read_metrics(run_dir)
+    kept = [m for m in found if m["epoch"] <= epoch]
+    if len(kept) == len(found):
+        return
     storage.write_text(storage.join(run_dir, METRICS), "".join(json.dumps(m) + "\n" for m in kept))
 
 
@@ -182,10 +244,7 @@ def export_model(model: Any, run_dir: str, rank: int) -> None:
             model.export(os.path.join(scratch, SAVED_MODEL))
         if rank != 0:
             return
-        if storage.is_uri(run_dir):
-            storage.upload_dir(scratch, run_dir)
-            return
-        os.replace(os.path.join(scratch, MODEL_KERAS), os.path.join(run_dir, MODEL_KERAS))
-        storage.upload_dir(os.path.join(scratch, SAVED_MODEL), os.path.join(run_dir, SAVED_MODEL))
+        storage.upload_file(os.path.join(scratch, MODEL_KERAS), storage.join(run_dir, MODEL_KERAS))
+        storage.upload_dir(os.path.join(scratch, SAVED_MODEL), storage.join(run_dir, SAVED_MODEL))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

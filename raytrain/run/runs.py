@@ -3,8 +3,9 @@
 Status comes from ``status.json``: ``running``, ``finished``, ``failed`` or
 ``interrupted``; a run that says ``running`` but whose driver process (on this machine)
 is gone shows as ``stopped`` (continue it with ``--resume``). The best validation
-metric is the highest ``val_<metric>`` other than the loss (or the lowest
-``val_loss``) over the epochs done.
+metric is the job's first metric on validation (``val_<metric>``, else ``val_loss``)
+over the epochs done: its maximum for accuracy-like metrics (accuracy, AUC, precision,
+recall), its minimum for losses and errors (mse, mae, crossentropy).
 """
 
 from __future__ import annotations
@@ -16,16 +17,25 @@ from typing import Any, Optional
 
 from raytrain.run import rundir, storage
 
+HIGHER_IS_BETTER = ("acc", "auc", "precision", "recall", "iou", "f1")  # parts of metric names
 
-def _best(epochs: list[dict[str, Any]]) -> Optional[tuple[str, float]]:
+
+def higher_is_better(metric: str) -> bool:
+    """Accuracy-like metrics are best at their maximum; losses and errors (mse, mae,
+    crossentropy, ...) at their minimum."""
+    return any(part in metric.lower() for part in HIGHER_IS_BETTER)
+
+
+def _best(epochs: list[dict[str, Any]], metrics: list[str]) -> Optional[tuple[str, float]]:
+    """The best value of the job's first metric on validation (else of ``val_loss``)."""
     if not epochs:
         return None
-    keys = [k for k in epochs[-1] if k.startswith("val_") and k != "val_loss"]
-    if keys:
-        return keys[0], max(e[keys[0]] for e in epochs if keys[0] in e)
-    if "val_loss" in epochs[-1]:
-        return "val_loss", min(e["val_loss"] for e in epochs if "val_loss" in e)
-    return None
+    keys = [f"val_{m}" for m in metrics if f"val_{m}" in epochs[-1]] + ["val_loss"]
+    key = next((k for k in keys if k in epochs[-1]), None)
+    if key is None:
+        return None
+    values = [e[key] for e in epochs if key in e]
+    return key, (max(values) if higher_is_better(key) else min(values))
 
 
 def _alive(status: dict[str, Any]) -> bool:
@@ -57,7 +67,7 @@ def describe(run_dir: str) -> dict[str, Any]:
         "status": state,
         "epochs_done": len(epochs),
         "epochs": job.training.epochs,
-        "best": _best(epochs),
+        "best": _best(epochs, job.model.metrics),
         "workers": job.scaling.num_workers,
         "wall_time_s": wall,
         "error": status.get("error"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from typing import Any, Optional
 
 import pyarrow.fs
@@ -48,6 +49,17 @@ def listdir(path: str) -> list[str]:
     fs, p = _fs(path)
     infos = fs.get_file_info(pyarrow.fs.FileSelector(p, allow_not_found=True))
     return sorted(info.base_name for info in infos)
+
+
+def sizes(path: str) -> dict[str, int]:
+    """Name -> size in bytes of the files directly in the folder ``path``."""
+    if not is_uri(path):
+        if not os.path.isdir(path):
+            return {}
+        return {e.name: e.stat().st_size for e in os.scandir(path) if e.is_file()}
+    fs, p = _fs(path)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(p, allow_not_found=True))
+    return {i.base_name: i.size for i in infos if i.type == pyarrow.fs.FileType.File}
 
 
 def makedirs(path: str) -> None:
@@ -101,12 +113,45 @@ def write_bytes(path: str, data: bytes) -> None:
 
 
 def append_line(path: str, line: str) -> None:
+    """Append one line. Locally an append; behind a URI the object is rewritten whole
+    (object stores cannot append), so a reader sees the old or the new file, never half a
+    line. Each run file has one writer (rank 0 or the driver), so no update is lost."""
     if not is_uri(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "a") as f:
             f.write(line + "\n")
         return
     write_text(path, (read_text(path) or "") + line + "\n")
+
+
+def upload_file(local_file: str, dest: str) -> None:
+    """Copy a local file to ``dest``, which appears whole. Locally the copy is written next
+    to ``dest`` and renamed there: a rename across filesystems (``/tmp`` to NFS or another
+    mount) fails with EXDEV."""
+    if not is_uri(dest):
+        tmp = f"{dest}.tmp-{os.getpid()}"
+        shutil.copyfile(local_file, tmp)
+        os.replace(tmp, dest)
+        return
+    fs, p = _fs(dest)
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    pyarrow.fs.copy_files(local_file, p, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def writable(path: str) -> Optional[str]:
+    """Why raytrain cannot write runs under the local folder ``path`` (None: it can).
+    URIs are not checked here; Ray Train checks them when it starts."""
+    if is_uri(path):
+        return None
+    if os.path.exists(path) and not os.path.isdir(path):
+        return "is a file, not a folder"
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".raytrain-probe-"):
+            pass
+    except OSError as e:
+        return f"is not writable ({e.strerror or e})"
+    return None
 
 
 def upload_dir(local_dir: str, dest: str) -> None:
@@ -131,6 +176,17 @@ def download_file(path: str, local: str) -> None:
     """Copy the file or folder at a URI to the local path ``local``."""
     fs, p = _fs(path)
     pyarrow.fs.copy_files(p, local, source_filesystem=fs)
+
+
+def delete_file(path: str) -> None:
+    """Remove a file if it is there."""
+    if not is_uri(path):
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    fs, p = _fs(path)
+    if fs.get_file_info(p).type != pyarrow.fs.FileType.NotFound:
+        fs.delete_file(p)
 
 
 def delete_dir(path: str) -> None:

@@ -1,0 +1,300 @@
+"""Defects found by trying raytrain as a new user would (issue 13): each test failed before its fix."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from raytrain import config as cfg
+from raytrain.data import image_index
+from raytrain.data.hdf5_index import build_hdf5_index
+from raytrain.data.image_index import read_manifest
+from raytrain.errors import RaytrainError
+from raytrain.models import build_model
+from raytrain.run import rundir
+from raytrain.run.runs import _best
+from tests.conftest import ROOT, run_cli, write_h5
+
+
+def validated(**sections):
+    job = cfg.from_dict({"data": {"paths": ["x.h5"]}, **sections})
+    return cfg.validate(job)
+
+
+# --- 3: non-finite numbers, 12: a negative seed, a binary job file ---------------------------
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_in_the_job_are_rejected(value):
+    with pytest.raises(RaytrainError, match=r"model.learning_rate must be a finite number.*--learning-rate"):
+        validated(model={"learning_rate": value})
+
+
+def test_a_negative_seed_is_rejected():
+    with pytest.raises(RaytrainError, match=r"data.seed must be non-negative"):
+        validated(data={"paths": ["x.h5"], "seed": -1})
+
+
+def test_a_binary_job_file_is_one_line(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    with pytest.raises(RaytrainError, match="is not a text file"):
+        cfg.load_job(str(path))
+
+
+# --- 6: a relative builder path ---------------------------------------------------------------
+
+def test_a_relative_builder_file_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    job = validated(model={"builder": "models/net.py:build"})
+    assert job.model.builder == f"{tmp_path}/models/net.py:build"
+    assert validated(model={"builder": "cnn"}).model.builder == "cnn"
+    assert validated(model={"builder": "pkg.mod:build"}).model.builder == "pkg.mod:build"
+
+
+@pytest.mark.ray
+def test_two_workers_train_with_a_relative_builder(tmp_path, make_h5):
+    data = make_h5("d.h5", samples=128, shape=(8, 8, 3))
+    (tmp_path / "net.py").write_text(
+        "import tf_keras as keras\n"
+        "def build(input_shape, num_classes):\n"
+        "    return keras.Sequential([keras.Input(shape=input_shape), keras.layers.Flatten(),\n"
+        "                             keras.layers.Dense(num_classes, activation='softmax')])\n"
+    )
+    proc = run_cli("train", "--data", data, "--model", "net.py:build", "--num-workers", "2", "--epochs", "1",
+                   "--batch-size", "16", "--storage-path", "runs", "--name", "rel", cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = rundir.read_job(str(tmp_path / "runs" / "rel"))
+    assert saved.model.builder == f"{tmp_path}/net.py:build"
+
+
+# --- 12, 13: files and models that fail on the driver, with one line -------------------------
+
+def test_string_labels_in_hdf5(tmp_path):
+    path = str(tmp_path / "s.h5")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("X", data=np.zeros((4, 2, 2, 1), np.uint8))
+        f.create_dataset("Y", data=np.array([b"cat", b"dog", b"cat", b"dog"]))
+    with pytest.raises(RaytrainError, match=r"labels 'Y' are .* values; store class indices"):
+        build_hdf5_index([path])
+
+
+def test_string_features_in_hdf5(tmp_path):
+    path = str(tmp_path / "s.h5")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("X", data=np.array([[b"a"], [b"b"]]))
+        f.create_dataset("Y", data=np.array([0, 1]))
+    with pytest.raises(RaytrainError, match=r"features 'X' are .* values; a model trains on numbers"):
+        build_hdf5_index([path])
+
+
+def test_big_endian_features(tmp_path):
+    path = write_h5(str(tmp_path / "be.h5"), np.zeros((4, 2, 2, 1), ">f4"), np.array([0, 1, 0, 1]))
+    with pytest.raises(RaytrainError, match=r"big-endian \(>f4\).*astype\('<f4'\)"):
+        build_hdf5_index([path])
+
+
+def test_a_non_numeric_sample_count(tmp_path):
+    path = write_h5(str(tmp_path / "c.h5"), np.zeros((4, 2, 2, 1), np.uint8), np.array([0, 1, 0, 1]))
+    with h5py.File(path, "a") as f:
+        f.attrs["sample_count"] = "four"
+    with pytest.raises(RaytrainError, match=r"sample_count='four' is not a whole number"):
+        build_hdf5_index([path])
+
+
+def test_a_builder_whose_input_does_not_match_the_data(tmp_path):
+    (tmp_path / "m.py").write_text(
+        "import tf_keras as keras\n"
+        "def build(input_shape, num_classes):\n"
+        "    return keras.Sequential([keras.Input(shape=(8, 8, 1)), keras.layers.Flatten(),\n"
+        "                             keras.layers.Dense(num_classes, activation='softmax')])\n"
+    )
+    with pytest.raises(RaytrainError, match=r"takes inputs of shape \(8, 8, 1\) but the samples have shape \(4, 4, 3\)"):
+        build_model(f"{tmp_path}/m.py:build", (4, 4, 3), 2, False)
+
+
+def test_an_unknown_metric_is_named():
+    with pytest.raises(RaytrainError, match="unknown metric 'bogus'"):
+        build_model("cnn", (8, 8, 3), 2, False, metrics=("accuracy", "bogus"))
+    build_model("cnn", (8, 8, 3), 2, False, metrics=("accuracy", "AUC", "mse"))  # known names pass
+
+
+def test_storage_path_that_is_a_file_fails_before_indexing(tmp_path):
+    (tmp_path / "runs").write_text("not a folder")
+    proc = run_cli("train", "--data", str(tmp_path / "missing.h5"), "--storage-path", "runs", cwd=str(tmp_path))
+    assert proc.returncode == 2
+    assert "run.storage_path" in proc.stderr and "is a file, not a folder" in proc.stderr  # before the data check
+    assert (tmp_path / "runs").read_text() == "not a folder"
+    proc = run_cli("train", "--data", str(tmp_path / "missing.h5"), "--storage-path", "runs/sub", cwd=str(tmp_path))
+    assert proc.returncode == 2 and "is not writable" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- 4: duplicate rows in a manifest ----------------------------------------------------------
+
+def test_duplicate_manifest_rows_are_refused_naming_them(tmp_path):
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "m.csv").write_text("path,label\na.jpg,cat\nb.jpg,dog\na.jpg,cat\n")
+    with pytest.raises(RaytrainError, match=r"more than once: .*a.jpg \(rows 1 and 3\)"):
+        read_manifest(str(tmp_path / "m.csv"))
+
+
+# --- 9: two commands on one run ---------------------------------------------------------------
+
+def test_a_claimed_run_is_refused_and_a_stale_claim_taken_over(tmp_path):
+    run = str(tmp_path / "run")
+    with rundir.claim(run):
+        with pytest.raises(RaytrainError, match="is in use by another raytrain"):
+            with rundir.claim(run):
+                pass
+    assert not os.path.exists(run)  # nothing was written: the claim leaves no folder behind
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    os.makedirs(run)
+    (tmp_path / "run" / rundir.CLAIM).write_text(json.dumps({"pid": gone.pid, "host": os.uname().nodename}))
+    with rundir.claim(run):  # its process is gone
+        assert json.loads((tmp_path / "run" / rundir.CLAIM).read_text())["pid"] == os.getpid()
+
+
+# --- 10: Ctrl-C while scanning a large tree ---------------------------------------------------
+
+def test_ctrl_c_while_scanning_ends_at_once(tmp_path, monkeypatch):
+    def slow_listing(path):  # every folder has 8 sub-folders: thousands of listings get queued
+        time.sleep(0.01)
+        return [], [os.path.join(path, str(i)) for i in range(8)] if path.count(os.sep) < 12 else []
+
+    monkeypatch.setattr(image_index, "_list_folder", slow_listing)
+    before = set(threading.enumerate())
+    previous = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            image_index._walk([str(tmp_path)], threads=4)
+        ended = time.monotonic()
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    # the queued listings were dropped: the threads finish what they hold, nothing more
+    deadline = ended + 3
+    while set(threading.enumerate()) - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not set(threading.enumerate()) - before
+
+
+# --- 16: the data-wait counter lives on the CPU; 15: the driver hides its GPUs ----------------
+
+def test_the_data_wait_counter_is_on_the_cpu():
+    from raytrain.data.feed import QueueFeed
+
+    feed = QueueFeed((2, 2), "uint8", capacity=2, replicas=1)
+    assert feed.waited.device.endswith("CPU:0")
+
+
+def test_the_driver_hides_its_gpus_before_building():
+    code = ("import tensorflow as tf\nfrom raytrain.trainer import hide_gpus\nhide_gpus()\n"
+            "print(len(tf.config.get_visible_devices('GPU')), len(tf.config.get_visible_devices('CPU')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3"), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["0", "1"]
+
+
+# --- smaller: the best validation metric of an error metric is its minimum --------------------
+
+def test_runs_shows_the_minimum_of_an_error_metric():
+    epochs = [{"val_mse": 0.5, "val_loss": 1.0}, {"val_mse": 0.2, "val_loss": 0.8}, {"val_mse": 0.3, "val_loss": 0.9}]
+    assert _best(epochs, ["mse"]) == ("val_mse", 0.2)
+    accuracy = [{"val_accuracy": 0.5, "val_loss": 1.0}, {"val_accuracy": 0.7, "val_loss": 0.8}]
+    assert _best(accuracy, ["accuracy"]) == ("val_accuracy", 0.7)
+    assert _best([{"val_loss": 2.0}, {"val_loss": 1.0}], []) == ("val_loss", 1.0)
+
+
+# --- runs with real processes (local mode: Ray starts in-process) -----------------------------
+
+def metrics_epochs(run):
+    return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.ray
+def test_storage_on_another_filesystem_resume_extend_and_metrics_once(tmp_path, make_h5):
+    """7: a storage path on another filesystem than /tmp (here /dev/shm, a tmpfs); 14: --resume
+    with more --epochs continues a finished run, fewer is refused; 8: a run that lost its
+    checkpoints starts over without counting its epochs twice."""
+    if os.stat("/dev/shm").st_dev == os.stat("/tmp").st_dev:
+        pytest.skip("/dev/shm is on the same filesystem as /tmp here: no second filesystem to write to")
+    data = make_h5("d.h5", samples=64, shape=(8, 8, 3))
+    storage = f"/dev/shm/raytrain-test-{os.getpid()}"
+    run = __import__("pathlib").Path(storage) / "r"
+    common = ("--data", data, "--batch-size", "16", "--validation-ratio", "0", "--storage-path", storage,
+              "--name", "r", "--local")
+    try:
+        proc = run_cli("train", *common, "--epochs", "1", cwd=str(tmp_path))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert (run / "model.keras").is_file() and metrics_epochs(run) == [1]
+        proc = run_cli("train", *common, "--epochs", "2", "--resume", cwd=str(tmp_path))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "already finished" not in proc.stdout and metrics_epochs(run) == [1, 2]
+        proc = run_cli("train", *common, "--epochs", "1", "--resume", cwd=str(tmp_path))
+        assert proc.returncode == 2 and "has already trained 2 epochs; pass --epochs 2 or more" in proc.stderr
+        for name in os.listdir(run):
+            if name.startswith(rundir.CHECKPOINT_PREFIX):
+                subprocess.run(["rm", "-r", str(run / name)], check=True)
+        rundir.write_status(str(run), "failed")
+        proc = run_cli("train", *common, "--epochs", "2", "--resume", cwd=str(tmp_path))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert metrics_epochs(run) == [1, 2]
+    finally:
+        subprocess.run(["rm", "-rf", storage], check=True)
+
+
+@pytest.mark.ray
+def test_a_loss_that_turns_nan_stops_the_run_keeping_the_last_checkpoint(tmp_path, make_h5):
+    """3: one line naming the epoch and step, exit 1, status failed, epoch 1's checkpoint kept."""
+    data = make_h5("d.h5", samples=64, shape=(8, 8, 3))
+    (tmp_path / "blowup.py").write_text(
+        "import tensorflow as tf\nimport tf_keras as keras\n\n"
+        "class Blowup(keras.layers.Layer):  # NaN from its 7th training call on\n"
+        "    def build(self, shape):\n"
+        "        self.calls = self.add_weight(name='calls', shape=(), initializer='zeros', trainable=False)\n"
+        "    def call(self, x, training=None):\n"
+        "        if training:\n"
+        "            self.calls.assign_add(1.0)\n"
+        "        return x * tf.where(self.calls > 6.0, float('nan'), 1.0)\n\n"
+        "def build(input_shape, num_classes):\n"
+        "    return keras.Sequential([keras.Input(shape=input_shape), keras.layers.Flatten(), Blowup(),\n"
+        "                             keras.layers.Dense(num_classes, activation='softmax')])\n"
+    )
+    proc = run_cli("train", "--data", data, "--model", "blowup.py:build", "--batch-size", "16", "--epochs", "3",
+                   "--validation-ratio", "0", "--storage-path", "runs", "--name", "nan", "--local", cwd=str(tmp_path))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("raytrain: error:")]
+    assert len(errors) == 1 and "the training loss became nan at epoch 2, step 3" in errors[0], proc.stderr[-3000:]
+    assert "the newest checkpoint is epoch 1" in errors[0]
+    run = tmp_path / "runs" / "nan"
+    assert rundir.read_status(str(run))["status"] == "failed"
+    assert metrics_epochs(run) == [1]
+
+
+@pytest.mark.ray
+def test_a_second_command_on_a_running_run_is_refused(tmp_path, make_h5):
+    """9: two runs with one --name at once: the second stops with one line, the first finishes."""
+    data = make_h5("d.h5", samples=256, shape=(16, 16, 3))
+    args = ("train", "--data", data, "--epochs", "3", "--batch-size", "16", "--storage-path", "runs", "--name", "same",
+            "--local")
+    first = subprocess.Popen([sys.executable, "-m", "raytrain", *args], cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=ROOT),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    claim = tmp_path / "runs" / "same" / rundir.CLAIM
+    deadline = time.time() + 120
+    while not claim.exists() and time.time() < deadline and first.poll() is None:
+        time.sleep(0.1)
+    second = run_cli(*args, cwd=str(tmp_path))
+    out, err = first.communicate(timeout=600)
+    assert second.returncode == 2 and "is in use by another raytrain" in second.stderr, second.stderr[-2000:]
+    assert first.returncode == 0, err[-3000:]
+    assert metrics_epochs(tmp_path / "runs" / "same") == [1, 2, 3]
+    assert not claim.exists()
