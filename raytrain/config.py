@@ -40,6 +40,7 @@ KINDS = ("hdf5", "images")  # data.kind; the loaders' registry (raytrain.data.lo
 COLOR_MODES = {"rgb": 3, "grayscale": 1}  # data.color_mode -> channels
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
 BAD_SAMPLE_POLICIES = ("error", "skip")
+SCALES = ("auto", "unit", "none")  # data.scale
 PLACEMENTS = {"pack": "PACK", "spread": "SPREAD"}  # scaling.placement -> Ray's placement group strategy
 CLUSTER_MAX_FAILURES = 3  # run.max_failures when joining a cluster, where nodes come and go
 
@@ -67,6 +68,9 @@ class DataSection:
     on_bad_sample: str = option("error", "images: what an unreadable image does: error stops the run naming "
                                 "the file; skip replaces it with another sample of the shard and lists it",
                                 BAD_SAMPLE_POLICIES)
+    scale: str = option("auto", "how uint8 features reach the model: unit = divided by 255 (values in [0, 1]); "
+                        "none = as stored (0-255, what Keras's own loaders hand a model); auto = none when the "
+                        "model begins with a Rescaling layer, else unit", SCALES)
     validation_ratio: float = option(0.2, "fraction of the samples held out for validation; 0 = no validation")
     seed: int = option(0, "fixes the train/validation split and every epoch's sample order")
     shuffle_window: int = option(0, "samples shuffled together in memory; 0 = auto (64 MiB of samples, "
@@ -308,7 +312,9 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
         )
     _positive("data.shuffle_window", d.shuffle_window, "shuffle-window", allow_zero=True)
     _positive("data.prefetch_batches", d.prefetch_batches, "prefetch-batches")
-    _positive("data.seed", d.seed, "seed", allow_zero=True)  # numpy's generators take no negative seed
+    _positive("data.seed", d.seed, "seed", allow_zero=True)
+    if d.scale not in SCALES:
+        raise RaytrainError(f"data.scale must be one of {list(SCALES)}. Received: {d.scale!r} (set it with --scale)")  # numpy's generators take no negative seed
     if not m.builder:
         raise RaytrainError("model.builder is empty; name a built-in model (e.g. cnn) or file.py:function")
     m.builder = absolute_builder(m.builder)

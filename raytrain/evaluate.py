@@ -26,6 +26,7 @@ from raytrain.data.order import VALIDATION
 from raytrain.data.shard import Shard
 from raytrain.env import set_worker_env
 from raytrain.errors import RaytrainError
+from raytrain.models import scales_uint8
 from raytrain.run import rundir, storage
 from raytrain.run.progress import quiet_stderr
 
@@ -89,7 +90,8 @@ def evaluate(run_dir: str, data: Optional[dict[str, Any]] = None, batch_size: in
                     meta.get("shuffle_window") or AUTO_WINDOW_MAX, reading_threads(d, local))
     loader = make_loader(read, Shard(index.table, index.rows_per_block), 0, VALIDATION)
     steps = math.ceil(len(index) / batch_size)
-    convert = to_model(index.dtype, meta.get("num_classes", index.num_classes), bool(meta.get("one_hot", index.one_hot)))
+    convert = to_model(index.dtype, meta.get("num_classes", index.num_classes), bool(meta.get("one_hot", index.one_hot)),
+                       scales_uint8(d.scale, model))
     started = time.perf_counter()
     feed, ds = read_ahead(loader.epoch(0, steps, batch_size, tail=True), steps, (None, *index.sample_shape),
                           index.dtype, d.prefetch_batches, convert)

@@ -163,6 +163,22 @@ def _check_metrics(metrics: tuple[str, ...]) -> None:
             )
 
 
+def starts_with_rescaling(model: Any) -> bool:
+    """Whether the model's first layer (after its inputs) is a ``Rescaling`` layer, as
+    Keras's image examples begin (``Rescaling(1/255)``): such a model scales its own inputs."""
+    import tf_keras as keras
+
+    first = next((layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)), None)
+    return isinstance(first, keras.layers.Rescaling)
+
+
+def scales_uint8(scale: str, model: Any) -> bool:
+    """Whether raytrain divides uint8 features by 255 before the model (``data.scale``)."""
+    if scale == "auto":
+        return not starts_with_rescaling(model)
+    return scale == "unit"
+
+
 def default_loss(one_hot: bool) -> str:
     """``loss: auto``: categorical crossentropy for one-hot labels, sparse for class indices."""
     return "categorical_crossentropy" if one_hot else "sparse_categorical_crossentropy"

@@ -280,7 +280,7 @@ def _fit(spec: Any, train_table: Any, val_table: Any) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    from raytrain.data.ray_datasets import ContiguousShards, to_ray_datasets
+    from raytrain.data.ray_datasets import FixedShards, to_ray_datasets
 
     job = spec.job
     s = job.scaling
@@ -301,7 +301,7 @@ def _fit(spec: Any, train_table: Any, val_table: Any) -> Any:
             checkpoint_config=CheckpointConfig(num_to_keep=job.run.keep_checkpoints),
         ),
         datasets=to_ray_datasets(train_table, val_table),
-        dataset_config=ContiguousShards(tables, s.world_size),
+        dataset_config=FixedShards(tables, s.world_size, max(spec.read.rows_per_block.values(), default=1)),
     )
     try:
         return trainer.fit()

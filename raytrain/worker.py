@@ -35,7 +35,7 @@ from raytrain.data.order import TRAIN, VALIDATION
 from raytrain.data.plan import StepPlan
 from raytrain.data.shard import Shard
 from raytrain.errors import RaytrainError
-from raytrain.models import build_model
+from raytrain.models import build_model, scales_uint8
 from raytrain.run import checkpoint, progress, rundir
 from raytrain.run.progress import quiet_stderr
 
@@ -139,13 +139,13 @@ class _Feeds:
     """
 
     def __init__(self, spec: WorkerSpec, strategy: Any, replicas: int, first_epoch: int,
-                 train: BatchLoader, validation: Optional[BatchLoader]):
+                 train: BatchLoader, validation: Optional[BatchLoader], unit: bool):
         plan, read = spec.plan, spec.read
         self.plan, self.train_loader, self.val_loader = plan, train, validation
         self.first_epoch, self.epochs = first_epoch, spec.job.training.epochs
         batch_shape = (plan.replica_batch, *read.sample_shape)
         capacity = read.data.prefetch_batches * replicas
-        convert = to_model(read.dtype, spec.num_classes, spec.one_hot)
+        convert = to_model(read.dtype, spec.num_classes, spec.one_hot, unit)
         self.train = QueueFeed(batch_shape, read.dtype, capacity, replicas)
         entries = max(self.epochs - first_epoch, 1) * plan.train_steps * replicas
         self.train_ds = strategy.distribute_datasets_from_function(lambda _: self.train.dataset(entries, convert))
@@ -197,7 +197,11 @@ def train_loop(config: dict[str, Any]) -> None:
     run_dir, epochs = job.run_dir, job.training.epochs
     _write_worker_record(run_dir, rank, {"status": "training"})
     model, first_epoch = _build(spec, strategy, rank)
-    feeds = _Feeds(spec, strategy, replicas, first_epoch, train_loader, val_loader)
+    unit = scales_uint8(job.data.scale, model)
+    if rank == 0 and spec.read.dtype == "uint8" and not unit:
+        progress.note(spec.sink, "raytrain: the model scales its own inputs (data.scale: "
+                      f"{job.data.scale}): it gets uint8 features as 0-255 values, not divided by 255")
+    feeds = _Feeds(spec, strategy, replicas, first_epoch, train_loader, val_loader, unit)
     reporter = EpochReporter(plan, run_dir, epochs, job.run.log_every_steps, rank, spec.sink,
                              feeds.train.take_waited, feeds.start_validation if val_loader else None,
                              _checkpoint_saver(job, rank, world), first_step=first_epoch * plan.train_steps)

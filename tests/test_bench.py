@@ -62,7 +62,7 @@ IMAGE_ROWS = [
     "raytrain image loader (",
     "tf.data: list_files -> map(read, decode_jpeg, resize), AUTOTUNE",
     "Ray Data: read_images -> iter_batches",
-    "tutorial pattern, one file at a time, OpenCV, 1 thread",
+    "tutorial pattern, one file at a time, raytrain's decoder, 1 thread",
     "tutorial as written: skimage imread + resize, 1 thread",
     "image loader >= 1.0x tf.data",
     "image loader >= 3x tutorial",

@@ -74,6 +74,85 @@ def test_a_broken_cluster_file_is_one_line(tmp_path):
     assert proc.returncode == 2 and "cluster file" in proc.stderr and "does not exist" in proc.stderr
 
 
+@pytest.mark.parametrize("path", [p for p in LAUNCHER_FILES if "local-sim" not in p], ids=os.path.basename)
+def test_cloud_files_expose_nothing_and_copy_only_the_package(path):
+    """Issue 13, items 18-19: the dashboard stays on the head's loopback (reached by `ray
+    dashboard`'s SSH tunnel), and only the package travels to the nodes (no .git, no .env)."""
+    text = open(path).read()
+    config = yaml.safe_load(text)
+    assert "0.0.0.0" not in text
+    assert all("--dashboard-host=127.0.0.1" in c for c in config["head_start_ray_commands"] if "ray start" in c)
+    assert set(config["file_mounts"].values()) == {"./raytrain", "./pyproject.toml", "./README.md"}
+    assert {".git", ".env"} <= set(config["rsync_exclude"])
+
+
+def test_up_has_ray_create_a_token_when_there_is_none(tmp_path, monkeypatch):
+    """Item 17: on a fresh machine the head still starts with token authentication."""
+    from raytrain.cluster.launch import token_env
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    assert token_env(progress=lambda text: None) == {"RAY_AUTH_MODE": "token"}
+    assert len((tmp_path / ".ray" / "auth_token").read_text().strip()) >= 32
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # an explicit choice is respected
+    assert token_env(progress=lambda text: None) == {}
+
+
+def test_down_leaves_a_reused_pid_alone(tmp_path, monkeypatch):
+    """Item 21: a leftover state file whose head PID now names another process."""
+    import subprocess
+    import sys
+
+    from raytrain.cluster import launch
+    from raytrain.cluster.processes import alive, start_time
+
+    monkeypatch.setenv("RAYTRAIN_HOME", str(tmp_path / "home"))
+    path = os.path.join(CLUSTERS, "local-sim.yaml")
+    config = load_cluster(path)
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        state_file = launch._state_path(config)
+        os.makedirs(os.path.dirname(state_file))
+        (tmp_path / "gone").mkdir()
+        with open(state_file, "w") as f:  # the recorded head started at another time: not this process
+            json.dump({"head_pid": stranger.pid, "head_start": start_time(stranger.pid) - 1,
+                       "temp_dir": str(tmp_path / "gone"), "cluster_name": config["cluster_name"]}, f)
+        assert launch.down(path, progress=lambda text: None) == []
+        assert alive(stranger.pid) and not os.path.exists(state_file)
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_submit_ships_the_builders_folder_without_vcs_data_or_runs(tmp_path):
+    """Item 20: a builder that imports a module beside it works on the cluster; nothing else travels."""
+    from raytrain import config as cfg
+    from raytrain.cluster.jobs import SUBMITTED_JOB, plain_http_to_remote, stage_job
+    from raytrain.run import rundir
+
+    project = tmp_path / "project"
+    (project / ".git").mkdir(parents=True)
+    (project / ".git" / "config").write_text("[core]")
+    (project / "data").mkdir()
+    (project / "data" / "big.h5").write_bytes(b"x" * 1000)
+    (project / ".env").write_text("AWS_SECRET_ACCESS_KEY=...")
+    (project / "helper.py").write_text("WIDTH = 8\n")
+    (project / "net.py").write_text("from helper import WIDTH\ndef build(input_shape, num_classes):\n    pass\n")
+    job = cfg.validate(cfg.from_dict({"data": {"paths": ["x.h5"]}, "model": {"builder": f"{project}/net.py:build"}}))
+    folder, submitted = stage_job(job)
+    shipped = sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, files in os.walk(folder) for f in files)
+    assert shipped == [f"{SUBMITTED_JOB}/job.yaml", "helper.py", "net.py"]
+    assert submitted.model.builder == "net.py:build" and submitted.scaling.address == "auto"
+    assert rundir.read_job(os.path.join(folder, SUBMITTED_JOB)).model.builder == "net.py:build"
+    with open(project / "weights.bin", "wb") as f:
+        f.truncate(101 << 20)
+    with pytest.raises(RaytrainError, match="submit ships the whole folder"):
+        stage_job(job)
+    assert plain_http_to_remote("http://10.0.0.5:8265") and plain_http_to_remote("ray.example.com:8265")
+    assert not plain_http_to_remote("http://127.0.0.1:8265") and not plain_http_to_remote("https://ray.example.com")
+
+
 @pytest.mark.ray
 def test_rehearsal_on_a_simulated_multi_node_cluster(tmp_path, make_h5):
     """local-sim.yaml up; a 2-worker job submitted; two simulated nodes; down; nothing left."""

@@ -298,3 +298,74 @@ def test_a_second_command_on_a_running_run_is_refused(tmp_path, make_h5):
     assert first.returncode == 0, err[-3000:]
     assert metrics_epochs(tmp_path / "runs" / "same") == [1, 2, 3]
     assert not claim.exists()
+
+
+# --- 1: every worker's part is a fair sample, even of data stored class by class ---------------
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("kind", ["hdf5", "images"])
+def test_each_worker_trains_on_every_class_in_proportion(tmp_path, kind, world):
+    from raytrain.data.hdf5_loader import auto_window
+    from raytrain.data.kinds import build_index, make_loader
+    from raytrain.data.loader import ReadSpec
+    from raytrain.data.order import TRAIN
+    from raytrain.data.plan import plan_steps
+    from raytrain.data.shard import Shard
+    from raytrain.data.split import cut_shards, split_index
+    from raytrain.data.synth import make_image_tree
+
+    if kind == "hdf5":  # written class by class: 3 classes of 400, 200 and 600 samples
+        labels = np.repeat([0, 1, 2], [400, 200, 600])
+        path = write_h5(str(tmp_path / "sorted.h5"), np.zeros((len(labels), 4, 4, 1), np.uint8), labels)
+        d = cfg.validate(cfg.from_dict({"data": {"paths": [path]}})).data
+    else:  # a class-folder tree: the index lists class0/ first, then class1/, ...
+        make_image_tree(str(tmp_path / "tree"), 240, (8, 8), classes=3)
+        d = cfg.validate(cfg.from_dict({"data": {"directory": str(tmp_path / "tree"), "image_size": [8, 8]}})).data
+    index = build_index(d)
+    train, _ = split_index(index.table, d.validation_ratio, d.seed)
+    overall = np.bincount(train.column("label").to_numpy(), minlength=3) / train.num_rows
+    plan = plan_steps(train.num_rows, 0, world, 12 * world, 1)
+    read = ReadSpec(d, index.sample_shape, index.dtype, index.rows_per_block, auto_window(index.sample_bytes), 1)
+    block_rows = max(index.rows_per_block.values(), default=1)
+    for rank, part in enumerate(cut_shards(train, world, block_rows)):
+        loader = make_loader(read, Shard(part, index.rows_per_block), rank, TRAIN)
+        seen = np.concatenate([y for _, y in loader.epoch(0, plan.train_steps, plan.worker_batch)])
+        loader.close()
+        share = np.bincount(seen, minlength=3) / len(seen)
+        assert np.all(np.abs(share - overall) < 0.08), (rank, share.round(2), overall.round(2))
+
+
+# --- 5: a model that scales its own inputs is not scaled twice ---------------------------------
+
+def test_data_scale_follows_a_leading_rescaling_layer():
+    import tf_keras as keras
+
+    from raytrain.data.feed import to_model
+    from raytrain.models import scales_uint8, starts_with_rescaling
+
+    own = keras.Sequential([keras.Input(shape=(4, 4, 3)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+                            keras.layers.Dense(2, activation="softmax")])
+    plain = build_model("cnn", (8, 8, 3), 2, False)
+    assert starts_with_rescaling(own) and not starts_with_rescaling(plain)
+    assert scales_uint8("auto", plain) and not scales_uint8("auto", own)
+    assert scales_uint8("unit", own) and not scales_uint8("none", plain)
+    x = np.full((1, 2), 255, np.uint8)
+    assert float(to_model("uint8", 2, False, unit=True)(x, np.zeros(1))[0][0, 0]) == 1.0
+    assert float(to_model("uint8", 2, False, unit=False)(x, np.zeros(1))[0][0, 0]) == 255.0
+    with pytest.raises(RaytrainError, match=r"data.scale must be one of \['auto', 'unit', 'none'\]"):
+        validated(data={"paths": ["x.h5"], "scale": "255"})
+
+
+@pytest.mark.ray
+def test_a_model_with_rescaling_gets_0_255_and_says_so(tmp_path, make_h5):
+    data = make_h5("d.h5", samples=64, shape=(8, 8, 3))
+    (tmp_path / "own.py").write_text(
+        "import tf_keras as keras\n"
+        "def build(input_shape, num_classes):\n"
+        "    return keras.Sequential([keras.Input(shape=input_shape), keras.layers.Rescaling(1 / 255),\n"
+        "                             keras.layers.Flatten(), keras.layers.Dense(num_classes, activation='softmax')])\n"
+    )
+    proc = run_cli("train", "--data", data, "--model", "own.py:build", "--batch-size", "16", "--epochs", "1",
+                   "--validation-ratio", "0", "--storage-path", "runs", "--local", cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "the model scales its own inputs (data.scale: auto)" in proc.stdout + proc.stderr

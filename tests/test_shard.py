@@ -46,9 +46,15 @@ def test_exactly_once_equal_steps_and_rotation(n, world, batch, block, window):
         assert frozenset().union(*used_per_epoch) == frozenset(range(n))  # none is permanently unused
 
 
-def test_shards_are_contiguous_and_cover_everything():
+def test_shards_are_dealt_in_stripes_and_cover_everything():
     shards = cut_shards(index_table(11), 3)
-    assert [s.column("row").to_pylist() for s in shards] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9, 10]]
+    assert [s.column("row").to_pylist() for s in shards] == [[0, 3, 6], [1, 4, 7], [2, 5, 8, 9, 10]]
+    n, world = 10_000, 3
+    shards = cut_shards(index_table(n), world, block_rows=32)
+    rows = [s.column("row").to_numpy() for s in shards]
+    assert sorted(np.concatenate(rows).tolist()) == list(range(n))  # each row once
+    assert min(len(r) for r in rows) >= n // world  # what the step plan counts on
+    assert rows[0][:34].tolist() == list(range(32)) + [96, 97]  # whole 32-row stripes, dealt round-robin
 
 
 def test_plan_rejects_sizes_that_leave_a_rank_idle():

@@ -10,8 +10,8 @@ process, on a warm page cache (every file is read once before timing):
 - **tutorial, as written**: the Keras ``Sequence`` of the tutorial raytrain replaces:
   per batch, ``skimage.io.imread`` and ``skimage.transform.resize`` one file at a
   time, one thread, ``np.array`` of the float results;
-- **tutorial pattern, OpenCV**: the same one-file-at-a-time loop with raytrain's own
-  decoder, to separate what the decoder buys from what the threads buy;
+- **tutorial pattern, raytrain's decoder**: the same one-file-at-a-time loop with
+  raytrain's own decoder (simplejpeg, OpenCV resize), to separate what the decoder buys from what the threads buy;
 - **tf.data**: ``list_files -> map(read_file, decode_jpeg, resize, / 255)`` with
   ``AUTOTUNE`` parallelism, ``batch``, ``prefetch(AUTOTUNE)``; float32 batches;
 - **Ray Data**: ``read_images(size=..., mode="RGB")`` iterated with ``iter_batches``
@@ -235,10 +235,11 @@ def render(result: dict[str, Any]) -> str:
     loader = r["loader"]
     h, w = d["image_size"]
     names = [
-        ("loader", f"raytrain image loader ({loader['threads']} decode threads, OpenCV)"),
+        ("loader", f"raytrain image loader ({loader['threads']} decode threads, simplejpeg + OpenCV resize, "
+                   "through the feed)"),
         ("tf_data", "tf.data: list_files -> map(read, decode_jpeg, resize), AUTOTUNE"),
         ("ray_data", "Ray Data: read_images -> iter_batches"),
-        ("tutorial_opencv", "tutorial pattern, one file at a time, OpenCV, 1 thread"),
+        ("tutorial_opencv", "tutorial pattern, one file at a time, raytrain's decoder, 1 thread"),
         ("tutorial", "tutorial as written: skimage imread + resize, 1 thread"),
     ]
     readers = [[name, f"{r[key]['samples_per_s']:,.0f}", f"{loader['samples_per_s'] / r[key]['samples_per_s']:,.2f}x"]

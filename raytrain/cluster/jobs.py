@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.parse
 from typing import Any
 
 from raytrain.config import JobConfig
@@ -37,9 +38,14 @@ def use_token_auth() -> None:
     ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, which ``ray start`` writes)."""
     if RAY_AUTH_MODE_ENV in os.environ:
         return
-    if os.environ.get(RAY_AUTH_TOKEN_ENV) or os.environ.get(RAY_AUTH_TOKEN_PATH_ENV) or \
-            os.path.exists(os.path.expanduser(DEFAULT_RAY_AUTH_TOKEN_PATH)):
+    if has_token():
         os.environ[RAY_AUTH_MODE_ENV] = "token"
+
+
+def has_token() -> bool:
+    """Whether a Ray token is at hand: ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``."""
+    return bool(os.environ.get(RAY_AUTH_TOKEN_ENV) or os.environ.get(RAY_AUTH_TOKEN_PATH_ENV)
+                or os.path.exists(os.path.expanduser(DEFAULT_RAY_AUTH_TOKEN_PATH)))
 
 
 def job_client(address: str) -> Any:
@@ -56,32 +62,64 @@ def job_client(address: str) -> Any:
         ) from None
 
 
-def stage_job(job: JobConfig) -> tuple[str, Any]:
-    """A folder holding the resolved ``job.yaml`` (and the model builder file, if any) to
-    travel as the job's working directory; returns (folder, job as submitted)."""
+SUBMITTED_JOB = ".raytrain-submitted-job"  # the job's folder inside the working directory (no clash with user files)
+# Never shipped with a builder's folder: version control, environments, data and runs.
+SHIP_EXCLUDES = (".git", ".hg", ".svn", ".env", ".venv", "venv", "__pycache__", "*.pyc", "runs", "data",
+                 "*.h5", "*.hdf5", "*.parquet", "*.ckpt", "*.keras")
+SHIP_MAX_BYTES = 100 << 20  # a builder's folder above this is almost always data that should stay behind
+
+
+def _ship_folder(source: str, dest: str) -> None:
+    """Copy a builder's folder (so modules beside it travel too), without :data:`SHIP_EXCLUDES`."""
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns(*SHIP_EXCLUDES), dirs_exist_ok=True)
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(dest) for f in files)
+    if size > SHIP_MAX_BYTES:
+        raise RaytrainError(
+            f"the model builder's folder {source} holds {size / (1 << 20):,.0f} MiB besides version control, "
+            f"data and runs; submit ships the whole folder: move the builder into a folder of its own"
+        )
+
+
+def stage_job(job: JobConfig) -> tuple[str, JobConfig]:
+    """A folder to travel as the job's working directory: the model builder's folder (if
+    the builder is a file: modules beside it import on the cluster too) and the resolved
+    job; returns (folder, job as submitted)."""
     folder = tempfile.mkdtemp(prefix="raytrain-submit-")
     builder = job.model.builder
     if ".py:" in builder:
         source, function = builder.rsplit(":", 1)
-        shutil.copy(source, os.path.join(folder, os.path.basename(source)))
+        try:
+            _ship_folder(os.path.dirname(source), folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         builder = f"{os.path.basename(source)}:{function}"
     job = dataclasses.replace(
         job, model=dataclasses.replace(job.model, builder=builder),
         scaling=dataclasses.replace(job.scaling, address="auto"),
     )
-    rundir.write_job(folder, job)
+    rundir.write_job(os.path.join(folder, SUBMITTED_JOB), job)
     return folder, job
+
+
+def plain_http_to_remote(address: str) -> bool:
+    """Whether ``address`` sends the token in clear text beyond this machine."""
+    parsed = urllib.parse.urlparse(address if "://" in address else f"http://{address}")
+    return parsed.scheme not in ("https",) and parsed.hostname not in ("127.0.0.1", "localhost", "::1")
 
 
 def submit(job: JobConfig, address: str, progress: Any = print) -> int:
     """Submit ``raytrain train`` of a validated job as a Ray Job, stream its logs, and
     return its exit code (Ctrl-C stops the job)."""
     client = job_client(address)
+    if os.environ.get(RAY_AUTH_MODE_ENV) == "token" and plain_http_to_remote(address):
+        progress(f"warning: {address} is not this machine and not https: the Ray token travels in clear text; "
+                 "prefer an SSH tunnel (ray dashboard CLUSTER.yaml, then --address http://127.0.0.1:8265)")
     for name in ["ray", *[n for n in logging.root.manager.loggerDict if n.startswith("ray.")]]:
         logging.getLogger(name).setLevel(logging.WARNING)  # not a line per uploaded package
     folder, job = stage_job(job)
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the raytrain package
-    entrypoint = f"python -m raytrain train {rundir.JOB}"
+    entrypoint = f"python -m raytrain train {SUBMITTED_JOB}/{rundir.JOB}"
     job_id = client.submit_job(
         entrypoint=entrypoint,
         submission_id=f"raytrain-{job.run.name}-{int(time.time())}",

@@ -23,9 +23,9 @@ import time
 from typing import Any, Optional
 
 from raytrain.cluster.files import is_simulated, load_cluster
-from raytrain.cluster.jobs import job_client
-from raytrain.cluster.processes import alive, cluster_pids
-from raytrain.env import DEFAULT_HOME, HOME_ENV
+from raytrain.cluster.jobs import has_token, job_client
+from raytrain.cluster.processes import alive, cluster_pids, same_process, start_time
+from raytrain.env import DEFAULT_HOME, DEFAULT_RAY_AUTH_TOKEN_PATH, HOME_ENV, RAY_AUTH_MODE_ENV
 from raytrain.errors import RaytrainError
 
 SIM_GCS_PORT = 6379  # the fake_multinode provider connects its nodes to this port
@@ -50,6 +50,25 @@ def read_state(config: dict[str, Any]) -> Optional[dict[str, Any]]:
         return json.load(f)
 
 
+def token_env(progress: Any = print) -> dict[str, str]:
+    """The environment that starts a head with token authentication.
+
+    ``ray start --head`` turns token authentication on only when a token already exists
+    (``ray.init()`` creates one, ``ray start`` does not), so on a fresh machine a head
+    would start without it. Unless ``RAY_AUTH_MODE`` is set explicitly, raytrain has Ray
+    create the token its own way (``ray get-auth-token --generate``, which writes
+    ``~/.ray/auth_token`` if there is none) and starts the head with ``RAY_AUTH_MODE=token``.
+    """
+    if RAY_AUTH_MODE_ENV in os.environ:
+        return {}
+    if not has_token():
+        made = subprocess.run([_ray_cli(), "get-auth-token", "--generate"], capture_output=True, text=True)
+        if made.returncode:
+            raise RaytrainError(f"ray get-auth-token --generate failed: {made.stderr.strip().splitlines()[-1:]}")
+        progress(f"created a Ray authentication token in {DEFAULT_RAY_AUTH_TOKEN_PATH} (ray get-auth-token --generate)")
+    return {RAY_AUTH_MODE_ENV: "token"}
+
+
 def up(path: str, progress: Any = print) -> dict[str, Any]:
     """Bring the cluster of ``path`` up (see the module docstring); return its record."""
     config = load_cluster(path)
@@ -59,7 +78,7 @@ def up(path: str, progress: Any = print) -> dict[str, Any]:
             raise RaytrainError(f"ray up {path} failed (exit {code}); see its output above")
         return {"cluster_name": config["cluster_name"], "config": os.path.abspath(path)}
     state = read_state(config)
-    if state and alive(state["head_pid"]):
+    if state and same_process(state["head_pid"], state.get("head_start")):
         raise RaytrainError(
             f"simulated cluster {config['cluster_name']} is already up (head pid {state['head_pid']}); "
             f"raytrain down {path} first"
@@ -68,14 +87,15 @@ def up(path: str, progress: Any = print) -> dict[str, Any]:
     cpus = head_type.get("resources", {}).get("CPU", 0)
     gpus = head_type.get("resources", {}).get("GPU", 0)
     temp_dir = tempfile.mkdtemp(prefix="raytrain-sim-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    env = dict(os.environ, RAY_FAKE_CLUSTER="1")
+    env = dict(os.environ, RAY_FAKE_CLUSTER="1", **token_env(progress))
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")  # jobs run this Python
     log = open(os.path.join(temp_dir, "head.log"), "w")
     cmd = [_ray_cli(), "start", "--head", "--block", f"--num-cpus={cpus}", f"--num-gpus={gpus}",
-           f"--port={SIM_GCS_PORT}", "--dashboard-host=127.0.0.1", "--dashboard-port=8265",
+           f"--port={SIM_GCS_PORT}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--dashboard-port=8265",
            f"--autoscaling-config={os.path.abspath(path)}", f"--temp-dir={temp_dir}"]
     head = subprocess.Popen(cmd, env=env, cwd=temp_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     state = {"cluster_name": config["cluster_name"], "config": os.path.abspath(path), "head_pid": head.pid,
+             "head_start": start_time(head.pid),  # with the pid, names this process (PIDs are reused)
              "temp_dir": temp_dir, "dashboard": SIM_DASHBOARD, "gcs_address": f"127.0.0.1:{SIM_GCS_PORT}",
              "started": time.time()}
     os.makedirs(os.path.dirname(_state_path(config)), exist_ok=True)
@@ -114,13 +134,17 @@ def down(path: str, progress: Any = print) -> list[int]:
     if state is None:
         progress(f"{config['cluster_name']} is not up (no record in {_state_path(config)})")
         return []
+    # The recorded head only if it is still that process: after a reboot or a crash its PID
+    # may name an unrelated process now (its tree must not be ended). The other processes
+    # are found by the cluster's own temp folder on their command line.
+    head = state["head_pid"] if same_process(state["head_pid"], state.get("head_start")) else None
     # Every process of the cluster is listed before any is signalled: once a raylet is
     # gone its workers are re-parented and could no longer be told apart.
-    pids = cluster_pids(state["temp_dir"], state["head_pid"])
-    if alive(state["head_pid"]):
-        os.kill(state["head_pid"], signal.SIGTERM)  # `ray start --block` stops the head's processes
+    pids = cluster_pids(state["temp_dir"], head)
+    if head is not None:
+        os.kill(head, signal.SIGTERM)  # `ray start --block` stops the head's processes
         deadline = time.time() + 5  # then end the rest directly: a raylet would drain for 30 s
-        while alive(state["head_pid"]) and time.time() < deadline:
+        while alive(head) and time.time() < deadline:
             time.sleep(0.2)
     for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
         left = [pid for pid in sorted(set(pids) | set(cluster_pids(state["temp_dir"]))) if alive(pid)]

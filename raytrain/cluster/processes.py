@@ -19,6 +19,21 @@ def process_cmdlines() -> Iterator[tuple[int, str]]:
             continue
 
 
+def start_time(pid: int) -> Optional[int]:
+    """When ``pid`` started (clock ticks since boot, /proc/PID/stat field 22), or None if it
+    is gone. With the PID it names one process: a PID reused later has another start time."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def same_process(pid: int, started: Optional[int]) -> bool:
+    """Whether ``pid`` is still the process that started at ``started`` (and alive)."""
+    return started is not None and alive(pid) and start_time(pid) == started
+
+
 def _pids_under(folder: str) -> list[int]:
     """PIDs of the processes whose command line names ``folder`` (a cluster's own Ray temp folder)."""
     return [pid for pid, cmd in process_cmdlines() if folder in cmd and pid != os.getpid()]

@@ -4,7 +4,8 @@ On the driver:
 
 - ``hdf5_index``, ``image_index`` -> ``schema``: the sample index (which file, which
   row, which label; never the pixels), checked before anything starts;
-- ``split``: training and validation rows, then one contiguous cut per worker;
+- ``split``: training and validation rows, then one part per worker (stripes of a block
+  dealt round-robin, so every part is a fair sample of the data);
 - ``plan``: how many steps every rank runs (equal, so the all-reduce never hangs);
 - ``ray_datasets``: the cuts as Ray Datasets handed to Ray Train.
 

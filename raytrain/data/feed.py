@@ -25,12 +25,13 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 
-def to_model(dtype: str, num_classes: int, one_hot: bool) -> Callable[[Any, Any], Any]:
+def to_model(dtype: str, num_classes: int, one_hot: bool, unit: bool = True) -> Callable[[Any, Any], Any]:
     """The conversion TensorFlow applies to each batch: features to float32 (uint8
-    scaled to [0, 1]), labels to one-hot rows if the files had them."""
+    divided by 255 when ``unit``, see ``data.scale``), labels to one-hot rows if the files
+    had them."""
     import tensorflow as tf
 
-    scale = 1.0 / 255.0 if dtype == "uint8" else 1.0
+    scale = 1.0 / 255.0 if dtype == "uint8" and unit else 1.0
 
     def convert(x: Any, y: Any) -> Any:
         x = tf.cast(x, tf.float32)

@@ -5,9 +5,9 @@ The rules (for training and for validation alike):
 - The driver computes the step count once from the sample count, so every rank runs
   the same number of steps: ``steps = (n // world_size) // worker_batch``. Unequal
   step counts across ranks would hang the all-reduce silently.
-- The index is cut into ``world_size`` contiguous shards of ``n // world_size`` rows;
-  the last shard also takes the ``n % world_size`` remainder rows, so no row is
-  dropped by the split (:func:`raytrain.data.split.cut_shards`).
+- The index is dealt into ``world_size`` shards of at least ``n // world_size`` rows
+  each, every one a fair sample of the data; no row is dropped by the split
+  (:func:`raytrain.data.split.cut_shards`).
 - Each epoch a worker orders its shard (a block shuffle seeded by
   ``(seed, epoch, rank, stream)``, see :mod:`raytrain.data.order`) and trains on the first
   ``steps * worker_batch`` rows of that order. No row is used twice in an epoch; fewer

@@ -1,13 +1,13 @@
 """The index as Ray Datasets, and how Ray Train hands each worker its shard.
 
-:class:`ContiguousShards` cuts the (small) index at fixed row positions into one
-contiguous shard per worker, served by ``get_dataset_shard``. Ray Train's default
-``streaming_split(equal=True)`` is not used: it drops up to ``world_size - 1`` rows
-(always the same ones), hands blocks to whichever worker asks first (so a worker's
-shard changes from run to run), and needs free CPUs for its split while the workers
-hold every CPU of a small machine. Fixed cuts keep each worker's shard the same for
-the same data and world size, contiguous in file order (reads stay sequential), and
-drop nothing: the last worker also takes the remainder rows.
+:class:`FixedShards` cuts the (small) index into one part per worker on the driver
+(:func:`raytrain.data.split.cut_shards`: stripes of a read block dealt round-robin),
+served by ``get_dataset_shard``. Ray Train's default ``streaming_split(equal=True)`` is
+not used: it drops up to ``world_size - 1`` rows (always the same ones), hands blocks
+to whichever worker asks first (so a worker's shard changes from run to run), and needs
+free CPUs for its split while the workers hold every CPU of a small machine. Fixed cuts
+keep each worker's shard the same for the same data and world size, read in whole
+blocks, a fair sample of the data, and drop nothing.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from ray.train import DataConfig
 from raytrain.data.split import cut_shards
 
 
-class ContiguousShards(DataConfig):
-    """Give rank ``r`` the ``r``-th contiguous cut of every dataset (see :func:`raytrain.data.split.cut_shards`).
+class FixedShards(DataConfig):
+    """Give rank ``r`` the ``r``-th part of every dataset (see :func:`raytrain.data.split.cut_shards`).
 
     The cuts are made on the driver, where CPUs are still free, and travel with this
     config to Ray Train's dataset manager. Creating or cutting a Ray Dataset there
@@ -29,12 +29,12 @@ class ContiguousShards(DataConfig):
     hold all of them (as on a 2-core machine with 2 workers).
     """
 
-    def __init__(self, tables: dict[str, pa.Table], world_size: int):
+    def __init__(self, tables: dict[str, pa.Table], world_size: int, block_rows: int):
         import ray.data
 
         super().__init__()
         self._shards = {
-            name: [ray.data.from_arrow(shard) for shard in cut_shards(t, world_size)]
+            name: [ray.data.from_arrow(shard) for shard in cut_shards(t, world_size, block_rows)]
             for name, t in tables.items()
             if t.num_rows
         }

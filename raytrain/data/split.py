@@ -1,4 +1,4 @@
-"""Split the index on the driver: training and validation, then one shard per worker."""
+"""Split the index on the driver: training and validation, then one part per worker."""
 
 from __future__ import annotations
 
@@ -36,15 +36,47 @@ def split_index(table: pa.Table, validation_ratio: float, seed: int) -> tuple[pa
     return table.filter(pa.array(~is_val)), table.filter(pa.array(is_val))
 
 
+STRIPES_PER_WORKER = 64  # a worker's part samples the whole index in at least this many places
+
+
 def shard_boundaries(num_rows: int, world_size: int) -> list[int]:
-    """Start rows of ``world_size`` shards of ``num_rows // world_size`` rows (the last
-    shard runs to the end), followed by ``num_rows``."""
+    """Start rows of ``world_size`` contiguous parts of ``num_rows // world_size`` rows (the
+    last part runs to the end), followed by ``num_rows``."""
     size = num_rows // world_size
     return [size * i for i in range(world_size)] + [num_rows]
 
 
-def cut_shards(table: pa.Table, world_size: int) -> list[pa.Table]:
-    """One contiguous slice of the index per rank: no row is dropped, the last rank also
-    takes the ``num_rows % world_size`` remainder rows."""
-    bounds = shard_boundaries(table.num_rows, world_size)
-    return [table.slice(bounds[i], bounds[i + 1] - bounds[i]) for i in range(world_size)]
+def stripe_rows(num_rows: int, world_size: int, block_rows: int) -> int:
+    """Rows dealt to a worker at a time: one read block, or fewer when the index is small,
+    so that every worker gets at least :data:`STRIPES_PER_WORKER` stripes."""
+    return max(1, min(block_rows, num_rows // (world_size * STRIPES_PER_WORKER)))
+
+
+def shard_positions(num_rows: int, world_size: int, stripe: int) -> list[np.ndarray]:
+    """The index positions of each rank: stripes of ``stripe`` consecutive rows dealt
+    round-robin (rank r takes stripes r, r + W, r + 2W, ...), then the rows of the last,
+    partial round cut into contiguous parts as :func:`shard_boundaries` cuts. Every rank
+    gets at least ``num_rows // world_size`` rows, none is dropped, and the last rank takes
+    the remainder."""
+    cycle = world_size * stripe
+    dealt = num_rows // cycle * cycle
+    tail = shard_boundaries(num_rows - dealt, world_size)
+    offsets = np.arange(stripe)
+    return [
+        np.concatenate([(np.arange(rank * stripe, dealt, cycle)[:, None] + offsets).reshape(-1),
+                        dealt + np.arange(tail[rank], tail[rank + 1])])
+        for rank in range(world_size)
+    ]
+
+
+def cut_shards(table: pa.Table, world_size: int, block_rows: int = 1) -> list[pa.Table]:
+    """One part of the index per rank, a fair sample of the whole (see :func:`shard_positions`).
+
+    Cutting the index into contiguous ranges would give each worker one region of the
+    files; for data stored class by class (a class-folder tree, HDF5 written class by
+    class) each worker would then train on one or two classes, and per-replica statistics
+    (BatchNorm) and per-worker metrics would be wrong. Dealing stripes of a read block
+    keeps each worker's reads sequential within a block while its part spans the data.
+    """
+    stripe = stripe_rows(table.num_rows, world_size, block_rows)
+    return [table.take(pa.array(positions)) for positions in shard_positions(table.num_rows, world_size, stripe)]

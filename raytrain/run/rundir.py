@@ -235,7 +235,8 @@ def export_model(model: Any, run_dir: str, rank: int) -> None:
     Rank 0 writes ``model.keras`` (``tf_keras.models.load_model`` reads it back, compiled,
     to train on or evaluate) and ``saved_model/`` (``model.export``: a SavedModel with a
     ``serve`` / ``serving_default`` signature for TensorFlow Serving; it takes the model's
-    float32 inputs, i.e. images already scaled to [0, 1]).
+    float32 inputs: uint8 images divided by 255, or as 0-255 values when the model scales
+    its own inputs, as ``data.scale`` decided during training).
     """
     scratch = tempfile.mkdtemp(prefix=f"raytrain-export-rank{rank}-")
     try:
