@@ -95,6 +95,9 @@ class TrainingSection:
     epochs: int = option(5, "passes over the training data")
     batch_size: int = option(64, "the GLOBAL batch: samples per step summed over every worker and GPU; "
                              "each worker reads batch_size / num_workers")
+    mixed_precision: bool = option(False, "compute in 16-bit floats with float32 variables: float16 with loss "
+                                   "scaling on GPUs, bfloat16 on CPUs")
+    jit_compile: bool = option(False, "compile the training step with XLA")
 
 
 @dataclass
@@ -201,6 +204,10 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         return list(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise RaytrainError(f"{where} must be true or false. Received: {where}={value!r}")
+        return value
     if kind in (int, float, str) and (not isinstance(value, kind) or isinstance(value, bool)):
         raise RaytrainError(
             f"{where} must be {'a string' if kind is str else f'an {kind.__name__}' if kind is int else 'a number'}. "

@@ -43,7 +43,7 @@ def cnn(input_shape: tuple[int, ...], num_classes: int) -> Any:
             layers.Conv2D(64, 3, padding="same", activation="relu"),
             layers.GlobalAveragePooling2D(),
             layers.Dense(64, activation="relu"),
-            layers.Dense(num_classes, activation="softmax"),
+            layers.Dense(num_classes, activation="softmax", dtype="float32"),  # float32 even under mixed precision
         ],
         name="cnn",
     )
@@ -72,7 +72,7 @@ def video3d(input_shape: tuple[int, ...], num_classes: int) -> Any:
             layers.Conv3D(32, 3, padding="same", activation="relu"),
             layers.GlobalAveragePooling3D(),
             layers.Dense(32, activation="relu"),
-            layers.Dense(num_classes, activation="softmax"),
+            layers.Dense(num_classes, activation="softmax", dtype="float32"),  # float32 even under mixed precision
         ],
         name="video3d",
     )
@@ -193,10 +193,17 @@ def build_model(
     learning_rate: float = 1e-3,
     loss: str = "auto",
     metrics: tuple[str, ...] = ("accuracy",),
+    mixed_precision: bool = False,
+    jit_compile: bool = False,
 ) -> Any:
-    """Build (and compile, unless the builder did) a model. Call inside the strategy's scope."""
+    """Build (and compile, unless the builder did) a model. Call inside the strategy's scope.
+
+    ``mixed_precision`` sets tf_keras's global policy before the builder runs (see
+    :func:`precision_policy`); ``jit_compile`` compiles the train step with XLA.
+    """
     import tf_keras as keras
 
+    keras.mixed_precision.set_global_policy(precision_policy(mixed_precision))
     builder = resolve_builder(spec)
     try:
         model = builder(tuple(input_shape), num_classes)
@@ -235,5 +242,19 @@ def build_model(
             keras.losses.get(loss_name)
         except ValueError:
             raise RaytrainError(f"unknown loss '{loss_name}' (model.loss); use auto or a tf_keras loss name") from None
-        model.compile(optimizer=opt, loss=loss_name, metrics=list(metrics))
+        model.compile(optimizer=opt, loss=loss_name, metrics=list(metrics), jit_compile=jit_compile)
+    elif jit_compile:
+        model.jit_compile = True
     return model
+
+
+def precision_policy(mixed: bool) -> str:
+    """tf_keras's policy for ``training.mixed_precision``: ``mixed_float16`` where a GPU is
+    visible (tf_keras then wraps the optimizer in a LossScaleOptimizer), ``mixed_bfloat16``
+    on CPUs (bfloat16 has float32's range, so no loss scaling; it is faster only on CPUs
+    with bfloat16 instructions), ``float32`` when off."""
+    if not mixed:
+        return "float32"
+    import tensorflow as tf
+
+    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"

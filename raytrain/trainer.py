@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import pyarrow as pa
 
+from raytrain.cluster import reaper
 from raytrain.config import PLACEMENTS, JobConfig
 from raytrain.data.hdf5_loader import auto_window
 from raytrain.data.kinds import build_index
@@ -126,9 +127,9 @@ def _check_model(spec: Any) -> None:
     data is one line here rather than a traceback from every worker. Skipped in local
     mode, where the loop runs in this process and must create its strategy before any
     other TensorFlow op."""
-    m = spec.job.model
+    m, t = spec.job.model, spec.job.training
     build_model(m.builder, spec.read.sample_shape, spec.num_classes, spec.one_hot,
-                m.optimizer, m.learning_rate, m.loss, tuple(m.metrics))
+                m.optimizer, m.learning_rate, m.loss, tuple(m.metrics), t.mixed_precision, t.jit_compile)
 
 
 def hide_gpus() -> None:
@@ -160,6 +161,9 @@ def _init_ray(job: JobConfig, verbose: bool) -> None:
     if job.scaling.address is None:
         # Ray Train's placement-group cleaner needs the dashboard's state API; keep it on loopback.
         ray.init(address="local", dashboard_host="127.0.0.1", runtime_env=runtime_env, **quiet)
+        node = getattr(ray._private.worker, "_global_node", None)  # the local Ray this driver started
+        if node is not None:
+            reaper.start(node.get_session_dir_path())  # ends it if this driver is killed
     else:
         ray.init(address=job.scaling.address, runtime_env=runtime_env, **quiet)
     from ray.data import (

@@ -25,6 +25,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
+import cv2
 import numpy as np
 
 from raytrain.config import JobConfig
@@ -52,8 +53,14 @@ class WorkerSpec:
     sink: Any = None  # the driver's raytrain.run.progress.ProgressSink actor (None: print instead)
 
 
-def make_strategy(world_size: int) -> Any:
+def make_strategy(world_size: int, threads: int = 0) -> Any:
     """The distribution strategy; call it before any other TensorFlow op.
+
+    ``threads`` (a Ray worker's CPUs; 0 in local mode = the whole machine) sizes
+    TensorFlow's intra-op and inter-op pools and OpenCV's own threads: by default every
+    worker's TensorFlow sizes its pools for the whole machine, so N workers on a node
+    start N times as many threads as it has cores, competing with each other and with
+    the readers.
 
     Several workers: ``MultiWorkerMirroredStrategy`` (each local GPU is a replica). One
     worker (local mode, or ``--num-workers 1``): ``MirroredStrategy`` over its GPUs if it
@@ -63,6 +70,10 @@ def make_strategy(world_size: int) -> Any:
     with quiet_stderr():
         import tensorflow as tf
 
+        if threads:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+            cv2.setNumThreads(threads)
         gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
@@ -102,8 +113,9 @@ def _build(spec: WorkerSpec, strategy: Any, rank: int) -> tuple[Any, int]:
     if there is one, and the epochs already done."""
     m = spec.job.model
     with strategy.scope():
+        t = spec.job.training
         model = build_model(m.builder, spec.read.sample_shape, spec.num_classes, spec.one_hot,
-                            m.optimizer, m.learning_rate, m.loss, tuple(m.metrics))
+                            m.optimizer, m.learning_rate, m.loss, tuple(m.metrics), t.mixed_precision, t.jit_compile)
         return model, _restore(model, spec.job.run_dir, rank, spec.sink)
 
 
@@ -179,7 +191,8 @@ class _Feeds:
 def train_loop(config: dict[str, Any]) -> None:
     """Train on this worker's shard; called by Ray Train with ``{"spec": WorkerSpec}``."""
     spec: WorkerSpec = config["spec"]
-    strategy = make_strategy(spec.plan.world_size)
+    s = spec.job.scaling
+    strategy = make_strategy(spec.plan.world_size, max(1, int(s.cpus_per_worker)) if s.num_workers else 0)
 
     import ray.train
 

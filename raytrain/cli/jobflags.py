@@ -36,7 +36,18 @@ def parse_int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 200,200. Received: {text}")
 
 
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "yes", "on", "1"):
+        return True
+    if lowered in ("false", "no", "off", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false. Received: {text}")
+
+
 def _flag_type(kind: Any) -> Callable[[str], Any]:
+    if kind is bool:
+        return parse_bool
     if typing.get_origin(kind) is typing.Union:
         (kind,) = [a for a in typing.get_args(kind) if a is not type(None)]
     if typing.get_origin(kind) is list:

@@ -59,7 +59,13 @@ def cluster_pids(folder: str, head_pid: Optional[int] = None) -> list[int]:
     command line (raylets, GCS, dashboard, monitor) and all their descendants (Ray's
     workers rename themselves ``ray::...`` and no longer show the folder)."""
     roots = set(_pids_under(folder)) | ({head_pid} if head_pid and alive(head_pid) else set())
-    tree, found, todo = _children(), set(), list(roots)
+    return sorted(roots | set(descendants(roots)))
+
+
+def descendants(roots: set[int] | list[int]) -> list[int]:
+    """Every process below ``roots`` in the process tree (not ``roots`` themselves, nor this process)."""
+    tree, found = _children(), set()
+    todo = [child for root in roots for child in tree.get(root, [])]
     while todo:
         pid = todo.pop()
         if pid in found or pid == os.getpid():
