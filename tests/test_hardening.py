@@ -23,6 +23,17 @@ from raytrain.run.runs import _best
 from tests.conftest import ROOT, run_cli, write_h5
 
 
+def write_builder(path, *layers):
+    """A builder file: Input, ``layers`` (Python source), Flatten, a softmax Dense."""
+    middle = "".join(f"{layer}, " for layer in layers)
+    path.write_text(
+        "import tensorflow as tf\nimport tf_keras as keras\n\n"
+        "def build(input_shape, num_classes):\n"
+        f"    return keras.Sequential([keras.Input(shape=input_shape), {middle}keras.layers.Flatten(),\n"
+        "                             keras.layers.Dense(num_classes, activation='softmax')])\n"
+    )
+
+
 def validated(**sections):
     job = cfg.from_dict({"data": {"paths": ["x.h5"]}, **sections})
     return cfg.validate(job)
@@ -61,12 +72,7 @@ def test_a_relative_builder_file_is_made_absolute(tmp_path, monkeypatch):
 @pytest.mark.ray
 def test_two_workers_train_with_a_relative_builder(tmp_path, make_h5):
     data = make_h5("d.h5", samples=128, shape=(8, 8, 3))
-    (tmp_path / "net.py").write_text(
-        "import tf_keras as keras\n"
-        "def build(input_shape, num_classes):\n"
-        "    return keras.Sequential([keras.Input(shape=input_shape), keras.layers.Flatten(),\n"
-        "                             keras.layers.Dense(num_classes, activation='softmax')])\n"
-    )
+    write_builder(tmp_path / "net.py")
     proc = run_cli("train", "--data", data, "--model", "net.py:build", "--num-workers", "2", "--epochs", "1",
                    "--batch-size", "16", "--storage-path", "runs", "--name", "rel", cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -177,11 +183,17 @@ def test_ctrl_c_while_scanning_ends_at_once(tmp_path, monkeypatch):
         return [], [os.path.join(path, str(i)) for i in range(8)] if path.count(os.sep) < 12 else []
 
     monkeypatch.setattr(image_index, "_list_folder", slow_listing)
-    threading.Timer(0.5, _thread.interrupt_main).start()  # Ctrl-C, as the terminal would send it
-    started = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        image_index._walk([str(tmp_path)], threads=4)
-    assert time.monotonic() - started < 1.5
+    # Python's own Ctrl-C handler: a process started in the background (as CI may start
+    # pytest) inherits SIGINT ignored, and interrupt_main() would then do nothing.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(0.5, _thread.interrupt_main).start()  # Ctrl-C, as the terminal would send it
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            image_index._walk([str(tmp_path)], threads=4)
+        assert time.monotonic() - started < 1.5
+    finally:
+        signal.signal(signal.SIGINT, previous)
     done = len(listed)
     time.sleep(0.5)
     assert len(listed) <= done + 4  # only the listings already running finish
@@ -366,12 +378,7 @@ def test_data_scale_follows_a_leading_rescaling_layer():
 @pytest.mark.ray
 def test_a_model_with_rescaling_gets_0_255_and_says_so(tmp_path, make_h5):
     data = make_h5("d.h5", samples=64, shape=(8, 8, 3))
-    (tmp_path / "own.py").write_text(
-        "import tf_keras as keras\n"
-        "def build(input_shape, num_classes):\n"
-        "    return keras.Sequential([keras.Input(shape=input_shape), keras.layers.Rescaling(1 / 255),\n"
-        "                             keras.layers.Flatten(), keras.layers.Dense(num_classes, activation='softmax')])\n"
-    )
+    write_builder(tmp_path / "own.py", "keras.layers.Rescaling(1 / 255)")
     proc = run_cli("train", "--data", data, "--model", "own.py:build", "--batch-size", "16", "--epochs", "1",
                    "--validation-ratio", "0", "--storage-path", "runs", "--local", cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]

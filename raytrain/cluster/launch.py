@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 from raytrain.cluster.files import is_simulated, load_cluster
 from raytrain.cluster.jobs import has_token, job_client
-from raytrain.cluster.processes import alive, cluster_pids, same_process, start_time
+from raytrain.cluster.processes import alive, cluster_pids, end, same_process, start_time
 from raytrain.env import DEFAULT_HOME, DEFAULT_RAY_AUTH_TOKEN_PATH, HOME_ENV, RAY_AUTH_MODE_ENV
 from raytrain.errors import RaytrainError
 
@@ -146,18 +146,8 @@ def down(path: str, progress: Any = print) -> list[int]:
         deadline = time.time() + 5  # then end the rest directly: a raylet would drain for 30 s
         while alive(head) and time.time() < deadline:
             time.sleep(0.2)
-    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        left = [pid for pid in sorted(set(pids) | set(cluster_pids(state["temp_dir"]))) if alive(pid)]
-        for pid in left:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + wait_s
-        while any(alive(pid) for pid in left) and time.time() < deadline:
-            time.sleep(0.2)
     ended = pids
-    left = [pid for pid in pids if alive(pid)]
+    left = end(sorted(set(pids) | set(cluster_pids(state["temp_dir"]))), grace_s=10)
     if left:
         raise RaytrainError(f"processes of {config['cluster_name']} still run after SIGKILL: {left}")
     os.remove(_state_path(config))

@@ -4,7 +4,11 @@ never by name)."""
 from __future__ import annotations
 
 import os
+import signal
+import time
 from typing import Iterator, Optional
+
+KILL_WAIT_S = 5  # how long a SIGKILLed process may take to disappear
 
 
 def process_cmdlines() -> Iterator[tuple[int, str]]:
@@ -73,6 +77,21 @@ def descendants(roots: set[int] | list[int]) -> list[int]:
         found.add(pid)
         todo.extend(tree.get(pid, []))
     return sorted(found)
+
+
+def end(pids: list[int], grace_s: float) -> list[int]:
+    """SIGTERM ``pids``, give them ``grace_s`` seconds, SIGKILL the rest; return any still alive."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, KILL_WAIT_S)):
+        left = [pid for pid in pids if alive(pid)]
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + wait_s
+        while any(alive(pid) for pid in left) and time.time() < deadline:
+            time.sleep(0.1)
+    return [pid for pid in pids if alive(pid)]
 
 
 def alive(pid: int) -> bool:

@@ -14,13 +14,12 @@ normal exit (``ray.shutdown()`` ended them) it finds nothing and exits.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from typing import Optional
 
-from raytrain.cluster.processes import alive, cluster_pids, descendants, same_process, start_time
+from raytrain.cluster.processes import cluster_pids, descendants, end, same_process, start_time
 
 POLL_SECONDS = 0.5  # how soon after the driver's death its Ray processes are ended (and how often its tree is read)
 GRACE_SECONDS = 3  # SIGTERM first, then SIGKILL what is left
@@ -52,15 +51,7 @@ def watch(driver_pid: int, driver_start: int, session_dir: str) -> list[int]:
                 known[pid] = start_time(pid)
         time.sleep(POLL_SECONDS)
     left = sorted({pid for pid, started in known.items() if same_process(pid, started)} | set(cluster_pids(session_dir)))
-    for sig, wait_s in ((signal.SIGTERM, GRACE_SECONDS), (signal.SIGKILL, 0)):
-        for pid in [p for p in left if alive(p)]:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + wait_s
-        while any(alive(p) for p in left) and time.time() < deadline:
-            time.sleep(0.1)
+    end(left, grace_s=GRACE_SECONDS)
     return left
 
 

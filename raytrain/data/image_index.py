@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from typing import Optional
+import queue
+import threading
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -56,23 +57,71 @@ def _list_folder(path: str) -> tuple[list[str], list[str]]:
     return files, folders
 
 
+_STOP = object()
+
+
+class _DaemonPool:
+    """Threads that run ``work`` on submitted items, results taken in the calling thread.
+
+    Not a ``ThreadPoolExecutor``: leaving its ``with`` block on Ctrl-C first runs every
+    queued task, and its worker threads are joined when the interpreter exits, so a
+    worker started while Ctrl-C arrived (and never told to stop) kept the process from
+    exiting. These threads are daemons, and :meth:`close` drops the queued tasks.
+    """
+
+    def __init__(self, work: Callable[[Any], Any], threads: int):
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._results: queue.SimpleQueue = queue.SimpleQueue()
+        self.pending = 0
+
+        def run() -> None:
+            while (item := self._tasks.get()) is not _STOP:
+                try:
+                    self._results.put((item, work(item), None))
+                except BaseException as e:  # noqa: BLE001 - handed to the calling thread
+                    self._results.put((item, None, e))
+
+        self._threads = [threading.Thread(target=run, name="raytrain-scan", daemon=True) for _ in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, item: Any) -> None:
+        self.pending += 1
+        self._tasks.put(item)
+
+    def result(self) -> tuple[Any, Any]:
+        """The next finished ``(item, result)``; re-raises the work's error."""
+        item, result, error = self._results.get()
+        self.pending -= 1
+        if error is not None:
+            raise error
+        return item, result
+
+    def close(self) -> None:
+        """Drop the queued tasks; the threads finish the ones they hold, then end."""
+        while True:
+            try:
+                self._tasks.get_nowait()
+            except queue.Empty:
+                break
+        for _ in self._threads:
+            self._tasks.put(_STOP)
+
+
 def _walk(roots: list[str], threads: int) -> dict[str, list[str]]:
     """Every folder under ``roots`` (recursively) -> its image file names, listed in parallel."""
     found: dict[str, list[str]] = {}
-    pool = ThreadPoolExecutor(threads)
+    pool = _DaemonPool(_list_folder, threads)
     try:
-        pending = {pool.submit(_list_folder, r): r for r in roots}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                folder = pending.pop(future)
-                files, subfolders = future.result()
-                found[folder] = files
-                pending.update({pool.submit(_list_folder, s): s for s in subfolders})
+        for root in roots:
+            pool.submit(root)
+        while pool.pending:
+            folder, (files, subfolders) = pool.result()
+            found[folder] = files
+            for sub in subfolders:
+                pool.submit(sub)
     finally:
-        # On Ctrl-C (or an error) drop the listings still queued instead of running them
-        # all first, as leaving a `with ThreadPoolExecutor` block would.
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.close()  # on Ctrl-C (or an error) the listings still queued are dropped
     return found
 
 
@@ -264,11 +313,18 @@ def verify_images(paths: list[str], threads: int = 0) -> list[tuple[str, str]]:
             return path, str(e)
         return None
 
-    pool = ThreadPoolExecutor(threads or os.cpu_count() or 1)
+    pool = _DaemonPool(check, threads or os.cpu_count() or 1)
+    bad: list[tuple[str, str]] = []
     try:
-        return [found for found in pool.map(check, paths, chunksize=64) if found is not None]
+        for path in paths:
+            pool.submit(path)
+        while pool.pending:
+            _, found = pool.result()
+            if found is not None:
+                bad.append(found)
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C: drop what is queued
+        pool.close()  # Ctrl-C: drop what is queued
+    return sorted(bad)
 
 
 def write_index(paths: list[str], labels: np.ndarray, classes: list[str], out: str) -> None:
