@@ -30,17 +30,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from raytrain.bench import (
-    REPEATS,
-    bars_table,
-    child,
-    feed_rates,
-    judge,
-    machine,
-    rate,
-    table,
-    workspace,
-)
+from raytrain.bench import REPEATS, bars_table, child, feed_rates, judge, machine, rate, table, workspace
 from raytrain.data.image_index import scan_directory, to_table
 from raytrain.data.image_loader import ImageLoader
 from raytrain.data.image_reader import ImageDecoder
