@@ -148,6 +148,7 @@ class JobConfig:
 
 
 SECTIONS = [f.name for f in dataclasses.fields(JobConfig)]
+TUNE_SECTION = "tune"  # the search of `raytrain tune` (raytrain.space); `raytrain train` ignores it
 # Flags that do not follow the <key-with-dashes> rule.
 SHORT_FLAGS = {("data", "paths"): "data", ("model", "builder"): "model"}
 
@@ -229,9 +230,9 @@ def from_dict(raw: Any, source: str = "job file") -> JobConfig:
     raw = raw or {}
     if not isinstance(raw, dict):
         raise RaytrainError(f"{source} must be a mapping of sections {SECTIONS}. Received: {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(SECTIONS))
+    unknown = sorted(set(raw) - {*SECTIONS, TUNE_SECTION})
     if unknown:
-        raise RaytrainError(f"unknown sections {unknown} in {source}; expected some of {list(SECTIONS)}")
+        raise RaytrainError(f"unknown sections {unknown} in {source}; expected some of {[*SECTIONS, TUNE_SECTION]}")
     sections = {}
     for name, cls in _section_types().items():
         values = raw.get(name) or {}
@@ -270,6 +271,17 @@ def read_yaml(path: str, what: str, hint: str) -> Any:
 def load_job(path: str) -> JobConfig:
     """Load and type-check a YAML job file (not yet validated: see :func:`validate`)."""
     return from_dict(read_yaml(path, "job file", "check the path"), source=path)
+
+
+def load_tune_section(path: str) -> dict[str, Any]:
+    """The job file's ``tune:`` section as written (empty when there is none)."""
+    raw = read_yaml(path, "job file", "check the path") or {}
+    section = raw.get(TUNE_SECTION) if isinstance(raw, dict) else None
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise RaytrainError(f"section '{TUNE_SECTION}' in {path} must be a mapping. Received: {section!r}")
+    return section
 
 
 def apply_overrides(job: JobConfig, overrides: dict[tuple[str, str], Any]) -> JobConfig:

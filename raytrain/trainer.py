@@ -16,7 +16,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import pyarrow as pa
 
@@ -149,7 +149,7 @@ def hide_gpus() -> None:
         pass
 
 
-def _init_ray(job: JobConfig, verbose: bool) -> None:
+def init_ray(job: JobConfig, verbose: bool) -> None:
     """Start a private local Ray, or join the cluster at ``scaling.address``. Unless
     ``verbose``, workers' output stays in their log files (``/tmp/ray/session_*/logs``)
     and Ray's own INFO/WARNING lines are not shown: progress and errors reach the
@@ -171,7 +171,9 @@ def _init_ray(job: JobConfig, verbose: bool) -> None:
     )
 
     if not verbose:
-        for name in ("ray", "ray.train", "ray.data"):
+        # Ray sets levels on some of its own loggers (ray._private.worker relays the raylet's
+        # warnings): quiet every one that exists now; later ones inherit "ray"'s level.
+        for name in ["ray", *[n for n in logging.root.manager.loggerDict if n.startswith("ray.")]]:
             logging.getLogger(name).setLevel(logging.ERROR)
     DataContext.get_current().enable_progress_bars = False
 
@@ -190,10 +192,7 @@ def _prepare(job: JobConfig) -> _Prepared:
     """Index, split and plan on the driver, so bad input fails before any worker starts."""
     d, s = job.data, job.scaling
     index = build_index(d)
-    train_table, val_table = split_index(index.table, d.validation_ratio, d.seed)
-    resolve_builder(job.model.builder)
-    plan = plan_steps(train_table.num_rows, val_table.num_rows, s.world_size, job.training.batch_size,
-                      s.replicas_per_worker)
+    train_table, val_table, plan = _split_and_plan(job, index)
     read = ReadSpec(d, index.sample_shape, index.dtype, index.rows_per_block,
                     d.shuffle_window or auto_window(index.sample_bytes), reading_threads(d, s))
     spec = WorkerSpec(job, plan, read, index.num_classes, index.one_hot)
@@ -204,7 +203,22 @@ def _prepare(job: JobConfig) -> _Prepared:
     return _Prepared(spec, index, train_table, val_table)
 
 
-def run(job: JobConfig, resume: bool = False, verbose: bool = False) -> Optional[RunSummary]:
+def _split_and_plan(job: JobConfig, index: SampleIndex) -> tuple[pa.Table, pa.Table, StepPlan]:
+    d, s = job.data, job.scaling
+    train_table, val_table = split_index(index.table, d.validation_ratio, d.seed)
+    resolve_builder(job.model.builder)
+    plan = plan_steps(train_table.num_rows, val_table.num_rows, s.world_size, job.training.batch_size,
+                      s.replicas_per_worker)
+    return train_table, val_table, plan
+
+
+def plan_only(job: JobConfig, index: SampleIndex) -> StepPlan:
+    """The step plan of ``job`` on ``index``: the checks of a run's start that need no
+    TensorFlow (split, builder, steps), for a search to check its trials up front."""
+    return _split_and_plan(job, index)[2]
+
+
+def run(job: JobConfig, resume: bool = False, verbose: bool = False, in_tune: bool = False) -> Optional[RunSummary]:
     """Train as the (validated) job says and return a summary.
 
     Args:
@@ -214,6 +228,10 @@ def run(job: JobConfig, resume: bool = False, verbose: bool = False) -> Optional
             the result is None.
         verbose: Show the workers' and Ray's own output (TensorFlow start-up, Ray Train's
             lines) instead of raytrain's progress only.
+        in_tune: This is a trial of ``raytrain tune``, running inside Ray Tune (with Ray
+            workers: Ray Train's local mode refuses its API inside a Tune function): Ray is
+            up already, each epoch's metrics go on to Tune, and no progress is printed (the
+            search prints a line per trial).
 
     Raises:
         RaytrainError: Bad input, found on the driver or raised by a worker.
@@ -236,6 +254,8 @@ def run(job: JobConfig, resume: bool = False, verbose: bool = False) -> Optional
         if resume and finished and done >= job.training.epochs:
             return None
         prepared = _prepare(job)
+        if in_tune:
+            return _run_trial(job, prepared, resume, started)
         return _run_prepared(job, prepared, resume, verbose, started)
 
 
@@ -243,7 +263,7 @@ def _run_prepared(job: JobConfig, prepared: _Prepared, resume: bool, verbose: bo
     """Start Ray, train, and summarize."""
     import ray
 
-    _init_ray(job, verbose)
+    init_ray(job, verbose)
     printer = None
     try:
         spec = dataclasses.replace(prepared.spec, sink=start_sink())
@@ -254,13 +274,27 @@ def _run_prepared(job: JobConfig, prepared: _Prepared, resume: bool, verbose: bo
         if printer is not None:
             printer.stop()
         ray.shutdown()
+    return _finish(job, prepared, started)
+
+
+def _run_trial(job: JobConfig, prepared: _Prepared, resume: bool, started: float) -> RunSummary:
+    """Train as one trial of a Ray Tune search (Ray is up; the search bounds the resources):
+    Ray Train's ``TuneReportCallback`` passes each epoch's report on to Tune."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    _train(prepared.spec, prepared, resume, [TuneReportCallback()])
+    return _finish(job, prepared, started)
+
+
+def _finish(job: JobConfig, prepared: _Prepared, started: float) -> RunSummary:
+    """Summarize a finished run and mark it finished."""
     summary = _summarize(job, prepared.train.num_rows, prepared.validation.num_rows, time.perf_counter() - started)
     rundir.write_status(job.run_dir, "finished", epochs=summary.epochs, num_workers=job.scaling.num_workers,
                         wall_time_s=summary.wall_time_s)
     return summary
 
 
-def _train(spec: WorkerSpec, prepared: _Prepared, resume: bool) -> None:
+def _train(spec: WorkerSpec, prepared: _Prepared, resume: bool, callbacks: Sequence[Any] = ()) -> None:
     """Write the run's start, fit, and record how it ended."""
     job, workers = spec.job, spec.job.scaling.num_workers
     storage.makedirs(job.run_dir)
@@ -268,7 +302,7 @@ def _train(spec: WorkerSpec, prepared: _Prepared, resume: bool) -> None:
     rundir.write_status(job.run_dir, "running", resumed=resume, num_workers=workers,
                         driver_pid=os.getpid(), host=socket.gethostname())
     try:
-        _fit(spec, prepared.train, prepared.validation)
+        _fit(spec, prepared.train, prepared.validation, callbacks)
         _prune_checkpoints(job)
     except KeyboardInterrupt:
         rundir.write_status(job.run_dir, "interrupted", num_workers=workers)
@@ -280,7 +314,7 @@ def _train(spec: WorkerSpec, prepared: _Prepared, resume: bool) -> None:
         raise
 
 
-def _fit(spec: Any, train_table: Any, val_table: Any) -> Any:
+def _fit(spec: Any, train_table: Any, val_table: Any, callbacks: Sequence[Any] = ()) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
@@ -303,6 +337,7 @@ def _fit(spec: Any, train_table: Any, val_table: Any) -> Any:
             name=job.run.name, storage_path=job.run.storage_path,
             failure_config=FailureConfig(max_failures=job.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=job.run.keep_checkpoints),
+            callbacks=list(callbacks),
         ),
         datasets=to_ray_datasets(train_table, val_table),
         dataset_config=FixedShards(tables, s.world_size, max(spec.read.rows_per_block.values(), default=1)),

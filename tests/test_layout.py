@@ -10,9 +10,10 @@ LAYERS = [
     ["raytrain.errors", "raytrain.env"],
     ["raytrain.config"],
     ["raytrain.data", "raytrain.models"],
-    ["raytrain.run"],
+    ["raytrain.run", "raytrain.space"],
     ["raytrain.worker", "raytrain.cluster"],
     ["raytrain.trainer", "raytrain.evaluate"],
+    ["raytrain.tuning"],
     ["raytrain.bench"],
     ["raytrain.cli", "raytrain.__main__", "raytrain"],
 ]

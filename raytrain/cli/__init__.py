@@ -22,6 +22,7 @@ from raytrain.cli import (
     submit,
     synth,
     train,
+    tune,
 )
 from raytrain.errors import (
     EXIT_FAILED,
@@ -31,7 +32,7 @@ from raytrain.errors import (
     TrainingFailed,
 )
 
-COMMANDS = [train, synth, index, evaluate, report, runs, cluster, submit, bench]  # in --help order
+COMMANDS = [train, tune, synth, index, evaluate, report, runs, cluster, submit, bench]  # in --help order
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +49,7 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``raytrain`` console script."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(submit.rewrite(list(sys.argv[1:] if argv is None else argv)))
     # SIGTERM unwinds like Ctrl-C, so `finally` blocks shut Ray down and no worker is orphaned.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:

@@ -1,4 +1,4 @@
-"""``raytrain submit``: run ``raytrain train`` on a cluster as a Ray Job.
+"""``raytrain submit``: run ``raytrain train`` (or ``raytrain tune``) on a cluster as a Ray Job.
 
 The job is resolved here (every path absolute, ``scaling.address: auto``), written with
 a model builder file (if any) into a folder that travels as the job's working
@@ -19,9 +19,9 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from typing import Any
+from typing import Any, Optional
 
-from raytrain.config import JobConfig
+from raytrain.config import TUNE_SECTION, JobConfig
 from raytrain.env import (
     DEFAULT_RAY_AUTH_TOKEN_PATH,
     RAY_AUTH_MODE_ENV,
@@ -80,10 +80,11 @@ def _ship_folder(source: str, dest: str) -> None:
         )
 
 
-def stage_job(job: JobConfig) -> tuple[str, JobConfig]:
+def stage_job(job: JobConfig, tune: Optional[dict[str, Any]] = None) -> tuple[str, JobConfig]:
     """A folder to travel as the job's working directory: the model builder's folder (if
     the builder is a file: modules beside it import on the cluster too) and the resolved
-    job; returns (folder, job as submitted)."""
+    job (with ``tune`` as its ``tune:`` section, for ``raytrain tune``); returns (folder,
+    job as submitted)."""
     folder = tempfile.mkdtemp(prefix="raytrain-submit-")
     builder = job.model.builder
     if ".py:" in builder:
@@ -98,7 +99,7 @@ def stage_job(job: JobConfig) -> tuple[str, JobConfig]:
         job, model=dataclasses.replace(job.model, builder=builder),
         scaling=dataclasses.replace(job.scaling, address="auto"),
     )
-    rundir.write_job(os.path.join(folder, SUBMITTED_JOB), job)
+    rundir.write_job(os.path.join(folder, SUBMITTED_JOB), job, extra={TUNE_SECTION: tune} if tune else None)
     return folder, job
 
 
@@ -108,18 +109,19 @@ def plain_http_to_remote(address: str) -> bool:
     return parsed.scheme not in ("https",) and parsed.hostname not in ("127.0.0.1", "localhost", "::1")
 
 
-def submit(job: JobConfig, address: str, progress: Any = print) -> int:
-    """Submit ``raytrain train`` of a validated job as a Ray Job, stream its logs, and
-    return its exit code (Ctrl-C stops the job)."""
+def submit(job: JobConfig, address: str, progress: Any = print, tune: Optional[dict[str, Any]] = None) -> int:
+    """Submit ``raytrain train`` of a validated job (``raytrain tune`` with ``tune``, the
+    search as a job file's ``tune:`` section) as a Ray Job, stream its logs, and return
+    its exit code (Ctrl-C stops the job)."""
     client = job_client(address)
     if os.environ.get(RAY_AUTH_MODE_ENV) == "token" and plain_http_to_remote(address):
         progress(f"warning: {address} is not this machine and not https: the Ray token travels in clear text; "
                  "prefer an SSH tunnel (ray dashboard CLUSTER.yaml, then --address http://127.0.0.1:8265)")
     for name in ["ray", *[n for n in logging.root.manager.loggerDict if n.startswith("ray.")]]:
         logging.getLogger(name).setLevel(logging.WARNING)  # not a line per uploaded package
-    folder, job = stage_job(job)
+    folder, job = stage_job(job, tune)
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the raytrain package
-    entrypoint = f"python -m raytrain train {SUBMITTED_JOB}/{rundir.JOB}"
+    entrypoint = f"python -m raytrain {'tune' if tune else 'train'} {SUBMITTED_JOB}/{rundir.JOB}"
     job_id = client.submit_job(
         entrypoint=entrypoint,
         submission_id=f"raytrain-{job.run.name}-{int(time.time())}",

@@ -50,6 +50,14 @@ TENSORBOARD = "tensorboard"
 EVALUATIONS = "evaluations.jsonl"
 REPORT = "report.png"
 CLAIM = ".claim.json"  # the process that is starting or running this run (see claim())
+# A search of `raytrain tune` (raytrain.tuning): <storage_path>/<search name>/ holds these,
+# one run directory per trial (trial_NNNNN/), and Ray Tune's own state (tune/).
+SEARCH = "search.json"  # the base job, the search, its status
+BEST = "best.json"  # the best trial: its parameters, metric, run and model
+TRIALS = "trials.txt"  # the final table of trials
+BEST_MODEL = "best_model.keras"  # a copy of the best trial's model.keras
+TUNE_STATE = "tune"  # Ray Tune's experiment folder (what --resume restores)
+TRIAL_PREFIX = "trial_"
 CHECKPOINT_PREFIX = "checkpoint-epoch-"  # + the epochs done, 4 digits: see raytrain.run.checkpoint
 
 
@@ -115,9 +123,26 @@ def is_run(run_dir: str) -> bool:
     return storage.exists(storage.join(run_dir, JOB))
 
 
-def write_job(run_dir: str, job: JobConfig) -> None:
-    """Save the resolved job: what ``--resume`` and ``raytrain evaluate`` read back."""
-    storage.write_text(storage.join(run_dir, JOB), yaml.safe_dump(to_dict(job), sort_keys=False))
+def is_search(folder: str) -> bool:
+    """Whether ``folder`` holds a search of ``raytrain tune``."""
+    return storage.exists(storage.join(folder, SEARCH))
+
+
+def write_search(folder: str, record: dict[str, Any]) -> None:
+    storage.write_text(storage.join(folder, SEARCH), json.dumps(record, indent=1))
+
+
+def read_search(folder: str) -> dict[str, Any]:
+    text = storage.read_text(storage.join(folder, SEARCH))
+    if text is None:
+        raise RaytrainError(f"{folder} holds no search of raytrain tune (no {SEARCH}); check --name and --storage-path")
+    return json.loads(text)
+
+
+def write_job(run_dir: str, job: JobConfig, extra: Optional[dict[str, Any]] = None) -> None:
+    """Save the resolved job: what ``--resume`` and ``raytrain evaluate`` read back
+    (``extra``: more sections, such as a submitted search's ``tune:``)."""
+    storage.write_text(storage.join(run_dir, JOB), yaml.safe_dump({**to_dict(job), **(extra or {})}, sort_keys=False))
 
 
 def read_job(run_dir: str) -> JobConfig:

@@ -6,6 +6,9 @@ is gone shows as ``stopped`` (continue it with ``--resume``). The best validatio
 metric is the job's first metric on validation (``val_<metric>``, else ``val_loss``)
 over the epochs done: its maximum for accuracy-like metrics (accuracy, AUC, precision,
 recall), its minimum for losses and errors (mse, mae, crossentropy).
+
+A search of ``raytrain tune`` is one row: ``NAME (search: done/total trials)``, its
+status, and its best trial's epochs and best value of the search's metric.
 """
 
 from __future__ import annotations
@@ -74,10 +77,41 @@ def describe(run_dir: str) -> dict[str, Any]:
     }
 
 
+def describe_search(folder: str) -> dict[str, Any]:
+    """A search of ``raytrain tune`` as one row: its status and its best trial's run."""
+    record = rundir.read_search(folder)
+    name = folder.rstrip("/").rsplit("/", 1)[-1]
+    trials = [n for n in storage.listdir(folder) if n.startswith(rundir.TRIAL_PREFIX)
+              and rundir.is_run(storage.join(folder, n))]
+    state = record.get("status", "unknown")
+    if state == "running" and not _alive({"driver_pid": record.get("pid"), "host": record.get("host")}):
+        state = "stopped"
+    row = {"name": f"{name} (search: {len(trials)}/{record.get('trials', '?')} trials)", "status": state,
+           "epochs_done": 0, "epochs": record["job"]["training"]["epochs"], "best": None,
+           "workers": record["job"]["scaling"]["num_workers"], "wall_time_s": record.get("wall_time_s"),
+           "error": None}
+    best = record.get("best")
+    if best and rundir.is_run(storage.join(folder, best)):
+        trial = describe(storage.join(folder, best))
+        metric = record["tune"]["metric"]
+        values = [e[metric] for e in rundir.read_metrics(storage.join(folder, best)) if metric in e]
+        if values:
+            row["best"] = (f"{metric} (best trial {best})",
+                           max(values) if record["tune"]["mode"] == "max" else min(values))
+        row["epochs_done"] = trial["epochs_done"]
+    return row
+
+
 def list_runs(base: str) -> list[dict[str, Any]]:
-    """Every run in ``base`` (folders with a saved job), oldest name first."""
-    return [describe(storage.join(base, name)) for name in storage.listdir(base)
-            if rundir.is_run(storage.join(base, name))]
+    """Every run (folders with a saved job) and search of ``raytrain tune`` in ``base``, by name."""
+    rows = []
+    for name in storage.listdir(base):
+        folder = storage.join(base, name)
+        if rundir.is_run(folder):
+            rows.append(describe(folder))
+        elif rundir.is_search(folder):
+            rows.append(describe_search(folder))
+    return rows
 
 
 def render(runs: list[dict[str, Any]]) -> str:

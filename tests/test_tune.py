@@ -1,0 +1,148 @@
+"""`raytrain tune`: the search's bad input (one line, exit 2, before Ray starts), and real
+searches on Ray Tune with real Ray Train workers: early stopping, the best trial, every
+trial a complete run, Ctrl-C and --resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from raytrain.cli import main
+from tests.conftest import ROOT, run_cli, write_h5
+
+NET = '''
+import tf_keras as keras
+
+
+def build(input_shape, num_classes):
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
+                             keras.layers.Dense(num_classes, activation="softmax")])
+'''
+
+
+@pytest.fixture
+def job(tmp_path):
+    """A tiny job a good learning rate learns in one epoch and a tiny one never does:
+    class 1 is bright, class 0 dark."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 256)
+    x = (y[:, None, None, None] * 150 + rng.integers(0, 60, (256, 4, 4, 1))).astype(np.uint8)
+    write_h5(str(tmp_path / "d.h5"), x, y)
+    (tmp_path / "net.py").write_text(NET)
+    (tmp_path / "job.yaml").write_text(
+        "data: {paths: [d.h5], validation_ratio: 0.25}\nmodel: {builder: net.py:build}\n"
+        "training: {epochs: 4, batch_size: 32}\nrun: {storage_path: runs}\n"
+    )
+    return tmp_path
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--search", "model.learning_rate"], "expected KEY=DISTRIBUTION(ARGS)"),
+    (["--search", "model.learning_rate=normal(0,1)"], "unknown distribution 'normal'; use one of choice"),
+    (["--search", "model.learning_rate=loguniform(0,1)"], "loguniform needs 0 < low < high"),
+    (["--search", "model.learning_rate=uniform(0.1,0.01)"], "uniform needs low < high"),
+    (["--search", "model.lr=choice(0.1)"], "no such job key; did you mean model.learning_rate"),
+    (["--search", "training.batch_size=choice(32,6.5)"], "training.batch_size must be an int"),
+    (["--search", "training.epochs=uniform(1,5)"], "use randint or choice"),
+    (["--search", "run.name=choice(a,b)"], "run.name cannot be searched"),
+    (["--search", "model.learning_rate=choice(0.1)", "--metric", "val_auc"], "--metric val_auc: the runs of this "
+     "job report loss, accuracy, val_loss, val_accuracy"),
+    (["--search", "model.learning_rate=choice(0.1)", "--trials", "0"], "--trials must be a whole number of 1"),
+    ([], "nothing to search"),
+    (["--search", "training.batch_size=choice(32,33)", "--num-workers", "2"],
+     "--search training.batch_size=choice(32, 33): the value 33 makes an invalid trial: training.batch_size 33 "
+     "(global) does not divide evenly over 2 replicas"),
+])
+def test_bad_search_is_one_line_before_ray_starts(job, capsys, monkeypatch, flags, says):
+    monkeypatch.chdir(job)
+    assert main(["tune", "job.yaml", "--name", "s", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("raytrain: error: ") and says in err and len(err.splitlines()) == 1, err
+    assert not os.path.exists(job / "runs" / "s")  # nothing written for a search that never started
+
+
+def test_the_tune_section_of_a_job_file_is_the_search_and_train_ignores_it(job, monkeypatch):
+    from raytrain import config as cfg
+    from raytrain.space import options_from
+
+    monkeypatch.chdir(job)
+    with open("job.yaml", "a") as f:
+        f.write("tune:\n  search: {model.learning_rate: 'loguniform(1e-4, 1e-2)', training.batch_size: "
+                "'grid(16, 32)'}\n  trials: 3\n  metric: val_loss\n")
+    base = cfg.load_job("job.yaml")  # raytrain train reads the same file
+    options = options_from(cfg.load_tune_section("job.yaml"), {"search": ["training.batch_size=choice(64)"]}, base)
+    assert [s.text for s in options.search] == ["model.learning_rate=loguniform(0.0001, 0.01)",
+                                                "training.batch_size=choice(64)"]  # the flag replaces the file's key
+    assert (options.trials, options.metric, options.mode, options.scheduler) == (3, "val_loss", "min", "asha")
+
+
+@pytest.mark.ray
+def test_a_search_stops_weak_trials_and_keeps_the_best(job):
+    """4 trials, 2 at a time (2 CPUs, one worker each), ASHA: the tiny learning rates fall
+    behind at the first rung and are stopped; the best trial is a good one."""
+    out = run_cli("tune", "job.yaml", "--search", "model.learning_rate=grid(0.1,0.05,1e-7,1e-8)", "--name", "lr",
+                  cwd=str(job), timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    search = job / "runs" / "lr"
+    rows = {}
+    for line in (search / "trials.txt").read_text().splitlines()[1:]:
+        name, lr, best, epochs, stopped = line.split()[:5]
+        rows[name] = (float(lr), float(best), epochs, stopped)
+    assert len(rows) == 4
+    assert any(stopped == "yes" for *_, stopped in rows.values()), out.stdout
+    best = json.loads((search / "best.json").read_text())
+    assert best["params"]["model.learning_rate"] in (0.1, 0.05)
+    assert best["best"] > min(b for _, b, _, _ in rows.values())
+    assert (search / "best_model.keras").stat().st_size > 0 and (search / "report.png").stat().st_size > 0
+    for name, (_, _, epochs, stopped) in rows.items():
+        run = search / name
+        files = set(os.listdir(run))
+        assert {"job.yaml", "dataset.json", "metrics.jsonl", "events.jsonl", "tensorboard"} <= files, (name, files)
+        assert any(f.startswith("checkpoint-epoch-") for f in files)
+        done = len((run / "metrics.jsonl").read_text().splitlines())
+        assert epochs == f"{done}/4"
+        status = json.loads((run / "status.json").read_text())["status"]
+        if stopped == "no":
+            assert done == 4 and "model.keras" in files and status == "finished"
+        else:
+            assert status in ("stopped", "finished")  # finished: it ended its last epoch as the stop arrived
+    live = [line for line in out.stdout.splitlines() if line.startswith("[")]  # with the search's clock
+    assert sum(" started " in line for line in live) == 4
+    assert sum(" finished" in line or " stopped early" in line for line in live) == 4, out.stdout
+    assert "(raylet)" not in out.stdout + out.stderr  # Ray's own lines stay out of the terminal
+    runs = run_cli("runs", "runs", cwd=str(job))
+    assert "lr (search: 4/4 trials)" in runs.stdout and "finished" in runs.stdout, runs.stdout
+
+
+@pytest.mark.ray
+def test_ctrl_c_then_resume_finishes_without_rerunning_finished_trials(job):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    cmd = [sys.executable, "-m", "raytrain", "tune", "job.yaml", "--search", "model.learning_rate=grid(0.1,0.05,0.02)",
+           "--max-concurrent", "1", "--scheduler", "fifo", "--epochs", "2", "--name", "cut"]
+    proc = subprocess.Popen(cmd, cwd=str(job), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    status = job / "runs" / "cut" / "trial_00000" / "status.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (status.exists() and '"finished"' in status.read_text()):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "raytrain tune --resume --name cut" in err
+    assert "search interrupted" in out
+    state = json.loads((job / "runs" / "cut" / "search.json").read_text())
+    assert state["status"] == "interrupted"
+
+    resumed = run_cli("tune", "--resume", "--name", "cut", cwd=str(job), timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    table = (job / "runs" / "cut" / "trials.txt").read_text().splitlines()[1:]
+    assert len(table) == 3 and all("2/2" in line and line.rstrip().endswith("finished") for line in table), table
+    first = [json.loads(line) for line in (job / "runs" / "cut" / "trial_00000" / "events.jsonl").read_text().splitlines()]
+    assert sum(e["event"] == "start" for e in first) == 1  # the finished trial was not run again
+    assert json.loads((job / "runs" / "cut" / "search.json").read_text())["status"] == "finished"
