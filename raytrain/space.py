@@ -254,7 +254,8 @@ def options_from(section: dict[str, Any], flags: dict[str, Any], job: cfg.JobCon
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
         raise RaytrainError(f"--trials must be a whole number of 1 or more. Received: {trials!r}")
     metrics = produced_metrics(job)
-    metric = pick("metric") or metrics[-1 if job.data.validation_ratio > 0 and len(job.model.metrics) else 0]
+    first = job.model.metrics[0] if job.model.metrics else "loss"
+    metric = pick("metric") or (f"val_{first}" if job.data.validation_ratio > 0 else first)
     if metric not in metrics:
         raise RaytrainError(f"--metric {metric}: the runs of this job report {', '.join(metrics)}; pick one of them")
     mode = pick("mode") or ("max" if higher_is_better(metric) else "min")

@@ -79,6 +79,11 @@ def test_the_tune_section_of_a_job_file_is_the_search_and_train_ignores_it(job, 
     assert [s.text for s in options.search] == ["model.learning_rate=loguniform(0.0001, 0.01)",
                                                 "training.batch_size=choice(64)"]  # the flag replaces the file's key
     assert (options.trials, options.metric, options.mode, options.scheduler) == (3, "val_loss", "min", "asha")
+    base.model.metrics = ["accuracy", "mse"]
+    assert options_from({}, {"search": ["training.epochs=randint(2,5)"]}, base).metric == "val_accuracy"
+    base.data.validation_ratio = 0.0
+    plain = options_from({}, {"search": ["training.epochs=grid(2,3)"]}, base)
+    assert (plain.metric, plain.mode, plain.trials) == ("accuracy", "max", 1)
 
 
 @pytest.mark.ray
@@ -146,3 +151,21 @@ def test_ctrl_c_then_resume_finishes_without_rerunning_finished_trials(job):
     first = [json.loads(line) for line in (job / "runs" / "cut" / "trial_00000" / "events.jsonl").read_text().splitlines()]
     assert sum(e["event"] == "start" for e in first) == 1  # the finished trial was not run again
     assert json.loads((job / "runs" / "cut" / "search.json").read_text())["status"] == "finished"
+
+
+def test_a_failed_trial_shows_raytrains_own_line():
+    from raytrain.errors import TrainingFailed
+    from raytrain.tuning import _error_line
+
+    class Trial:
+        def __init__(self, error):
+            self.error = error
+
+        def get_pickled_error(self):
+            return self.error
+
+    wrapped = RuntimeError("ray::ImplicitFunc.train() (pid=1)\n  File x\nTraceback ...")
+    wrapped.__cause__ = TrainingFailed("the training loss became nan at epoch 1, step 3; lower --learning-rate\nmore")
+    assert _error_line(Trial(wrapped)) == "the training loss became nan at epoch 1, step 3; lower --learning-rate"
+    assert _error_line(Trial(RuntimeError("Traceback (most recent call last):\n  ...\nValueError: bad"))) == \
+        "ValueError: bad"
