@@ -3,12 +3,13 @@
 import json
 import sys
 
-from raytrain.bench import hdf5, images
+from raytrain.bench import hdf5, images, workers
 
 KINDS = {
     "loader": hdf5.loader_child,
     "in_memory": hdf5.in_memory_child,
     **images.CHILDREN,
+    "recipe": workers.recipe_child,
 }
 
 print(json.dumps(KINDS[sys.argv[1]](json.loads(sys.argv[2]))))

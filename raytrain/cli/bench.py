@@ -7,26 +7,31 @@ import os
 import sys
 from typing import Any
 
-from raytrain.bench import hdf5, images, write_json
+from raytrain.bench import hdf5, images, workers, write_json
 from raytrain.cli.jobflags import parse_shape
 from raytrain.errors import RaytrainError
 
 
 def command_parser(sub: Any) -> None:
     p = sub.add_parser("bench", help="measure raytrain's loaders against other ways of reading, in one run",
-                       description=f"{hdf5.__doc__}\n{images.__doc__}",
+                       description=f"{hdf5.__doc__}\n{images.__doc__}\n{workers.__doc__}",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", nargs="?", help="HDF5 file, or with --images a class-per-folder tree of JPEGs "
                    "(default: write a synthetic one)")
     p.add_argument("--images", action="store_true", help="measure the image loader (default: the HDF5 loader)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="measure N Ray Train workers against --local and Ray Train's own TensorFlow recipe "
+                   "(global batch 64 and 4 epochs unless --batch-size / --epochs say otherwise)")
     p.add_argument("--samples", type=int, default=None, help="synthetic data: samples (default 20,000; images 3,000)")
     p.add_argument("--shape", type=parse_shape, default=None,
                    help="synthetic data: sample shape (default 64,64,3); images: H,W of the files (default 256,256)")
     p.add_argument("--chunk-rows", type=int, default=32, help="synthetic file: HDF5 chunk rows")
     p.add_argument("--x-key", default="X", help="features dataset")
     p.add_argument("--y-key", default="Y", help="labels dataset")
-    p.add_argument("--batch-size", type=int, default=32, help="samples per batch, for every reader")
-    p.add_argument("--epochs", type=int, default=2, help="end-to-end epochs; the last one is compared")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="samples per batch, for every reader (default 32; --workers: the global batch, default 64)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="end-to-end epochs; the last one is compared (default 2; --workers: 4)")
     p.add_argument("--budget", type=float, default=15.0, help="seconds after which a slow reader stops")
     p.add_argument("--shuffle-window", type=int, default=0, help="the loader's data.shuffle_window (0 = auto)")
     p.add_argument("--prefetch-batches", type=int, default=8, help="the loader's data.prefetch_batches")
@@ -39,7 +44,18 @@ def command_parser(sub: Any) -> None:
 
 def bench_command(args: argparse.Namespace) -> int:
     progress = lambda text: print(f"raytrain bench: {text}", file=sys.stderr, flush=True)  # noqa: E731
-    if args.images:
+    if args.workers is None:
+        args.batch_size, args.epochs = args.batch_size or 32, args.epochs or 2
+    if args.workers is not None:
+        bench = workers
+        samples, shape = args.samples or 20_000, args.shape or (64, 64, 3)
+        batch, epochs = args.batch_size or 64, args.epochs or 4
+        bench.check_args(samples, args.workers, batch, epochs)
+        if args.file is not None and not os.path.isfile(args.file):
+            raise RaytrainError(f"bench file {args.file} does not exist; pass an HDF5 file or no file for a synthetic one")
+        result = bench.run_bench(args.file, samples, shape, args.workers, batch, epochs, args.workdir,
+                                 progress=progress)
+    elif args.images:
         bench: Any = images
         samples, shape = args.samples or 3000, args.shape or (256, 256)
         bench.check_args(samples, shape, args.image_size, args.batch_size, args.budget, args.decode_threads)

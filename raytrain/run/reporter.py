@@ -126,6 +126,7 @@ class EpochReporter(tf_keras.callbacks.Callback):
         metrics["data_wait_s"] = waited
         metrics["data_wait_fraction"] = min(1.0, waited / train_time)
         metrics["epoch_time_s"] = ended - self.started
+        metrics["time"] = time.time()
         return metrics
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:

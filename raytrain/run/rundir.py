@@ -184,7 +184,9 @@ def path(run_dir: str, name: str) -> str:
     return storage.join(run_dir, name)
 
 
-RUN_KEYS = ("epoch", "epoch_time_s", "samples_per_s", "data_wait_s", "data_wait_fraction")  # metrics.jsonl keys
+# metrics.jsonl keys besides the model's metrics; "time" is when the epoch ended (Unix seconds, before its
+# checkpoint): the gaps between epochs are the marginal epoch time, fixed costs included.
+RUN_KEYS = ("epoch", "epoch_time_s", "samples_per_s", "data_wait_s", "data_wait_fraction", "time")
 # that describe the run rather than the model
 
 

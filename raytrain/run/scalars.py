@@ -43,7 +43,7 @@ class ScalarLog:
         """Write an epoch's record of ``metrics.jsonl`` (``val_*`` keys to ``validation/``)."""
         tf = self._tf
         for key, value in metrics.items():
-            if key == "epoch" or key == "data_wait_s":
+            if key in ("epoch", "data_wait_s", "time"):
                 continue
             writer, tag = (self._validation, key[4:]) if key.startswith("val_") else (self._train, key)
             with writer.as_default():

@@ -1,0 +1,231 @@
+"""``raytrain bench --workers N``: what N Ray Train workers pay against one process, and against Ray Train's own TF recipe.
+
+On one HDF5 file (yours, or a synthetic 20,000 x 64x64x3 uint8 one), the built-in
+``cnn``, the same global batch everywhere, each in a fresh process:
+
+- **raytrain, local**: ``raytrain train --local`` (one process, the whole machine);
+- **raytrain, N workers**: ``raytrain train --num-workers N``;
+- **Ray's recipe, as documented**: ``TensorflowTrainer`` with the data as a Ray Dataset
+  (``ray.data.from_numpy``), each worker calling ``fit`` once per epoch on
+  ``get_dataset_shard("train").to_tf(..., batch_size=per-worker batch)``, as Ray Train's
+  TensorFlow guide does it. Under ``MultiWorkerMirroredStrategy`` ``fit`` takes that
+  batch as the global one and splits it over the replicas: every replica trains on
+  ``batch / N**2`` of the intended ``batch / N``, with N times the steps;
+- **Ray's recipe, corrected**: the same with ``to_tf(batch_size=global batch)``, so each
+  replica gets the intended per-worker batch.
+
+The epoch time compared is the **marginal** one: the median gap between the ends of
+consecutive epochs (the first epoch, with graph tracing and start-up, is left out), so
+checkpoints, reports, validation set-up and the recipe's per-``fit`` pause all count.
+Validation is off (``--validation-ratio 0``) in every row; Ray's recipe feeds uint8
+features (its guide has no scaling step), raytrain float32 in [0, 1]. The recipe's
+Ray runs with N + 1 logical CPUs: its Ray Data tasks need a CPU besides the N workers
+(with N they wait forever, see the project notes), which changes nothing physical.
+
+**Per-epoch fixed cost**: on a small dataset (1,796 samples of 8x8x1, 20 % held out for
+validation: 1,437 to train, batch 32, 20 epochs, as in the issue that asked for it)
+with N workers and locally, the marginal epoch minus its training steps' own time
+(``metrics.jsonl``: samples / samples_per_s): what every epoch pays besides its steps.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Optional
+
+import h5py
+
+from raytrain.bench import bars_table, child, judge, machine, python_env, table, workspace
+from raytrain.data.synth import make_hdf5
+from raytrain.errors import RaytrainError
+from raytrain.run.rundir import read_dataset, read_metrics
+
+SMALL = {"samples": 1796, "shape": (8, 8, 1), "classes": 10, "epochs": 20, "batch": 32}
+BARS = [
+    ("workers_vs_local", "N workers >= 0.8x the --local rate", lambda v: v >= 0.8),
+    ("raytrain_vs_recipe", "raytrain N workers >= 2x Ray's corrected recipe", lambda v: v >= 2.0),
+    ("fixed_cost_s", "per-epoch fixed cost with N workers <= 0.5 s", lambda v: v <= 0.5),
+]
+
+
+def _marginal(times: list[float]) -> float:
+    """The median gap between consecutive epoch ends, the first epoch left out."""
+    gaps = [b - a for a, b in zip(times[:-1], times[1:])]
+    return statistics.median(gaps)
+
+
+def _train(path: str, workers: int, batch: int, epochs: int, validation: float, workdir: str,
+           timeout: float) -> tuple[list[dict[str, Any]], int]:
+    """``raytrain train`` on the file; returns its ``metrics.jsonl`` records and the
+    samples an epoch trains on (its steps x the global batch)."""
+    name = f"bench-{workers}-{datetime.datetime.now().strftime('%H%M%S-%f')}"
+    cmd = [sys.executable, "-m", "raytrain", "train", "--data", path, "--model", "cnn", "--epochs", str(epochs),
+           "--batch-size", str(batch), "--validation-ratio", str(validation), "--num-workers", str(workers),
+           "--storage-path", os.path.join(workdir, "runs"), "--name", name]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=python_env(), check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"bench step 'raytrain train --num-workers {workers}' failed (exit {proc.returncode}): {tail}")
+    run_dir = os.path.join(workdir, "runs", name)
+    plan = read_dataset(run_dir)["plan"]
+    return read_metrics(run_dir), plan["train_steps"] * plan["worker_batch"] * plan["world_size"]
+
+
+def recipe_child(args: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train's TensorFlow recipe (see the module docstring), in this fresh process."""
+    import ray
+    import ray.data
+    import ray.train
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    with h5py.File(args["path"], "r") as f:
+        x, y = f["X"][:], f["Y"][:]
+    workers, batch = args["workers"], args["to_tf_batch"]
+    os.makedirs(args["storage"], exist_ok=True)
+    log_path = os.path.join(args["storage"], f"epochs-{batch}-{time.time_ns()}.jsonl")
+
+    def loop(config: dict[str, Any]) -> None:
+        import tensorflow as tf
+
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        import tf_keras
+
+        from raytrain.models import build_model
+
+        with strategy.scope():
+            model = build_model("cnn", config["shape"], config["classes"], False, "adam", 0.001, "auto",
+                                ("accuracy",))
+        shard = ray.train.get_dataset_shard("train")
+        seen: list[int] = []
+
+        class Count(tf_keras.callbacks.Callback):
+            def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+                seen.append(1)
+
+        for epoch in range(config["epochs"]):
+            data = shard.to_tf(feature_columns="x", label_columns="y", batch_size=config["batch"])
+            model.fit(data, verbose=0, callbacks=[Count()])
+            if ray.train.get_context().get_world_rank() == 0:
+                with open(config["log"], "a") as log:
+                    log.write(json.dumps({"epoch": epoch + 1, "time": time.time(), "steps": len(seen)}) + "\n")
+            ray.train.report({"epoch": epoch + 1})
+            seen.clear()
+
+    ray.init(address="local", num_cpus=workers + 1, include_dashboard=False, log_to_driver=False)
+    try:
+        dataset = ray.data.from_numpy(x).zip(ray.data.from_numpy(y)).rename_columns({"data": "x", "data_1": "y"})
+        dataset = dataset.materialize()
+        trainer = TensorflowTrainer(
+            loop, train_loop_config={"epochs": args["epochs"], "batch": batch, "shape": list(x.shape[1:]),
+                                     "classes": int(y.max()) + 1, "log": log_path},
+            scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
+            run_config=RunConfig(name="recipe", storage_path=args["storage"]),
+            datasets={"train": dataset},
+        )
+        trainer.fit()
+    finally:
+        ray.shutdown()
+    with open(log_path) as log:
+        history = [json.loads(line) for line in log]
+    ends = [h["time"] for h in history]
+    steps = history[-1]["steps"]
+    return {"epoch_ends": ends, "steps_per_epoch": steps, "marginal_epoch_s": _marginal(ends)}
+
+
+def _file(path: Optional[str], samples: int, shape: tuple[int, ...], workdir: str, progress: Any) -> tuple[str, int]:
+    if path is None:
+        path = os.path.join(workdir, "workers.h5")
+        progress(f"writing {samples:,} synthetic samples of {shape} to {path}")
+        make_hdf5(path, samples, shape, classes=4)
+    with h5py.File(path, "r") as f:
+        if "X" not in f or "Y" not in f:
+            raise RaytrainError(f"bench --workers reads datasets X and Y; {path} has {sorted(f)}")
+        return path, len(f["X"])
+
+
+def run_bench(path: Optional[str] = None, samples: int = 20_000, shape: tuple[int, ...] = (64, 64, 3),
+              workers: int = 2, batch: int = 64, epochs: int = 4, workdir: Optional[str] = None,
+              timeout: float = 3600, progress: Any = print) -> dict[str, Any]:
+    """Run every measurement once and return the results (see the module docstring)."""
+    with workspace(workdir) as workdir:
+        path, n = _file(path, samples, shape, workdir, progress)
+        rows: dict[str, dict[str, Any]] = {}
+        for key, count in (("local", 0), ("workers", workers)):
+            progress(f"raytrain train --num-workers {count} ({epochs} epochs)")
+            records, trained = _train(path, count, batch, epochs, 0, workdir, timeout)
+            rows[key] = {"marginal_epoch_s": _marginal([e["time"] for e in records]),
+                         "steps_per_epoch": trained // batch, "replica_batch": batch // max(count, 1)}
+        for key, to_tf_batch in (("recipe_documented", batch // workers), ("recipe_corrected", batch)):
+            progress(f"Ray Train's TF recipe, to_tf(batch_size={to_tf_batch}) ({epochs} epochs)")
+            got = child("recipe", {"path": path, "workers": workers, "to_tf_batch": to_tf_batch, "epochs": epochs,
+                                   "storage": os.path.join(workdir, "ray")}, timeout)
+            rows[key] = dict(got, replica_batch=to_tf_batch // workers)
+        small_path = os.path.join(workdir, "small.h5")
+        make_hdf5(small_path, SMALL["samples"], SMALL["shape"], classes=SMALL["classes"])
+        fixed = {}
+        for key, count in (("local", 0), ("workers", workers)):
+            progress(f"fixed cost: raytrain train --num-workers {count}, {SMALL['epochs']} short epochs")
+            records, trained = _train(small_path, count, SMALL["batch"], SMALL["epochs"], 0.2, workdir, timeout)
+            steps_s = statistics.median(trained / r["samples_per_s"] for r in records[1:])
+            marginal = _marginal([r["time"] for r in records])
+            fixed[key] = {"marginal_epoch_s": marginal, "steps_s": steps_s, "fixed_s": marginal - steps_s}
+    for row in rows.values():
+        row["samples_per_s"] = n / row["marginal_epoch_s"]
+    ratios = {
+        "workers_vs_local": rows["workers"]["samples_per_s"] / rows["local"]["samples_per_s"],
+        "raytrain_vs_recipe": rows["workers"]["samples_per_s"] / rows["recipe_corrected"]["samples_per_s"],
+        "raytrain_vs_documented": rows["workers"]["samples_per_s"] / rows["recipe_documented"]["samples_per_s"],
+        "fixed_cost_s": fixed["workers"]["fixed_s"],
+    }
+    return {"date": datetime.date.today().isoformat(), "machine": machine(), "samples": n, "shape": list(shape),
+            "workers": workers, "batch": batch, "epochs": epochs, "rows": rows, "fixed_cost": fixed,
+            "small": dict(SMALL, shape=list(SMALL["shape"])), "ratios": ratios, "bars": judge(BARS, ratios)}
+
+
+def render(result: dict[str, Any]) -> str:
+    """The results as Markdown tables (pasted into the README as they are)."""
+    r, f, n, w = result["rows"], result["fixed_cost"], result["workers"], result["batch"]
+    names = [
+        ("local", "raytrain `--local` (one process, whole machine)"),
+        ("workers", f"raytrain `--num-workers {n}`"),
+        ("recipe_documented", f"Ray's recipe as documented: `to_tf(batch_size={w // n})` per worker"),
+        ("recipe_corrected", f"Ray's recipe corrected: `to_tf(batch_size={w})`"),
+    ]
+    rows = [[name, f"{r[k]['marginal_epoch_s']:.2f}", f"{r[k]['samples_per_s']:,.0f}", str(r[k]["steps_per_epoch"]),
+             str(r[k]["replica_batch"]), f"{r['workers']['samples_per_s'] / r[k]['samples_per_s']:.2f}x"]
+            for k, name in names]
+    small = result["small"]
+    fixed = [[f"`--num-workers {count}`" if count else "`--local`", f"{f[k]['marginal_epoch_s']:.2f}",
+              f"{f[k]['steps_s']:.2f}", f"{f[k]['fixed_s']:.2f}"] for k, count in (("local", 0), ("workers", n))]
+    return "\n".join([
+        f"raytrain bench --workers {n}, {result['date']}, {result['machine']['cpus']} cores: {result['samples']:,} "
+        f"samples of {tuple(result['shape'])}, cnn, global batch {w}, {result['epochs']} epochs (marginal epoch: "
+        "median gap between epoch ends after the first)",
+        "",
+        *table(["path", "marginal epoch s", "samples/s", "steps/epoch", "batch per replica",
+                f"raytrain {n} workers is"], rows, right=(1, 2, 3, 4, 5)),
+        "",
+        f"per-epoch fixed cost: {small['samples']:,} samples of {tuple(small['shape'])}, 20% validation, "
+        f"batch {small['batch']}, {small['epochs']} epochs",
+        "",
+        *table(["run", "marginal epoch s", "training steps s", "fixed cost s"], fixed, right=(1, 2, 3)),
+        "",
+        *bars_table(result["bars"], lambda b: f"{b['value']:.2f} s" if "cost" in b["bar"] else f"{b['value']:.2f}x"),
+    ])
+
+
+def check_args(samples: int, workers: int, batch: int, epochs: int) -> None:
+    """Reject impossible settings with one line."""
+    if workers < 1 or epochs < 3 or batch < workers or batch % workers or samples < 2 * batch:
+        raise RaytrainError(
+            "bench --workers needs --workers >= 1, --epochs >= 3 (marginal epochs need two gaps after the first), "
+            "a --batch-size that divides over the workers and --samples >= 2 x batch size. Received: "
+            f"workers={workers}, epochs={epochs}, batch_size={batch}, samples={samples}"
+        )
