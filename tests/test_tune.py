@@ -169,3 +169,21 @@ def test_a_failed_trial_shows_raytrains_own_line():
     assert _error_line(Trial(wrapped)) == "the training loss became nan at epoch 1, step 3; lower --learning-rate"
     assert _error_line(Trial(RuntimeError("Traceback (most recent call last):\n  ...\nValueError: bad"))) == \
         "ValueError: bad"
+
+
+def test_submit_tune_ships_the_search_in_the_job_file(tmp_path):
+    """`raytrain submit tune ...` runs `raytrain tune` on the cluster with the search as the job's tune: section."""
+    from raytrain import config as cfg
+    from raytrain.cli.submit import rewrite
+    from raytrain.cluster.jobs import SUBMITTED_JOB, stage_job
+    from raytrain.space import options_from
+
+    assert rewrite(["submit", "tune", "job.yaml", "--search", "x"]) == ["submit", "--what", "tune", "job.yaml",
+                                                                         "--search", "x"]
+    assert rewrite(["submit", "job.yaml"]) == ["submit", "job.yaml"]
+    job = cfg.validate(cfg.from_dict({"data": {"paths": ["x.h5"]}}))
+    search = options_from({}, {"search": ["model.learning_rate=loguniform(1e-4,1e-2)"], "trials": 4}, job)
+    folder, _ = stage_job(job, search.to_dict())
+    shipped = os.path.join(folder, SUBMITTED_JOB, "job.yaml")
+    again = options_from(cfg.load_tune_section(shipped), {}, cfg.load_job(shipped))
+    assert again == search
