@@ -98,6 +98,9 @@ class TrainingSection:
     mixed_precision: bool = option(False, "compute in 16-bit floats with float32 variables: float16 with loss "
                                    "scaling on GPUs, bfloat16 on CPUs")
     jit_compile: bool = option(False, "compile the training step with XLA")
+    steps_per_execution: int = option(0, "training steps per call into TensorFlow (fewer Python round trips "
+                                      "and metric reads per step); 0 = auto: the largest divisor of "
+                                      "run.log_every_steps up to 16 (16 when that is 0)")
 
 
 @dataclass
@@ -340,6 +343,7 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
     _positive("model.learning_rate", m.learning_rate, "learning-rate")
     _positive("training.epochs", t.epochs, "epochs")
     _positive("training.batch_size", t.batch_size, "batch-size")
+    _positive("training.steps_per_execution", t.steps_per_execution, "steps-per-execution", allow_zero=True)
     _positive("scaling.num_workers", s.num_workers, "num-workers", allow_zero=True)
     _positive("scaling.gpus_per_worker", s.gpus_per_worker, "gpus-per-worker", allow_zero=True)
     _positive("scaling.cpus_per_worker", s.cpus_per_worker, "cpus-per-worker")

@@ -184,6 +184,26 @@ def default_loss(one_hot: bool) -> str:
     return "categorical_crossentropy" if one_hot else "sparse_categorical_crossentropy"
 
 
+STEPS_PER_EXECUTION_MAX = 16
+
+
+def steps_per_execution(setting: int, log_every_steps: int) -> int:
+    """``training.steps_per_execution``, with 0 (auto) resolved: the largest divisor of
+    ``run.log_every_steps`` up to 16 (16 when it is 0), so batch scalars still land on
+    its multiples.
+
+    Each call into TensorFlow runs that many steps: the per-step Python work of ``fit``
+    and the read of the (all-reduced) metrics happen once per call. Measured with 2
+    workers on 8,000 samples of 64x64x3, batch 64: 5.8 s per epoch with 1, 5.1 s with
+    16; in-process (local) 4.0-4.2 s either way.
+    """
+    if setting:
+        return setting
+    if not log_every_steps:
+        return STEPS_PER_EXECUTION_MAX
+    return max(d for d in range(1, STEPS_PER_EXECUTION_MAX + 1) if log_every_steps % d == 0)
+
+
 def build_model(
     spec: str,
     input_shape: tuple[int, ...],
@@ -195,11 +215,14 @@ def build_model(
     metrics: tuple[str, ...] = ("accuracy",),
     mixed_precision: bool = False,
     jit_compile: bool = False,
+    steps_per_execution: int = 1,
 ) -> Any:
     """Build (and compile, unless the builder did) a model. Call inside the strategy's scope.
 
     ``mixed_precision`` sets tf_keras's global policy before the builder runs (see
-    :func:`precision_policy`); ``jit_compile`` compiles the train step with XLA.
+    :func:`precision_policy`); ``jit_compile`` compiles the train step with XLA;
+    ``steps_per_execution`` (see :func:`steps_per_execution`) applies to models compiled
+    here (a builder that compiles its model keeps its own setting).
     """
     import tf_keras as keras
 
@@ -242,7 +265,8 @@ def build_model(
             keras.losses.get(loss_name)
         except ValueError:
             raise RaytrainError(f"unknown loss '{loss_name}' (model.loss); use auto or a tf_keras loss name") from None
-        model.compile(optimizer=opt, loss=loss_name, metrics=list(metrics), jit_compile=jit_compile)
+        model.compile(optimizer=opt, loss=loss_name, metrics=list(metrics), jit_compile=jit_compile,
+                      steps_per_execution=steps_per_execution)
     elif jit_compile:
         model.jit_compile = True
     return model

@@ -36,7 +36,7 @@ from raytrain.data.order import TRAIN, VALIDATION
 from raytrain.data.plan import StepPlan
 from raytrain.data.shard import Shard
 from raytrain.errors import RaytrainError
-from raytrain.models import build_model, scales_uint8
+from raytrain.models import build_model, scales_uint8, steps_per_execution
 from raytrain.run import checkpoint, progress, rundir
 from raytrain.run.progress import quiet_stderr
 
@@ -115,7 +115,8 @@ def _build(spec: WorkerSpec, strategy: Any, rank: int) -> tuple[Any, int]:
     with strategy.scope():
         t = spec.job.training
         model = build_model(m.builder, spec.read.sample_shape, spec.num_classes, spec.one_hot,
-                            m.optimizer, m.learning_rate, m.loss, tuple(m.metrics), t.mixed_precision, t.jit_compile)
+                            m.optimizer, m.learning_rate, m.loss, tuple(m.metrics), t.mixed_precision, t.jit_compile,
+                            steps_per_execution(t.steps_per_execution, spec.job.run.log_every_steps))
         return model, _restore(model, spec.job.run_dir, rank, spec.sink)
 
 

@@ -289,7 +289,8 @@ def test_a_loss_that_turns_nan_stops_the_run_keeping_the_last_checkpoint(tmp_pat
         "                             keras.layers.Dense(num_classes, activation='softmax')])\n"
     )
     proc = run_cli("train", "--data", data, "--model", "blowup.py:build", "--batch-size", "16", "--epochs", "3",
-                   "--validation-ratio", "0", "--storage-path", "runs", "--name", "nan", "--local", cwd=str(tmp_path))
+                   "--validation-ratio", "0", "--storage-path", "runs", "--name", "nan", "--local",
+                   "--steps-per-execution", "1", cwd=str(tmp_path))
     assert proc.returncode == 1, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("raytrain: error:")]
     assert len(errors) == 1 and "the training loss became nan at epoch 2, step 3" in errors[0], proc.stderr[-3000:]
@@ -297,6 +298,11 @@ def test_a_loss_that_turns_nan_stops_the_run_keeping_the_last_checkpoint(tmp_pat
     run = tmp_path / "runs" / "nan"
     assert rundir.read_status(str(run))["status"] == "failed"
     assert metrics_epochs(run) == [1]
+    # Several steps per call into TensorFlow (the default): the line names the call's steps.
+    proc = run_cli("train", "--data", data, "--model", "blowup.py:build", "--batch-size", "16", "--epochs", "3",
+                   "--validation-ratio", "0", "--storage-path", "runs", "--name", "nan4", "--local",
+                   "--steps-per-execution", "4", cwd=str(tmp_path))
+    assert proc.returncode == 1 and "at epoch 2, one of steps 1-4 (run in one call)" in proc.stderr, proc.stderr[-3000:]
 
 
 @pytest.mark.ray

@@ -83,17 +83,22 @@ class EpochReporter(tf_keras.callbacks.Callback):
                 rundir.event(self.run_dir, "first_step", epoch=self.epoch + 1)
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-        self.global_step += 1
+        # With steps_per_execution > 1 this runs once per call into TensorFlow: ``batch`` is
+        # the last step of the call.
+        logged_before = self.global_step // self.every if self.every else 0
+        first = self.global_step - self.epoch * self.plan.train_steps + 1  # the call's first step in this epoch
+        self.global_step = self.epoch * self.plan.train_steps + batch + 1
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss):
+            where = f"step {batch + 1}" if first >= batch + 1 else f"one of steps {first}-{batch + 1} (run in one call)"
             raise LossNotFinite(
-                f"the training loss became {loss} at epoch {self.epoch + 1}, step {batch + 1}; lower "
+                f"the training loss became {loss} at epoch {self.epoch + 1}, {where}; lower "
                 "--learning-rate or check the data for NaN/inf values"
             )
         if self.rank != 0:
             return
         now = time.perf_counter()
-        log_scalars = self.every and self.global_step % self.every == 0
+        log_scalars = self.every and self.global_step // self.every > logged_before
         if not log_scalars and now - self.last_sent < progress.UPDATE_SECONDS:
             return
         values = {k: float(v) for k, v in (logs or {}).items()}
@@ -107,6 +112,7 @@ class EpochReporter(tf_keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
         self.epoch = epoch
+        self.global_step = epoch * self.plan.train_steps
         self.started = time.perf_counter()
         self.train_end = None
 
