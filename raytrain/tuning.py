@@ -104,7 +104,7 @@ class TrialRow:
 
     name: str
     params: dict[str, Any]
-    status: str  # finished, stopped early, failed, not run
+    status: str  # finished, stopped early, failed, not finished (an interrupted search)
     best: Optional[float]  # the best value of the metric over its epochs
     epochs_done: int
     wall_time_s: Optional[float]
