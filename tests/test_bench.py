@@ -50,6 +50,9 @@ def test_bench_prints_every_row_and_writes_json(tmp_path):
         (["missing.h5"], "bench file missing.h5 does not exist"),
         (["--batch-size", "0"], "bench needs --batch-size >= 1"),
         (["--samples", "10", "--batch-size", "32"], "--samples >= 2 x batch size"),
+        (["--workers", "0"], "bench --workers needs --workers >= 1"),
+        (["--workers", "2", "--epochs", "2"], "--epochs >= 3 (marginal epochs need two gaps after the first)"),
+        (["--workers", "2", "--batch-size", "33"], "a --batch-size that divides over the workers"),
     ],
 )
 def test_bench_bad_input_is_one_line(tmp_path, args, message):

@@ -44,12 +44,15 @@ def command_parser(sub: Any) -> None:
 
 def bench_command(args: argparse.Namespace) -> int:
     progress = lambda text: print(f"raytrain bench: {text}", file=sys.stderr, flush=True)  # noqa: E731
+    def given(value: Any, default: int) -> int:
+        return default if value is None else value
+
     if args.workers is None:
-        args.batch_size, args.epochs = args.batch_size or 32, args.epochs or 2
+        args.batch_size, args.epochs = given(args.batch_size, 32), given(args.epochs, 2)
     if args.workers is not None:
         bench = workers
         samples, shape = args.samples or 20_000, args.shape or (64, 64, 3)
-        batch, epochs = args.batch_size or 64, args.epochs or 4
+        batch, epochs = given(args.batch_size, 64), given(args.epochs, 4)
         bench.check_args(samples, args.workers, batch, epochs)
         if args.file is not None and not os.path.isfile(args.file):
             raise RaytrainError(f"bench file {args.file} does not exist; pass an HDF5 file or no file for a synthetic one")
