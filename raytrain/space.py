@@ -179,7 +179,8 @@ def parse(text: str) -> Search:
         if option.choices:
             bad = [v for v in args if v not in option.choices]
             if bad:
-                raise RaytrainError(f"{where}: {section}.{key} takes one of {list(option.choices)}. Received: {bad[0]!r}")
+                raise RaytrainError(f"{where}: {section}.{key} takes one of {list(option.choices)}. "
+                                    f"Received: {bad[0]!r}")
         return Search(section, key, distribution, tuple(args))
     if len(args) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in args):
         raise RaytrainError(f"{where}: {distribution} takes two numbers (low, high), such as {distribution}(1, 10)")

@@ -275,7 +275,8 @@ def check_trials(job: JobConfig, options: TuneOptions) -> None:
                     indexes[key] = build_index(candidate.data)
                 trainer.plan_only(candidate, indexes[key])
             except RaytrainError as e:
-                raise RaytrainError(f"--search {search.text}: the value {value!r} makes an invalid trial: {e}") from None
+                raise RaytrainError(f"--search {search.text}: the value {value!r} makes an invalid trial: "
+                                    f"{e}") from None
 
 
 def _tuner(job: JobConfig, options: TuneOptions, search_dir: str, resume: bool, started: float) -> Any:
@@ -352,12 +353,15 @@ def run_search(job: JobConfig, options: Optional[TuneOptions], resume: bool = Fa
             with quiet_stderr():  # a model builder file may import TensorFlow: its C++ start-up lines
                 check_trials(job, options)
             record = {"job": to_dict(job), "tune": options.to_dict(), "trials": options.total_trials()}
-        rundir.write_search(search_dir, dict(record, status="running", started=started, pid=os.getpid(),
-                                             host=socket.gethostname()))
-        print(f"raytrain: {'resuming' if resume else 'starting'} search {search_dir}: "
-              f"{options.total_trials()} trials, {options.metric} ({options.mode}), scheduler {options.scheduler}",
-              flush=True)
-        grid, interrupted = _run_tuner(job, options, search_dir, resume, verbose, started)
+
+        def starting() -> None:  # once Ray is up and the Tuner is built: bad input has been ruled out
+            rundir.write_search(search_dir, dict(record, status="running", started=started, pid=os.getpid(),
+                                                 host=socket.gethostname()))
+            print(f"raytrain: {'resuming' if resume else 'starting'} search {search_dir}: "
+                  f"{options.total_trials()} trials, {options.metric} ({options.mode}), scheduler "
+                  f"{options.scheduler}", flush=True)
+
+        grid, interrupted = _run_tuner(job, options, search_dir, resume, verbose, started, starting)
         summary = _summarize(job, options, search_dir, grid, started, interrupted)
         rundir.write_search(search_dir, dict(record, status="interrupted" if summary.interrupted else "finished",
                                              started=started, wall_time_s=summary.wall_time_s,
@@ -374,8 +378,9 @@ def options_of(record: dict[str, Any]) -> TuneOptions:
 
 
 def _run_tuner(job: JobConfig, options: TuneOptions, search_dir: str, resume: bool, verbose: bool,
-               started: float) -> tuple[Any, bool]:
-    """Ray Tune's results, and whether Ctrl-C interrupted the search."""
+               started: float, starting: Callable[[], None]) -> tuple[Any, bool]:
+    """Ray Tune's results, and whether Ctrl-C interrupted the search (``starting`` is
+    called just before the trials start)."""
     import ray
 
     if not verbose:
@@ -396,6 +401,7 @@ def _run_tuner(job: JobConfig, options: TuneOptions, search_dir: str, resume: bo
     relay = _quiet_raylet() if not verbose else None
     try:
         tuner = _tuner(job, options, search_dir, resume, started)
+        starting()
         return tuner.fit(), interrupted.is_set()
     finally:
         signal.signal(signal.SIGINT, previous)

@@ -66,6 +66,16 @@ def test_bad_search_is_one_line_before_ray_starts(job, capsys, monkeypatch, flag
     assert not os.path.exists(job / "runs" / "s")  # nothing written for a search that never started
 
 
+@pytest.mark.ray
+def test_a_trial_larger_than_the_machine_is_one_line_and_leaves_no_search_behind(job):
+    out = run_cli("tune", "job.yaml", "--search", "model.learning_rate=choice(0.1)", "--num-workers", "64",
+                  "--batch-size", "64", "--name", "big", cwd=str(job))
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()] and "one trial needs 64 CPUs but this machine " \
+        "has" in out.stderr and "lower --num-workers or --cpus-per-worker" in out.stderr, out.stderr
+    assert not os.path.exists(job / "runs" / "big")
+
+
 def test_the_tune_section_of_a_job_file_is_the_search_and_train_ignores_it(job, monkeypatch):
     from raytrain import config as cfg
     from raytrain.space import options_from
@@ -148,7 +158,8 @@ def test_ctrl_c_then_resume_finishes_without_rerunning_finished_trials(job):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     table = (job / "runs" / "cut" / "trials.txt").read_text().splitlines()[1:]
     assert len(table) == 3 and all("2/2" in line and line.rstrip().endswith("finished") for line in table), table
-    first = [json.loads(line) for line in (job / "runs" / "cut" / "trial_00000" / "events.jsonl").read_text().splitlines()]
+    events = (job / "runs" / "cut" / "trial_00000" / "events.jsonl").read_text().splitlines()
+    first = [json.loads(line) for line in events]
     assert sum(e["event"] == "start" for e in first) == 1  # the finished trial was not run again
     assert json.loads((job / "runs" / "cut" / "search.json").read_text())["status"] == "finished"
 

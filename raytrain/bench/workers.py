@@ -1,4 +1,4 @@
-"""``raytrain bench --workers N``: what N Ray Train workers pay against one process, and against Ray Train's own TF recipe.
+"""``raytrain bench --workers N``: N Ray Train workers against one process and against Ray Train's TF recipe.
 
 On one HDF5 file (yours, or a synthetic 20,000 x 64x64x3 uint8 one), the built-in
 ``cnn``, the same global batch everywhere, each in a fresh process:
@@ -71,7 +71,8 @@ def _train(path: str, workers: int, batch: int, epochs: int, validation: float, 
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=python_env(), check=False)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"bench step 'raytrain train --num-workers {workers}' failed (exit {proc.returncode}): {tail}")
+        raise RuntimeError(f"bench step 'raytrain train --num-workers {workers}' failed "
+                           f"(exit {proc.returncode}): {tail}")
     run_dir = os.path.join(workdir, "runs", name)
     plan = read_dataset(run_dir)["plan"]
     return read_metrics(run_dir), plan["train_steps"] * plan["worker_batch"] * plan["world_size"]

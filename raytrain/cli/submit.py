@@ -1,4 +1,4 @@
-"""``raytrain submit [train|tune]``: run ``raytrain train`` (the default) or ``raytrain tune`` on a cluster as a Ray Job."""
+"""``raytrain submit [train|tune]``: run ``raytrain train`` (the default) or ``raytrain tune`` as a Ray Job."""
 
 from __future__ import annotations
 
