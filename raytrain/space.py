@@ -95,10 +95,6 @@ class TuneOptions:
     scheduler: str
     max_concurrent: Optional[int]  # None: as many as the cluster's CPUs and GPUs hold
 
-    @property
-    def has_grid(self) -> bool:
-        return any(s.distribution == "grid" for s in self.search)
-
     def total_trials(self) -> int:
         grid = math.prod(len(s.args) for s in self.search if s.distribution == "grid")
         return self.trials * grid
