@@ -53,12 +53,12 @@ from typing import Any, Callable, Optional
 from ray import tune
 
 from raytrain import trainer
-from raytrain.config import JobConfig, to_dict, validate
+from raytrain.config import JobConfig, from_dict, to_dict, validate
 from raytrain.data.kinds import build_index
 from raytrain.errors import RaytrainError, TrainingFailed, find_error
 from raytrain.run import report, rundir, storage
 from raytrain.run.progress import quiet_stderr
-from raytrain.space import TuneOptions, with_values
+from raytrain.space import TuneOptions, options_from, with_values
 
 # Ray Tune (with Ray, ~2 s) at the top: only `raytrain tune` imports this module, when it runs.
 
@@ -365,15 +365,14 @@ def run_search(job: JobConfig, options: Optional[TuneOptions], resume: bool = Fa
         summary = _summarize(job, options, search_dir, grid, started, interrupted)
         rundir.write_search(search_dir, dict(record, status="interrupted" if summary.interrupted else "finished",
                                              started=started, wall_time_s=summary.wall_time_s,
-                                             best=summary.best.name if summary.best else None))
+                                             best=summary.best and {"name": summary.best.name,
+                                                                    "value": summary.best.best,
+                                                                    "epochs": summary.best.epochs_done}))
     return summary
 
 
 def options_of(record: dict[str, Any]) -> TuneOptions:
     """The search saved in ``search.json``."""
-    from raytrain.config import from_dict
-    from raytrain.space import options_from
-
     return options_from(record["tune"], {}, from_dict(record["job"]))
 
 

@@ -91,14 +91,9 @@ def describe_search(folder: str) -> dict[str, Any]:
            "workers": record["job"]["scaling"]["num_workers"], "wall_time_s": record.get("wall_time_s"),
            "error": None}
     best = record.get("best")
-    if best and rundir.is_run(storage.join(folder, best)):
-        trial = describe(storage.join(folder, best))
-        metric = record["tune"]["metric"]
-        values = [e[metric] for e in rundir.read_metrics(storage.join(folder, best)) if metric in e]
-        if values:
-            row["best"] = (f"{metric} (best trial {best})",
-                           max(values) if record["tune"]["mode"] == "max" else min(values))
-        row["epochs_done"] = trial["epochs_done"]
+    if isinstance(best, dict):  # written when the search ends: its best trial, value and epochs
+        row["best"] = (f"{record['tune']['metric']} (best trial {best['name']})", best["value"])
+        row["epochs_done"] = best["epochs"]
     return row
 
 
