@@ -42,6 +42,8 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
 BAD_SAMPLE_POLICIES = ("error", "skip")
 SCALES = ("auto", "unit", "none")  # data.scale
 PLACEMENTS = {"pack": "PACK", "spread": "SPREAD"}  # scaling.placement -> Ray's placement group strategy
+DATA_URI_SCHEMES = ("s3", "gs", "gcs", "file")  # data locations may be URIs of these (raytrain.data.store)
+STORAGE_OPTION_KEYS = ("endpoint", "region", "anonymous")  # data.storage_options
 CLUSTER_MAX_FAILURES = 3  # run.max_failures when joining a cluster, where nodes come and go
 
 
@@ -49,8 +51,8 @@ CLUSTER_MAX_FAILURES = 3  # run.max_failures when joining a cluster, where nodes
 class DataSection:
     kind: Optional[str] = option(None, "what the data is; inferred when not set: hdf5 if data.paths is set, "
                                  "images if data.directory or data.manifest is", KINDS)
-    paths: list[str] = option(help="HDF5 files or globs; several files form one dataset, in sorted order",
-                              factory=list)
+    paths: list[str] = option(help="HDF5 files or globs, local or s3:// / gs:// URIs (globs over keys); several "
+                              "files form one dataset, in sorted order", factory=list)
     x_key: str = option("X", "HDF5: the features dataset in each file, shape (N, *sample_shape)")
     y_key: str = option("Y", "HDF5: the labels dataset in each file: class indices (N,) or one-hot rows (N, C)")
     directory: Optional[str] = option(None, "images: a class-per-folder tree, read by the rules of "
@@ -75,6 +77,15 @@ class DataSection:
     seed: int = option(0, "fixes the train/validation split and every epoch's sample order")
     shuffle_window: int = option(0, "samples shuffled together in memory; 0 = auto (64 MiB of samples, "
                                  "at most 4096)")
+    storage_options: dict[str, Any] = option(help="object storage: endpoint (URL), region, anonymous "
+                                             "(true for a public bucket); not set = the cloud's standard settings "
+                                             "(AWS_ENDPOINT_URL, AWS_REGION, profiles, instance roles)",
+                                             factory=dict)
+    cache_dir: Optional[str] = option(None, "object storage: a folder on each node's local disk where workers "
+                                      "keep the bytes they fetched (epoch 2 on reads local disk); not set = no "
+                                      "cache")
+    cache_max_gib: float = option(20.0, "object storage: the cache folder's size cap per node (GiB); the least "
+                                  "recently used entries are evicted above it")
     prefetch_batches: int = option(8, "batches each worker reads ahead of the training step (a bounded "
                                    "queue); the same for training, evaluate and bench")
 
@@ -197,6 +208,10 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
             return None
         (kind,) = [a for a in typing.get_args(kind) if a is not type(None)]
         origin = typing.get_origin(kind)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise RaytrainError(f"{where} must be a mapping of names to values. Received: {where}={value!r}")
+        return dict(value)
     if origin is list:
         (item,) = typing.get_args(kind)
         if isinstance(value, str) and item is str:
@@ -369,9 +384,7 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
             f"({workers} workers x {s.replicas_per_worker} per worker); "
             f"use --batch-size {lower or replicas} or {lower + replicas}"
         )
-    d.paths = [os.path.abspath(os.path.expanduser(p)) for p in d.paths]
-    d.directory = d.directory and os.path.abspath(os.path.expanduser(d.directory))
-    d.manifest = d.manifest and os.path.abspath(os.path.expanduser(d.manifest))
+    validate_locations(d)
     r.storage_path = validate_storage_path(r.storage_path)
     if not r.name:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -433,6 +446,50 @@ def validate_source(d: DataSection) -> None:
     _positive("data.decode_threads", d.decode_threads, "decode-threads", allow_zero=True)
     if not d.path_column or not d.label_column:
         raise RaytrainError("data.path_column and data.label_column must name the manifest's columns; they are empty")
+
+
+def _location(path: str, where: str) -> str:
+    """A data location made absolute; a URI is checked (scheme, bucket) and kept."""
+    if "://" not in path:
+        return os.path.abspath(os.path.expanduser(path))
+    head, rest = path.split("://", 1)
+    if head.lower() not in DATA_URI_SCHEMES:
+        raise RaytrainError(
+            f"{where} {path} has the scheme {head}://; raytrain reads s3://, gs:// and file:// URIs or local paths"
+        )
+    if head.lower() != "file" and not rest.split("/", 1)[0]:
+        raise RaytrainError(f"{where} {path} names no bucket; write it as {head}://BUCKET/KEY")
+    return path
+
+
+def validate_locations(d: DataSection) -> None:
+    """Data locations absolute or checked URIs, storage options and the cache checked."""
+    d.paths = [_location(p, "data.paths") for p in d.paths]
+    kinds = {"://" in p for p in d.paths}
+    if len(kinds) > 1:
+        raise RaytrainError(
+            "data.paths mixes local files and URIs; put every file of the dataset in one place "
+            f"(local: {[p for p in d.paths if '://' not in p][:1]}, URI: {[p for p in d.paths if '://' in p][:1]})"
+        )
+    d.directory = d.directory and _location(d.directory, "data.directory")
+    d.manifest = d.manifest and _location(d.manifest, "data.manifest")
+    unknown = sorted(set(d.storage_options) - set(STORAGE_OPTION_KEYS))
+    if unknown:
+        raise RaytrainError(
+            f"data.storage_options has unknown keys {unknown}; known keys: {list(STORAGE_OPTION_KEYS)}"
+        )
+    if not isinstance(d.storage_options.get("anonymous", False), bool):
+        raise RaytrainError(
+            f"data.storage_options.anonymous must be true or false. Received: {d.storage_options['anonymous']!r}"
+        )
+    for key in ("endpoint", "region"):
+        if not isinstance(d.storage_options.get(key, ""), str):
+            raise RaytrainError(f"data.storage_options.{key} must be a string. Received: {d.storage_options[key]!r}")
+    if d.cache_dir:
+        if "://" in d.cache_dir:
+            raise RaytrainError(f"data.cache_dir must be a folder on the node's local disk, not a URI: {d.cache_dir}")
+        d.cache_dir = os.path.abspath(os.path.expanduser(d.cache_dir))
+    _positive("data.cache_max_gib", d.cache_max_gib, "cache-max-gib")
 
 
 def absolute_builder(spec: str) -> str:

@@ -23,6 +23,7 @@ import pyarrow as pa
 from raytrain.cluster import reaper
 from raytrain.config import PLACEMENTS, JobConfig
 from raytrain.data.hdf5_loader import auto_window
+from raytrain.data import store
 from raytrain.data.kinds import build_index
 from raytrain.data.loader import ReadSpec, reading_threads
 from raytrain.data.plan import StepPlan, plan_steps
@@ -157,7 +158,9 @@ def init_ray(job: JobConfig, verbose: bool) -> None:
     import ray
 
     quiet = {} if verbose else {"log_to_driver": False, "logging_level": logging.ERROR}
-    runtime_env = {"env_vars": dict(WORKER_ENV, **({VERBOSE_ENV: "1"} if verbose else {}))}
+    # Workers read object storage with the driver's cloud settings (endpoint, region, profile).
+    env_vars = {**store.worker_env(os.environ), **WORKER_ENV, **({VERBOSE_ENV: "1"} if verbose else {})}
+    runtime_env = {"env_vars": env_vars}
     if job.scaling.address is None:
         # Ray Train's placement-group cleaner needs the dashboard's state API; keep it on loopback.
         ray.init(address="local", dashboard_host="127.0.0.1", runtime_env=runtime_env, **quiet)

@@ -45,9 +45,22 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false. Received: {text}")
 
 
+def parse_mapping(text: str) -> dict[str, Any]:
+    """``key=value,key=value``; true/false become booleans."""
+    out: dict[str, Any] = {}
+    for part in parse_list(text):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"expected key=value pairs such as region=eu-west-1. Received: {text}")
+        out[key.strip()] = {"true": True, "false": False}.get(value.strip().lower(), value.strip())
+    return out
+
+
 def _flag_type(kind: Any) -> Callable[[str], Any]:
     if kind is bool:
         return parse_bool
+    if typing.get_origin(kind) is dict:
+        return parse_mapping
     if typing.get_origin(kind) is typing.Union:
         (kind,) = [a for a in typing.get_args(kind) if a is not type(None)]
     if typing.get_origin(kind) is list:
@@ -58,6 +71,8 @@ def _flag_type(kind: Any) -> Callable[[str], Any]:
 def _shown(value: Any) -> str:
     if isinstance(value, list):
         return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "not set"
     return "not set" if value is None else str(value)
 
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 import glob
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping, Optional
 
 import h5py
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs
 
 from raytrain.config import DataSection
+from raytrain.data import hdf5_remote, store
 from raytrain.data.hdf5_reader import block_rows
 from raytrain.data.schema import INDEX_SCHEMA, SampleIndex
 from raytrain.errors import RaytrainError
@@ -26,11 +28,30 @@ LABEL_READ_ROWS = 1 << 16  # labels are read in slices this long, so memory stay
 NUMERIC_KINDS = "biuf"  # numpy dtype kinds a model can train on: bool, signed, unsigned, float
 
 
-def expand_paths(patterns: list[str]) -> list[str]:
-    """Expand globs into a sorted, de-duplicated list of existing files."""
+def _expand_uri(pattern: str, options: Optional[Mapping[str, Any]]) -> list[str]:
+    """The objects a URI or a glob over keys names (see :func:`raytrain.data.store.glob_uri`)."""
+    if glob.has_magic(pattern):
+        matches = store.glob_uri(pattern, options)
+        if not matches:
+            store.check_bucket(pattern, options)
+            raise RaytrainError(f"data path {pattern} matches no object; check the pattern in data.paths / --data")
+        return matches
+    found = store.info(pattern, options)
+    if found.type == pyarrow.fs.FileType.NotFound:
+        store.check_bucket(pattern, options)
+        raise RaytrainError(f"data file {pattern} does not exist; check data.paths / --data")
+    if found.type == pyarrow.fs.FileType.Directory:
+        raise RaytrainError(f"data path {pattern} is a folder; name the .h5 objects, e.g. {pattern.rstrip('/')}/*.h5")
+    return [pattern]
+
+
+def expand_paths(patterns: list[str], options: Optional[Mapping[str, Any]] = None) -> list[str]:
+    """Expand globs (over local files or object keys) into a sorted, de-duplicated list of existing files."""
     files: list[str] = []
     for pattern in patterns:
-        if glob.has_magic(pattern):
+        if store.is_uri(pattern):
+            files.extend(_expand_uri(pattern, options))
+        elif glob.has_magic(pattern):
             matches = sorted(glob.glob(pattern))
             if not matches:
                 raise RaytrainError(f"data path {pattern} matches no file; check the pattern in data.paths / --data")
@@ -140,16 +161,27 @@ def _datasets(f: Any, path: str, x_key: str, y_key: str) -> tuple[Any, Any]:
     return x, y
 
 
-def _read_file(path: str, x_key: str, y_key: str) -> _FileEntry:
-    """Check one file and read its labels (never its features)."""
+def _read_file(path: str, x_key: str, y_key: str, options: Optional[Mapping[str, Any]] = None) -> _FileEntry:
+    """Check one file and read its labels (never its features). A URI is read through
+    :class:`raytrain.data.hdf5_remote.BlockFile`: metadata and labels in 1 MiB requests."""
+    raw = None
     try:
-        handle = h5py.File(path, "r")
+        if store.is_uri(path):
+            handle, raw = hdf5_remote.open_h5(path, options)
+        else:
+            handle = h5py.File(path, "r")
     except OSError as e:
         raise RaytrainError(f"{path} is not a readable HDF5 file ({e}); check the file or remove it from data.paths") from None
-    with handle as f:
-        x, y = _datasets(f, path, x_key, y_key)
-        labels, one_hot, classes = _labels(y, path, y_key)
-        return _FileEntry(path, tuple(x.shape[1:]), str(x.dtype), labels, one_hot, classes, block_rows(x))
+    try:
+        with handle as f:
+            x, y = _datasets(f, path, x_key, y_key)
+            if raw is not None:
+                hdf5_remote.check_filters(x, path, x_key)
+            labels, one_hot, classes = _labels(y, path, y_key)
+            return _FileEntry(path, tuple(x.shape[1:]), str(x.dtype), labels, one_hot, classes, block_rows(x))
+    finally:
+        if raw is not None:
+            raw.close()
 
 
 def _check_same(entry: _FileEntry, first: _FileEntry) -> None:
@@ -182,13 +214,15 @@ def _table(entry: _FileEntry, offset: int) -> pa.Table:
     )
 
 
-def build_hdf5_index(paths: list[str], x_key: str = "X", y_key: str = "Y") -> SampleIndex:
+def build_hdf5_index(paths: list[str], x_key: str = "X", y_key: str = "Y",
+                     options: Optional[Mapping[str, Any]] = None) -> SampleIndex:
     """Validate HDF5 files and index every sample.
 
     Args:
         paths: Files or glob patterns; all files form one dataset, in sorted order.
         x_key: Name of the features dataset in each file.
         y_key: Name of the labels dataset in each file.
+        options: ``data.storage_options`` for URIs.
 
     Returns:
         The index of all samples, in file order.
@@ -198,10 +232,10 @@ def build_hdf5_index(paths: list[str], x_key: str = "X", y_key: str = "Y") -> Sa
             in length, ``sample_count`` disagrees, shapes differ between files, the
             labels are not classes, or there are no samples.
     """
-    files = expand_paths(paths)
+    files = expand_paths(paths, options)
     entries: list[_FileEntry] = []
     for path in files:
-        entries.append(_read_file(path, x_key, y_key))
+        entries.append(_read_file(path, x_key, y_key, options))
         _check_same(entries[-1], entries[0])
     offsets = np.cumsum([0] + [len(e.labels) for e in entries])
     if offsets[-1] == 0:
@@ -218,4 +252,4 @@ def build_hdf5_index(paths: list[str], x_key: str = "X", y_key: str = "Y") -> Sa
 
 def index_section(d: DataSection) -> SampleIndex:
     """The index of the files a (validated) ``data`` section names."""
-    return build_hdf5_index(d.paths, d.x_key, d.y_key)
+    return build_hdf5_index(d.paths, d.x_key, d.y_key, d.storage_options)

@@ -14,12 +14,14 @@ batches, plus the shard's index arrays (about 30 bytes per sample).
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from raytrain.data import store
 from raytrain.data.hdf5_reader import HDF5Reader
-from raytrain.data.loader import Batch, ReadSpec
+from raytrain.data.hdf5_remote import RemoteHDF5Reader
+from raytrain.data.loader import Batch, ReadSpec, node_cache
 from raytrain.data.order import epoch_order
 from raytrain.data.shard import Shard
 
@@ -62,9 +64,15 @@ class HDF5Loader:
     @classmethod
     def open(cls, spec: ReadSpec, shard: Shard, rank: int, stream: int, notify: Callable[[str], None]) -> "HDF5Loader":
         """The loader of ``shard`` as ``spec`` says (the :data:`raytrain.data.loader.LoaderFactory` of HDF5)."""
-        sample_bytes = int(np.prod(spec.sample_shape)) * np.dtype(spec.dtype).itemsize
-        cache = window_cache_bytes(spec.window, spec.rows_per_block, sample_bytes)
-        return cls(shard, HDF5Reader(shard.files, spec.data.x_key, cache), spec.window, spec.data.seed, rank, stream)
+        d = spec.data
+        if shard.files and store.is_uri(shard.files[0]):
+            reader: Any = RemoteHDF5Reader(shard.files, d.x_key, spec.rows_per_block, d.storage_options,
+                                           node_cache(d))
+        else:
+            sample_bytes = int(np.prod(spec.sample_shape)) * np.dtype(spec.dtype).itemsize
+            cache = window_cache_bytes(spec.window, spec.rows_per_block, sample_bytes)
+            reader = HDF5Reader(shard.files, d.x_key, cache)
+        return cls(shard, reader, spec.window, d.seed, rank, stream)
 
     def _buffer(self, rows: int) -> np.ndarray:
         """The window buffer, reused from window to window (grown if a window is larger)."""
@@ -88,13 +96,16 @@ class HDF5Loader:
         held_x: list[np.ndarray] = []  # the start of a batch that spans two windows
         held_y: list[np.ndarray] = []
         held = 0
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            if a >= need:
-                break
+        prefetch = getattr(self.reader, "prefetch", None)  # a remote reader fetches the next window meanwhile
+        windows = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if a < need]
+        for k, (a, b) in enumerate(windows):
             pos = positions[a : min(b, need)]
             in_file_order = np.sort(pos)
             buffer = self._buffer(len(pos))
             self.reader.read_sorted(s.file_codes[in_file_order], s.rows[in_file_order], buffer)
+            if prefetch is not None and k + 1 < len(windows):
+                ahead = np.sort(positions[windows[k + 1][0] : min(windows[k + 1][1], need)])
+                prefetch(s.file_codes[ahead], s.rows[ahead])
             where = np.searchsorted(in_file_order, pos)  # each sample's row in the buffer
             y = s.labels[pos]
             start = 0

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, Optional, Protocol
 
 import numpy as np
 
 from raytrain.config import DataSection, ScalingSection
+from raytrain.data.cache import NodeCache
 from raytrain.data.shard import Shard
 
 Batch = tuple[np.ndarray, np.ndarray]  # (features as stored, class indices)
@@ -50,6 +51,11 @@ class BatchLoader(Protocol):
 
 LoaderFactory = Callable[[ReadSpec, Shard, int, int, Callable[[str], None]], BatchLoader]
 """``open(spec, shard, rank, stream, notify)``: ``notify`` shows one line to the user."""
+
+
+def node_cache(d: DataSection) -> Optional[NodeCache]:
+    """The node-local cache ``data.cache_dir`` asks for (None: no cache)."""
+    return NodeCache(d.cache_dir, int(d.cache_max_gib * (1 << 30))) if d.cache_dir else None
 
 
 def reading_threads(d: DataSection, s: ScalingSection) -> int:

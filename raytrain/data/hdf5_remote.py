@@ -1,0 +1,388 @@
+"""Read HDF5 samples from object storage as planned byte ranges, not through h5py.
+
+h5py over a remote file object turns every small read HDF5 makes into a request. So a
+file is opened through h5py once per process, over a file object that fetches
+:data:`META_BLOCK_BYTES` at a time (:class:`BlockFile`), only to learn its layout: the
+features' shape, dtype, filters, and the byte offset and size of every chunk (its
+chunk index, ``dsid.chunk_iter``) or, for a contiguous dataset, where the array begins.
+From then on a block of rows (:func:`raytrain.data.hdf5_reader.block_rows`: whole
+chunks along the sample axis) is a few byte ranges. :class:`RemoteHDF5Reader` fetches
+a window's ranges concurrently (:data:`FETCH_THREADS` requests in flight), coalescing
+ranges that are adjacent in the file, and decodes the chunks itself: an unfiltered
+chunk is the raw array; deflate (gzip), shuffle and fletcher32 are undone here. Other
+filters (lzf, szip, blosc plugins) are refused on the driver (:func:`check_filters`).
+
+The loader asks for the next window while the batches of the current one are consumed
+(:meth:`RemoteHDF5Reader.prefetch`), so fetching overlaps training.
+
+With ``data.cache_dir`` each block's stored bytes are kept on the node's disk
+(:mod:`raytrain.data.cache`): from epoch 2 on a block of the worker's shard is a local
+read.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+import h5py
+import numpy as np
+
+from raytrain.data import store
+from raytrain.data.cache import NodeCache
+from raytrain.errors import RaytrainError
+
+META_BLOCK_BYTES = 1 << 20  # h5py's metadata reads are served from blocks this large
+FETCH_THREADS = 16  # ranged requests in flight per worker: the store's latency, not the CPU, is the limit
+GAP_BYTES = 64 << 10  # ranges closer than this are fetched in one request (the gap is read and dropped)
+MAX_REQUEST_BYTES = 8 << 20  # ... up to this size, so a window is still several requests in flight
+DEFLATE, SHUFFLE, FLETCHER32 = 1, 2, 3  # HDF5 filter ids raytrain decodes itself
+FILTER_NAMES = {1: "deflate (gzip)", 2: "shuffle", 3: "fletcher32", 4: "szip", 32000: "lzf", 32001: "blosc",
+                32004: "lz4", 32015: "zstd"}
+
+
+class BlockFile:
+    """A read-only file object over a pyarrow ``RandomAccessFile`` for h5py: reads are
+    served from :data:`META_BLOCK_BYTES` blocks fetched once, so HDF5's many small
+    metadata reads cost a few requests."""
+
+    def __init__(self, raw: Any):
+        self._raw = raw
+        self._size = raw.size()
+        self._pos = 0
+        self._blocks: dict[int, bytes] = {}
+        self.requests = 0
+
+    def _block(self, k: int) -> bytes:
+        if k not in self._blocks:
+            self.requests += 1
+            self._blocks[k] = self._raw.read_at(min(META_BLOCK_BYTES, self._size - k * META_BLOCK_BYTES),
+                                                k * META_BLOCK_BYTES)
+        return self._blocks[k]
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = min(len(view), max(self._size - self._pos, 0))
+        done = 0
+        while done < n:
+            k, off = divmod(self._pos + done, META_BLOCK_BYTES)
+            block = self._block(k)
+            take = min(n - done, len(block) - off)
+            view[done : done + take] = block[off : off + take]
+            done += take
+        self._pos += n
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._size - self._pos if size is None or size < 0 else size
+        out = bytearray(max(0, min(size, self._size - self._pos)))
+        self.readinto(out)
+        return bytes(out)
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self._pos = {0: pos, 1: self._pos + pos, 2: self._size + pos}[whence]
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._raw.close()
+        self._blocks.clear()
+
+
+def open_h5(uri: str, options: Optional[Mapping[str, Any]] = None) -> tuple[Any, BlockFile]:
+    """``(h5py.File, its BlockFile)`` for a URI; close the file, then the BlockFile."""
+    raw = BlockFile(store.open_file(uri, options))
+    try:
+        return h5py.File(raw, "r"), raw
+    except OSError:
+        raw.close()
+        raise
+
+
+def filters(x: Any) -> list[tuple[int, tuple[int, ...]]]:
+    """``(filter id, client values)`` of an h5py dataset's pipeline, in write order."""
+    plist = x.id.get_create_plist()
+    found = (plist.get_filter(i) for i in range(plist.get_nfilters()))
+    return [(int(f[0]), tuple(int(v) for v in f[2])) for f in found]
+
+
+def check_filters(x: Any, uri: str, x_key: str) -> None:
+    """Refuse a filter the remote reader cannot undo, naming it and the fix."""
+    bad = [fid for fid, _ in filters(x) if fid not in (DEFLATE, SHUFFLE, FLETCHER32)]
+    if bad:
+        names = ", ".join(FILTER_NAMES.get(b, f"filter {b}") for b in bad)
+        raise RaytrainError(
+            f"{uri}: '{x_key}' is compressed with {names}, which raytrain does not decode from object storage; "
+            "rewrite it with compression='gzip' (or none), or copy the file to local disk"
+        )
+
+
+def _unshuffle(data: bytes, itemsize: int) -> bytes:
+    if itemsize <= 1:
+        return data
+    n = len(data) // itemsize
+    head = np.frombuffer(data, np.uint8, n * itemsize).reshape(itemsize, n).T.tobytes()
+    return head + data[n * itemsize :]  # HDF5 leaves a partial element as it is
+
+
+def decode_chunk(data: bytes, pipeline: list[tuple[int, tuple[int, ...]]], mask: int, itemsize: int) -> bytes:
+    """Undo a chunk's filters (in reverse order; a bit set in ``mask`` means that filter was skipped)."""
+    for i in reversed(range(len(pipeline))):
+        if mask & (1 << i):
+            continue
+        fid, _ = pipeline[i]
+        if fid == DEFLATE:
+            data = zlib.decompress(data)
+        elif fid == SHUFFLE:
+            data = _unshuffle(data, itemsize)
+        elif fid == FLETCHER32:
+            data = data[:-4]
+    return data
+
+
+@dataclass
+class Layout:
+    """Where one file's features live: enough to read any block without h5py."""
+
+    uri: str
+    version: str  # size and modification time: a replaced object is a new cache entry
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunks: Optional[tuple[int, ...]]
+    pipeline: list[tuple[int, tuple[int, ...]]]
+    fill: Any
+    offset: int = 0  # a contiguous dataset's first byte
+    bands: dict[int, list[tuple[tuple[int, ...], int, int, int]]] = field(default_factory=dict)
+    # chunked: band (chunk row) -> [(chunk offset, byte offset, size, filter mask)]
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+
+def read_layout(uri: str, x_key: str, options: Optional[Mapping[str, Any]] = None) -> Layout:
+    info = store.info(uri, options)
+    f, raw = open_h5(uri, options)
+    try:
+        x = f[x_key]
+        layout = Layout(uri, f"{info.size}:{info.mtime_ns}", tuple(x.shape), x.dtype, x.chunks, filters(x),
+                        x.fillvalue)
+        if x.chunks is None:
+            offset = x.id.get_offset()
+            layout.offset = -1 if offset is None else int(offset)  # -1: never written, all fill
+        else:
+            rows = x.chunks[0]
+
+            def add(info: Any) -> None:
+                layout.bands.setdefault(info.chunk_offset[0] // rows, []).append(
+                    (tuple(info.chunk_offset), int(info.byte_offset), int(info.size), int(info.filter_mask)))
+
+            x.id.chunk_iter(add)
+    finally:
+        f.close()
+        raw.close()
+    return layout
+
+
+@dataclass
+class _Block:
+    code: int
+    index: int  # block number: rows index*R .. (index+1)*R - 1
+    start: int
+    stop: int
+    ranges: list[tuple[int, int]]  # (byte offset, size), in file order
+    key: str = ""
+
+
+class RemoteHDF5Reader:
+    """Reads the features of index rows from HDF5 files in object storage (the
+    :class:`raytrain.data.hdf5_reader.HDF5Reader` interface, plus :meth:`prefetch`).
+
+    Args:
+        files: URIs, indexed by the file codes passed to :meth:`read_sorted`.
+        x_key: The features dataset in each file.
+        rows_per_block: Per file URI, the block length (blocks start at multiples).
+        options: ``data.storage_options``.
+        cache: The node-local cache, or None.
+    """
+
+    def __init__(self, files: list[str], x_key: str, rows_per_block: Mapping[str, int],
+                 options: Optional[Mapping[str, Any]] = None, cache: Optional[NodeCache] = None,
+                 threads: int = FETCH_THREADS):
+        self._files = files
+        self._x_key = x_key
+        self._rows_per_block = [int(rows_per_block.get(f, 32)) for f in files]
+        self._options = dict(options or {})
+        self._cache = cache
+        self._layouts: dict[int, Layout] = {}
+        self._handles: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="raytrain-fetch")
+        self._ahead_pool = ThreadPoolExecutor(1, thread_name_prefix="raytrain-prefetch")
+        self._ahead: Optional[tuple[frozenset, Future]] = None
+        self.requests = 0  # ranged requests for samples (not metadata)
+        self.bytes = 0
+
+    def _layout(self, code: int) -> Layout:
+        with self._lock:
+            if code not in self._layouts:
+                self._layouts[code] = read_layout(self._files[code], self._x_key, self._options)
+                self._handles[code] = store.open_file(self._files[code], self._options)
+            return self._layouts[code]
+
+    def sample_layout(self) -> tuple[tuple[int, ...], np.dtype]:
+        layout = self._layout(0)
+        return layout.shape[1:], layout.dtype
+
+    def _block(self, code: int, index: int) -> _Block:
+        layout = self._layout(code)
+        per = self._rows_per_block[code]
+        start, stop = index * per, min((index + 1) * per, layout.shape[0])
+        if layout.chunks is None:
+            ranges = [] if layout.offset < 0 else [(layout.offset + start * layout.row_bytes,
+                                                    (stop - start) * layout.row_bytes)]
+        else:
+            rows = layout.chunks[0]
+            ranges = sorted((off, size) for band in range(start // rows, (stop - 1) // rows + 1)
+                            for _, off, size, _ in layout.bands.get(band, []))
+        key = NodeCache.key(layout.uri, layout.version, self._x_key, per, index) if self._cache else ""
+        return _Block(code, index, start, stop, ranges, key)
+
+    def _blocks_of(self, file_codes: np.ndarray, rows: np.ndarray) -> list[_Block]:
+        pairs = np.unique(np.stack([file_codes.astype(np.int64),
+                                    rows // np.asarray(self._rows_per_block, dtype=np.int64)[file_codes]]), axis=1)
+        return [self._block(int(c), int(b)) for c, b in pairs.T]
+
+    def _fetch(self, blocks: list[_Block]) -> dict[tuple[int, int], list[bytes]]:
+        """The stored bytes of each block's ranges: from the cache, else fetched, several
+        requests in flight, adjacent ranges of one file coalesced."""
+        out: dict[tuple[int, int], list[bytes]] = {}
+        todo: list[tuple[int, int, int, _Block, int]] = []  # (code, offset, size, block, range number)
+        for block in blocks:
+            cached = self._cache.get(block.key) if self._cache else None
+            if cached is not None:
+                parts, at = [], 0
+                for _, size in block.ranges:
+                    parts.append(cached[at : at + size])
+                    at += size
+                out[(block.code, block.index)] = parts
+                continue
+            out[(block.code, block.index)] = [b""] * len(block.ranges)
+            todo.extend((block.code, off, size, block, i) for i, (off, size) in enumerate(block.ranges))
+        todo.sort(key=lambda t: (t[0], t[1]))
+        requests: list[list[tuple[int, int, int, _Block, int]]] = []
+        for item in todo:
+            last = requests[-1] if requests else None
+            if (last and last[-1][0] == item[0] and item[1] - (last[-1][1] + last[-1][2]) <= GAP_BYTES
+                    and item[1] + item[2] - last[0][1] <= MAX_REQUEST_BYTES):
+                last.append(item)
+            else:
+                requests.append([item])
+
+        def get(request: list[tuple[int, int, int, _Block, int]]) -> None:
+            code, lo = request[0][0], request[0][1]
+            hi = max(off + size for _, off, size, _, _ in request)
+            try:
+                data = self._handles[code].read_at(hi - lo, lo)
+            except OSError as e:
+                raise store.explain(e, self._files[code], self._options) from None
+            for _, off, size, block, i in request:
+                out[(block.code, block.index)][i] = data[off - lo : off - lo + size]
+            with self._lock:
+                self.requests += 1
+                self.bytes += hi - lo
+
+        for future in [self._pool.submit(get, r) for r in requests]:
+            future.result()
+        if self._cache:
+            fetched = {id(item[3]): item[3] for item in todo}
+            for block in fetched.values():
+                self._cache.put(block.key, b"".join(out[(block.code, block.index)]))
+        return out
+
+    def _decode(self, block: _Block, parts: list[bytes]) -> np.ndarray:
+        layout = self._layouts[block.code]
+        rows = block.stop - block.start
+        sample = layout.shape[1:]
+        if layout.chunks is None:
+            if not parts:
+                return np.full((rows, *sample), layout.fill, layout.dtype)
+            return np.frombuffer(parts[0], layout.dtype).reshape(rows, *sample)
+        arr = np.empty((rows, *sample), layout.dtype)
+        chunks = [c for band in range(block.start // layout.chunks[0], (block.stop - 1) // layout.chunks[0] + 1)
+                  for c in layout.bands.get(band, [])]
+        covered = sum(int(np.prod([min(c, s - o) for c, s, o in zip(layout.chunks, layout.shape, chunk[0])]))
+                      for chunk in chunks)
+        if covered < arr.size:
+            arr[...] = layout.fill  # chunks never written hold the fill value
+        by_offset = {off: part for (off, _), part in zip(block.ranges, parts)}
+        for origin, off, _, mask in chunks:
+            data = by_offset[off]
+            if layout.pipeline:
+                data = decode_chunk(data, layout.pipeline, mask, layout.dtype.itemsize)
+            chunk = np.frombuffer(data, layout.dtype).reshape(layout.chunks)
+            dest = tuple(slice(o - (block.start if d == 0 else 0), min(o + c, s) - (block.start if d == 0 else 0))
+                         for d, (o, c, s) in enumerate(zip(origin, layout.chunks, layout.shape)))
+            arr[dest] = chunk[tuple(slice(0, sl.stop - sl.start) for sl in dest)]
+        return arr
+
+    def prefetch(self, file_codes: np.ndarray, rows: np.ndarray) -> None:
+        """Start fetching the blocks of the next window (rows sorted by file and row)."""
+        if len(rows) == 0:
+            return
+        blocks = self._blocks_of(file_codes, rows)
+        self._ahead = (frozenset((b.code, b.index) for b in blocks), self._ahead_pool.submit(self._fetch, blocks))
+
+    def read_sorted(self, file_codes: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+        """Read (file, row) pairs, sorted by file then row, into ``out[:len(rows)]``."""
+        n = len(rows)
+        if n == 0:
+            return
+        blocks = self._blocks_of(file_codes, rows)
+        fetched: dict[tuple[int, int], list[bytes]] = {}
+        if self._ahead is not None:
+            wanted, future = self._ahead
+            self._ahead = None
+            if all((b.code, b.index) in wanted for b in blocks):
+                fetched = future.result()
+            else:
+                future.result()  # a different window (a new epoch): let it finish, fetch again
+        missing = [b for b in blocks if (b.code, b.index) not in fetched]
+        if missing:
+            fetched.update(self._fetch(missing))
+        per = np.asarray(self._rows_per_block, dtype=np.int64)[file_codes]
+        index = rows // per
+        breaks = np.flatnonzero((file_codes[1:] != file_codes[:-1]) | (index[1:] != index[:-1])) + 1
+
+        by_key = {(b.code, b.index): b for b in blocks}
+
+        def fill(span: tuple[int, int]) -> None:
+            s, e = span
+            block = by_key[(int(file_codes[s]), int(index[s]))]
+            arr = self._decode(block, fetched[(block.code, block.index)])
+            out[s:e] = arr[rows[s:e] - block.start]
+
+        spans = list(zip(np.r_[0, breaks], np.r_[breaks, n]))
+        for future in [self._pool.submit(fill, span) for span in spans]:
+            future.result()
+
+    def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead[1].cancel()
+            self._ahead = None
+        self._ahead_pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()

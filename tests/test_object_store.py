@@ -1,0 +1,187 @@
+"""Data in object storage, against a real S3-protocol server on 127.0.0.1 (moto's standalone server)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import h5py
+import numpy as np
+import pyarrow.fs as pafs
+import pytest
+
+from raytrain.config import DataSection
+from raytrain.data.cache import NodeCache
+from raytrain.data.hdf5_index import build_hdf5_index
+from raytrain.data.hdf5_loader import HDF5Loader
+from raytrain.data.hdf5_remote import RemoteHDF5Reader
+from raytrain.data.loader import ReadSpec
+from raytrain.data.shard import Shard
+from raytrain.errors import RaytrainError
+
+BUCKET = "raytrain-test"
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class S3:
+    """The running server: its endpoint and a client to put objects with."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+        self.fs = pafs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True, region="us-east-1",
+                                    access_key="testing", secret_key="testing")
+        self.fs.create_dir(BUCKET)
+
+    def put(self, local: str, key: str) -> str:
+        pafs.copy_files(local, f"{BUCKET}/{key}", destination_filesystem=self.fs)
+        return f"s3://{BUCKET}/{key}"
+
+    def put_bytes(self, data: bytes, key: str) -> str:
+        with self.fs.open_output_stream(f"{BUCKET}/{key}") as f:
+            f.write(data)
+        return f"s3://{BUCKET}/{key}"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    saved = {k: os.environ.get(k) for k in [*AWS_ENV, "AWS_ENDPOINT_URL"]}
+    os.environ.update(AWS_ENV, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+    try:
+        yield S3(f"http://127.0.0.1:{port}")
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _clips(path: str, n: int = 90, compression: str | None = "gzip") -> tuple[np.ndarray, np.ndarray]:
+    """5-D uint8 clips whose first value is the sample id (mod 256), chunked 8 rows, gzip + shuffle."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (n, 3, 2, 6, 5), dtype=np.uint8)
+    y = np.arange(n) % 3
+    with h5py.File(path, "w") as f:
+        f.create_dataset("X", data=x, chunks=(8, 3, 2, 6, 5), compression=compression,
+                         shuffle=compression is not None)
+        f.create_dataset("Y", data=y)
+    return x, y
+
+
+def _read_all(index, data: DataSection) -> np.ndarray:
+    """Every sample of the index in sample-id order, through the loader's reader."""
+    shard = Shard(index.table, index.rows_per_block)
+    spec = ReadSpec(data, index.sample_shape, index.dtype, index.rows_per_block, 16, 1)
+    loader = HDF5Loader.open(spec, shard, 0, 0, print)
+    try:
+        got = np.empty((len(shard), *index.sample_shape), np.dtype(index.dtype))
+        for i in range(0, len(shard), 20):  # several windows, so prefetch runs
+            j = min(i + 20, len(shard))
+            if hasattr(loader.reader, "prefetch") and j < len(shard):
+                loader.reader.prefetch(shard.file_codes[j : j + 20], shard.rows[j : j + 20])
+            loader.reader.read_sorted(shard.file_codes[i:j], shard.rows[i:j], got[i:j])
+        return got
+    finally:
+        loader.close()
+
+
+@pytest.mark.parametrize("compression", ["gzip", None])
+def test_hdf5_from_s3_reads_the_same_samples_as_the_local_file(s3, tmp_path, compression):
+    x, y = _clips(str(tmp_path / "a.h5"), compression=compression)
+    x2, y2 = _clips(str(tmp_path / "b.h5"), n=21, compression=compression)
+    s3.put(str(tmp_path / "a.h5"), f"{compression}/clips/a.h5")
+    s3.put(str(tmp_path / "b.h5"), f"{compression}/clips/b.h5")
+    s3.put_bytes(b"not me", f"{compression}/clips/notes.txt")
+    index = build_hdf5_index([f"s3://{BUCKET}/{compression}/clips/*.h5"])
+    assert index.table.column("file").unique().to_pylist() == [f"s3://{BUCKET}/{compression}/clips/a.h5",
+                                                               f"s3://{BUCKET}/{compression}/clips/b.h5"]
+    assert index.table.column("label").to_pylist() == [*y.tolist(), *y2.tolist()]
+    got = _read_all(index, DataSection(paths=[]))
+    np.testing.assert_array_equal(got, np.concatenate([x, x2]))
+
+
+def test_contiguous_hdf5_and_the_cache(s3, tmp_path):
+    x = np.arange(40 * 12, dtype=np.float32).reshape(40, 12)
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        f.create_dataset("X", data=x)  # contiguous
+        f.create_dataset("Y", data=np.arange(40) % 2)
+    uri = s3.put(str(tmp_path / "c.h5"), "contiguous/c.h5")
+    index = build_hdf5_index([uri])
+    data = DataSection(paths=[], cache_dir=str(tmp_path / "cache"))
+    np.testing.assert_array_equal(_read_all(index, data), x)
+    cache = NodeCache(str(tmp_path / "cache"), 1 << 30)
+    assert cache.size() >= x.nbytes  # every block was kept
+    np.testing.assert_array_equal(_read_all(index, data), x)  # second pass from the cache
+
+
+def test_requests_per_window_are_at_most_its_blocks(s3, tmp_path):
+    _clips(str(tmp_path / "a.h5"), n=200)
+    uri = s3.put(str(tmp_path / "a.h5"), "requests/a.h5")
+    index = build_hdf5_index([uri])
+    shard = Shard(index.table, {uri: 8})
+    reader = RemoteHDF5Reader([uri], "X", {uri: 8})
+    try:
+        rows = np.sort(np.random.default_rng(1).choice(200, 60, replace=False))
+        out = np.empty((60, *index.sample_shape), np.uint8)
+        reader.read_sorted(shard.file_codes[rows], shard.rows[rows], out)
+        blocks = len(np.unique(rows // 8))
+        assert 1 <= reader.requests <= blocks
+    finally:
+        reader.close()
+
+
+def test_cache_evicts_the_least_recently_used(tmp_path):
+    cache = NodeCache(str(tmp_path / "c"), 1000)
+    for i in range(4):
+        cache.put(f"k{i}", bytes(300))
+        os.utime(cache._path(f"k{i}"), (i, i))  # k0 oldest
+    cache.get("k0")  # used again: now the newest
+    cache.evict()
+    assert cache.get("k0") is not None and cache.get("k1") is None and cache.size() <= 900
+
+
+@pytest.mark.parametrize("what, expected", [
+    ("s3://no-such-bucket-zz/x.h5", "the bucket of s3://no-such-bucket-zz/x.h5 (no-such-bucket-zz) does not exist"),
+    (f"s3://{BUCKET}/nothing/*.h5", "matches no object"),
+    (f"s3://{BUCKET}/nothing/x.h5", "does not exist; check data.paths"),
+])
+def test_missing_data_in_the_store_is_one_line(s3, what, expected):
+    with pytest.raises(RaytrainError) as e:
+        build_hdf5_index([what])
+    assert expected in str(e.value)
+
+
+def test_an_object_that_is_not_hdf5_is_named(s3):
+    uri = s3.put_bytes(b"hello, not hdf5" * 100, "bad/x.h5")
+    with pytest.raises(RaytrainError, match="is not a readable HDF5 file"):
+        build_hdf5_index([uri])
+
+
+def test_an_unreachable_endpoint_is_one_line_after_a_bounded_retry(tmp_path):
+    port = _free_port()  # nothing listens there
+    env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", **AWS_ENV)
+    proc = run_cli_env(env, "train", "--data", "s3://bucket-x/a.h5", "--local", cwd=str(tmp_path))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and "cannot reach the endpoint" in proc.stderr, proc.stderr
+    assert not os.listdir(tmp_path / "runs") if os.path.exists(tmp_path / "runs") else True  # no run was begun
+
+
+def run_cli_env(env, *args, cwd):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    return subprocess.run([sys.executable, "-m", "raytrain", *args], cwd=cwd, env=dict(env, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=300)
