@@ -50,8 +50,11 @@ class S3:
 
 @pytest.fixture(scope="module")
 def s3():
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -185,3 +188,133 @@ def run_cli_env(env, *args, cwd):
     from tests.conftest import ROOT
     return subprocess.run([sys.executable, "-m", "raytrain", *args], cwd=cwd, env=dict(env, PYTHONPATH=ROOT),
                           capture_output=True, text=True, timeout=300)
+
+
+# ---- training from the store with 2 real Ray workers, checked by what the model saw ----
+
+RECORDING_MODEL = '''
+import os
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+RECORD_DIR = {record_dir!r}
+
+
+class RecordIds(keras.layers.Layer):
+    """Appends the first value of every sample of every batch (its id) to a file of its process."""
+
+    def call(self, x, training=None):
+        kind = "train" if training else "eval"
+
+        def record(ids):
+            with open(os.path.join(RECORD_DIR, f"{{kind}}-{{os.getpid()}}.txt"), "a") as f:
+                f.write(",".join(str(int(round(float(i)))) for i in ids.numpy()) + "\\n")
+            return np.int32(0)
+
+        tf.py_function(record, [tf.reshape(x, [tf.shape(x)[0], -1])[:, 0]], Tout=tf.int32)
+        return x
+
+
+def build(input_shape, num_classes):
+    return keras.Sequential([
+        keras.Input(input_shape), RecordIds(), keras.layers.Flatten(),
+        keras.layers.Dense(num_classes, activation="softmax"),
+    ])
+'''
+
+
+def _train_and_check(tmp_path, source_flags, population_of, epochs=2, extra=()):
+    """Train 2 workers on the store with the recording model; check every epoch trained
+    each training sample at most once, fewer than one global batch left out."""
+    from raytrain.data.kinds import build_index
+    from raytrain.data.split import split_index
+    from tests.conftest import run_cli
+    from tests.test_train import check_epochs, read_records
+
+    record_dir = tmp_path / "records"
+    record_dir.mkdir()
+    (tmp_path / "recording.py").write_text(RECORDING_MODEL.format(record_dir=str(record_dir)))
+    proc = run_cli("train", *source_flags, "--model", f"{tmp_path}/recording.py:build", "--num-workers", "2",
+                   "--batch-size", "8", "--epochs", str(epochs), "--validation-ratio", "0.25", "--scale", "none",
+                   "--name", "s3run", "--storage-path", str(tmp_path / "runs"), *extra, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    job = json.loads((tmp_path / "runs/s3run/dataset.json").read_text())
+    plan = job["plan"]
+    index = build_index(population_of)
+    train, _ = split_index(index.table, 0.25, 0)
+    ids = set(train.column("sample_id").to_pylist())
+    trained = read_records(record_dir, "train")
+    assert len(trained) == 2
+    check_epochs(trained, steps=plan["train_steps"], worker_batch=plan["worker_batch"], epochs=epochs,
+                 population=ids)
+    return proc
+
+
+@pytest.mark.ray
+def test_two_workers_train_hdf5_images_from_s3_exactly_once_with_a_node_cache(s3, tmp_path):
+    for name, lo, n in (("part-0.h5", 0, 70), ("part-1.h5", 70, 50)):
+        x = np.zeros((n, 6, 6, 3), np.uint8)
+        x[:, 0, 0, 0] = np.arange(lo, lo + n)  # the sample id (ids < 256)
+        with h5py.File(tmp_path / name, "w") as f:
+            f.create_dataset("X", data=x, chunks=(4, 6, 6, 3), compression="gzip")
+            f.create_dataset("Y", data=np.arange(lo, lo + n) % 2)
+        s3.put(str(tmp_path / name), f"train/images/{name}")
+    uri = f"s3://{BUCKET}/train/images/part-*.h5"
+    cache = tmp_path / "node-cache"
+    _train_and_check(tmp_path, ["--data", uri], DataSection(kind="hdf5", paths=[uri]),
+                     extra=("--cache-dir", str(cache)))
+    assert NodeCache(str(cache), 1 << 30).size() > 0
+
+
+@pytest.mark.ray
+def test_two_workers_train_5d_clips_from_s3(s3, tmp_path):
+    n = 100
+    x = np.zeros((n, 2, 1, 4, 4), np.uint8)
+    x[:, 0, 0, 0, 0] = np.arange(n)
+    with h5py.File(tmp_path / "clips.h5", "w") as f:
+        f.create_dataset("X", data=x, chunks=(8, 2, 1, 4, 4), compression="gzip", shuffle=True)
+        f.create_dataset("Y", data=np.arange(n) % 3)
+    uri = s3.put(str(tmp_path / "clips.h5"), "train/clips/clips.h5")
+    _train_and_check(tmp_path, ["--data", uri], DataSection(kind="hdf5", paths=[uri]))
+
+
+def _upload_image_tree(s3, tmp_path, prefix, n=60):
+    """PNG images whose first pixel is their sample id, in 2 class folders, sorted as the index sorts them."""
+    from tests.conftest import write_image
+
+    local = tmp_path / "tree"
+    for i in range(n):
+        cls = "a-cats" if i < n // 2 else "b-dogs"
+        folder = local / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = np.full((5, 5, 3), 200, np.uint8)
+        pixels[0, 0, 0] = i
+        write_image(str(folder / f"img{i:03d}.png"), pixels)
+        s3.put(str(folder / f"img{i:03d}.png"), f"{prefix}/{cls}/img{i:03d}.png")
+    return local
+
+
+@pytest.mark.ray
+def test_two_workers_train_class_folders_from_s3(s3, tmp_path):
+    _upload_image_tree(s3, tmp_path, "photos")
+    uri = f"s3://{BUCKET}/photos/"
+    _train_and_check(tmp_path, ["--directory", uri, "--image-size", "5,5"],
+                     DataSection(kind="images", directory=uri, image_size=[5, 5]))
+
+
+@pytest.mark.ray
+def test_two_workers_train_a_parquet_manifest_in_s3(s3, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _upload_image_tree(s3, tmp_path, "listed/images")
+    rows = [f"images/{'a-cats' if i < 30 else 'b-dogs'}/img{i:03d}.png" for i in range(60)]
+    pq.write_table(pa.table({"path": rows, "label": ["cat" if i < 30 else "dog" for i in range(60)]}),
+                   tmp_path / "train.parquet")
+    uri = s3.put(str(tmp_path / "train.parquet"), "listed/train.parquet")
+    _train_and_check(tmp_path, ["--manifest", uri, "--image-size", "5,5"],
+                     DataSection(kind="images", manifest=uri, image_size=[5, 5]))

@@ -32,10 +32,12 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv
+import pyarrow.fs
 import pyarrow.parquet as pq
 
 from raytrain.config import COLOR_MODES, DataSection
-from raytrain.data.image_reader import BadImage, ImageDecoder
+from raytrain.data import store
+from raytrain.data.image_reader import BadImage, ImageDecoder, read_file
 from raytrain.data.schema import INDEX_SCHEMA, SampleIndex
 from raytrain.errors import RaytrainError
 
@@ -131,6 +133,8 @@ def scan_directory(directory: str, threads: int = SCAN_THREADS) -> tuple[list[st
     Raises:
         RaytrainError: The directory is missing, has no class folders, or no images.
     """
+    if store.is_uri(directory):
+        return _scan_uri(directory)
     if not os.path.isdir(directory):
         raise RaytrainError(f"image directory {directory} does not exist; check data.directory / --directory")
     classes = sorted(
@@ -159,16 +163,52 @@ def scan_directory(directory: str, threads: int = SCAN_THREADS) -> tuple[list[st
     return paths, np.asarray(labels, dtype=np.int64), classes
 
 
+def _scan_uri(directory: str) -> tuple[list[str], np.ndarray, list[str]]:
+    """:func:`scan_directory` for a folder in object storage: one recursive listing (the
+    store pages it), the same rules (hidden class folders skipped, files sorted by folder
+    then name)."""
+    base = directory.rstrip("/") + "/"
+    store.check_bucket(directory)
+    by_class: dict[str, list[tuple[str, str]]] = {}
+    for uri, _ in store.list_files(directory):
+        rel = uri[len(base):]
+        if "/" not in rel or rel.startswith("."):
+            continue
+        cls = rel.split("/", 1)[0]
+        if uri.lower().endswith(IMAGE_EXTENSIONS):
+            by_class.setdefault(cls, []).append((uri.rsplit("/", 1)[0], uri))
+        else:
+            by_class.setdefault(cls, [])
+    classes = sorted(by_class)
+    if not classes:
+        raise RaytrainError(
+            f"image folder {directory} holds no class folders (or does not exist); put each class's images under "
+            "a prefix named for the class (e.g. cats/, dogs/)"
+        )
+    paths = [uri for c in classes for _, uri in sorted(by_class[c])]
+    labels = [i for i, c in enumerate(classes) for _ in by_class[c]]
+    if not paths:
+        raise RaytrainError(
+            f"image folder {directory} has class folders {classes[:5]} but no images with extensions "
+            f"{list(IMAGE_EXTENSIONS)}"
+        )
+    return paths, np.asarray(labels, dtype=np.int64), classes
+
+
 def _read_table(path: str) -> pa.Table:
-    if not os.path.isfile(path):
+    remote = store.is_uri(path)
+    if remote:
+        store.check_bucket(path)
+    if not (store.info(path).type == pyarrow.fs.FileType.File if remote else os.path.isfile(path)):
         raise RaytrainError(f"manifest {path} does not exist; check data.manifest / --manifest")
     ext = os.path.splitext(path)[1].lower()
+    source: Any = store.open_file(path) if remote else path
     try:
         if ext in (".parquet", ".pq"):
-            return pq.read_table(path)
+            return pq.read_table(source)
         if ext in (".csv", ".tsv"):
             options = pyarrow.csv.ParseOptions(delimiter="\t" if ext == ".tsv" else ",")
-            return pyarrow.csv.read_csv(path, parse_options=options)
+            return pyarrow.csv.read_csv(source, parse_options=options)
     except (pa.ArrowInvalid, OSError) as e:
         raise RaytrainError(f"manifest {path} cannot be read: {str(e).splitlines()[0]}; fix the file") from None
     raise RaytrainError(f"manifest {path} must be a .csv, .tsv or .parquet file. Received: {ext or 'no extension'}")
@@ -197,9 +237,8 @@ def read_manifest(
             raise RaytrainError(f"manifest {path}: column '{column}' is empty in {nulls} rows (first: row {first + 1})")
     if table.num_rows == 0:
         raise RaytrainError(f"manifest {path} lists no images")
-    base = os.path.dirname(os.path.abspath(path))
-    paths = [p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
-             for p in table.column(path_column).cast(pa.string()).to_pylist()]
+    base = store.parent(path) if store.is_uri(path) else os.path.dirname(os.path.abspath(path))
+    paths = [_resolve(base, p) for p in table.column(path_column).cast(pa.string()).to_pylist()]
     _reject_duplicates(path, paths)
     raw = table.column(label_column)
     stored = (table.schema.metadata or {}).get(CLASS_NAMES_KEY)
@@ -222,13 +261,24 @@ def read_manifest(
             f"manifest {path}: label column '{label_column}' holds {raw.type} values; "
             "use class names (strings) or class indices (integers)"
         )
-    missing = [p for p in paths[:CHECK_FIRST] if not os.path.exists(p)]
+    missing = [p for p in paths[:CHECK_FIRST] if not _exists(p)]
     if missing:
         raise RaytrainError(
             f"manifest {path}: image {missing[0]} does not exist; relative paths are resolved against "
             f"the manifest's folder {base}"
         )
     return paths, labels, list(classes)
+
+
+def _resolve(base: str, p: str) -> str:
+    """A manifest's path: a URI or absolute path as it is, a relative one against ``base``."""
+    if store.is_uri(p) or os.path.isabs(p):
+        return p
+    return store.join(base, p) if store.is_uri(base) else os.path.normpath(os.path.join(base, p))
+
+
+def _exists(p: str) -> bool:
+    return store.info(p).type == pyarrow.fs.FileType.File if store.is_uri(p) else os.path.exists(p)
 
 
 def _reject_duplicates(manifest: str, paths: list[str]) -> None:
@@ -306,7 +356,7 @@ def verify_images(paths: list[str], threads: int = 0) -> list[tuple[str, str]]:
 
     def check(path: str) -> Optional[tuple[str, str]]:
         try:
-            decoder.decode(np.fromfile(path, dtype=np.uint8))
+            decoder.decode(read_file(path))
         except OSError as e:
             return path, f"cannot be read ({e.strerror or e})"
         except BadImage as e:

@@ -10,19 +10,23 @@ from __future__ import annotations
 import sys
 import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator, Optional
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import numpy as np
 
 from raytrain.config import COLOR_MODES
-from raytrain.data.image_reader import BadImage, ImageDecoder
-from raytrain.data.loader import Batch, ReadSpec
+from raytrain.data import store
+from raytrain.data.cache import NodeCache
+from raytrain.data.image_reader import BadImage, ImageDecoder, read_file
+from raytrain.data.loader import Batch, ReadSpec, node_cache
 from raytrain.data.order import epoch_order
 from raytrain.data.shard import Shard
 from raytrain.errors import RaytrainError
 
 BATCHES_AHEAD_PER_THREAD = 2  # batches being decoded, per thread, ahead of the one being consumed
+FETCH_THREADS_PER_DECODE = 4  # object storage: requests in flight per decoding thread ...
+MIN_FETCH_THREADS = 16  # ... and at least this many: a request waits on the network, not the CPU
 
 
 class ImageLoader:
@@ -51,7 +55,8 @@ class ImageLoader:
     """
 
     def __init__(self, shard: Shard, decoder: ImageDecoder, threads: int, seed: int, rank: int, stream: int,
-                 on_bad_sample: str = "error", notify: Optional[Callable[[str], None]] = None):
+                 on_bad_sample: str = "error", notify: Optional[Callable[[str], None]] = None,
+                 options: Optional[Mapping[str, Any]] = None, cache: Optional[NodeCache] = None):
         self.shard = shard
         self.decoder = decoder
         self.threads = max(1, int(threads))
@@ -64,13 +69,37 @@ class ImageLoader:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="raytrain-decode")
         self._paths = shard.files  # one entry per distinct file; shard.file_codes points into it
+        self._options = dict(options or {})
+        self._cache = cache
+        remote = any(store.is_uri(p) for p in self._paths)
+        # Object storage: files are fetched on I/O threads, more of them than decoding threads,
+        # as soon as their batch is queued, so the store's latency overlaps decoding.
+        self._fetch_pool = ThreadPoolExecutor(max(MIN_FETCH_THREADS, FETCH_THREADS_PER_DECODE * self.threads),
+                                              thread_name_prefix="raytrain-fetch") if remote else None
 
     @classmethod
     def open(cls, spec: ReadSpec, shard: Shard, rank: int, stream: int, notify: Callable[[str], None]) -> "ImageLoader":
         """The loader of ``shard`` as ``spec`` says (the :data:`raytrain.data.loader.LoaderFactory` of images)."""
         d = spec.data
         decoder = ImageDecoder(tuple(d.image_size), COLOR_MODES[d.color_mode], d.interpolation)
-        return cls(shard, decoder, spec.threads, d.seed, rank, stream, d.on_bad_sample, notify)
+        return cls(shard, decoder, spec.threads, d.seed, rank, stream, d.on_bad_sample, notify, d.storage_options,
+                   node_cache(d))
+
+    def _fetch(self, path: str) -> Any:
+        """A file's bytes (uint8), or the :class:`BadImage` saying why it cannot be read.
+        With a node cache, an object is fetched once per node (keyed by its URI: objects
+        are expected not to change in place; clear data.cache_dir after replacing one)."""
+        key = NodeCache.key(path) if self._cache and store.is_uri(path) else ""
+        cached = self._cache.get(key) if key else None
+        if cached is not None:
+            return np.frombuffer(cached, dtype=np.uint8)
+        try:
+            data = read_file(path, self._options)
+        except OSError as e:
+            return BadImage(f"cannot be read ({e.strerror or e})")
+        if key:
+            self._cache.put(key, data.tobytes())
+        return data
 
     def _replacement(self, epoch: int, position: int, attempt: int) -> int:
         rng = np.random.default_rng([self.seed, epoch, self.rank, self.stream, position, attempt])
@@ -83,7 +112,7 @@ class ImageLoader:
             self.skipped[path] = reason
         self._notify(f"raytrain: skipped bad image {path}: {reason}")
 
-    def _decode_batch(self, epoch: int, positions: np.ndarray) -> Batch:
+    def _decode_batch(self, epoch: int, positions: np.ndarray, fetched: Optional[list[Future]] = None) -> Batch:
         s = self.shard
         h, w = self.decoder.size
         x = np.empty((len(positions), h, w, self.decoder.channels), dtype=np.uint8)
@@ -94,7 +123,11 @@ class ImageLoader:
                 path = self._paths[s.file_codes[position]]
                 if path not in self.skipped:
                     try:
-                        self.decoder.decode_into(path, x[i])
+                        data = fetched[i].result() if fetched is not None and attempt == 0 else \
+                            self._fetch(path) if self._fetch_pool is not None else None
+                        if isinstance(data, BadImage):
+                            raise data
+                        self.decoder.decode_into(path, x[i], data)
                         break
                     except BadImage as e:
                         if self.on_bad_sample == "error":
@@ -122,7 +155,12 @@ class ImageLoader:
         pending: deque[Any] = deque()
         try:
             for start in starts:
-                pending.append(self._pool.submit(self._decode_batch, epoch, positions[start : start + batch]))
+                part = positions[start : start + batch]
+                fetched = None
+                if self._fetch_pool is not None:
+                    files = [self._paths[self.shard.file_codes[p]] for p in part]
+                    fetched = [self._fetch_pool.submit(self._fetch, path) for path in files]
+                pending.append(self._pool.submit(self._decode_batch, epoch, part, fetched))
                 if len(pending) > self.threads * BATCHES_AHEAD_PER_THREAD:
                     yield pending.popleft().result()
             while pending:
@@ -133,3 +171,5 @@ class ImageLoader:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._fetch_pool is not None:
+            self._fetch_pool.shutdown(wait=True, cancel_futures=True)

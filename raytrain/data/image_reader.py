@@ -20,14 +20,25 @@ Resizing rounds to uint8, so pixel values differ from a float32 resize by at mos
 
 from __future__ import annotations
 
+from typing import Any, Mapping, Optional
+
 import cv2
 import numpy as np
 import simplejpeg
+
+from raytrain.data import store
 
 INTERPOLATIONS = {"nearest": "INTER_NEAREST", "bilinear": "INTER_LINEAR", "bicubic": "INTER_CUBIC",
                   "area": "INTER_AREA", "lanczos": "INTER_LANCZOS4"}  # data.interpolation -> OpenCV flag
 JPEG_MAGIC = b"\xff\xd8"
 UNSUPPORTED_BY_TURBOJPEG = ("Unsupported color conversion", "Unsupported JPEG process")  # then OpenCV decodes it
+
+
+def read_file(path: str, options: Optional[Mapping[str, Any]] = None) -> np.ndarray:
+    """A file's bytes as uint8: a local path, or an object behind a URI (one request)."""
+    if store.is_uri(path):
+        return np.frombuffer(store.read_bytes(path, options), dtype=np.uint8)
+    return np.fromfile(path, dtype=np.uint8)
 
 
 class BadImage(Exception):
@@ -82,16 +93,18 @@ class ImageDecoder:
             raise BadImage("cannot be decoded (corrupt, truncated, or not a BMP, GIF, JPEG or PNG image)")
         return image
 
-    def decode_into(self, path: str, out: np.ndarray) -> None:
-        """Decode ``path`` and resize it into ``out`` (shape ``(*size, channels)``, uint8).
+    def decode_into(self, path: str, out: np.ndarray, data: Optional[np.ndarray] = None) -> None:
+        """Decode ``path`` (or its bytes ``data``, already fetched) and resize it into
+        ``out`` (shape ``(*size, channels)``, uint8).
 
         Raises:
             BadImage: The file cannot be read, or is not a decodable BMP/GIF/JPEG/PNG.
         """
-        try:
-            data = np.fromfile(path, dtype=np.uint8)
-        except OSError as e:
-            raise BadImage(f"cannot be read ({e.strerror or e})") from None
+        if data is None:
+            try:
+                data = read_file(path)
+            except OSError as e:
+                raise BadImage(f"cannot be read ({e.strerror or e})") from None
         image = self.decode(data)
         h, w = self.size
         target = out.reshape(h, w) if self.channels == 1 else out
