@@ -318,3 +318,26 @@ def test_two_workers_train_a_parquet_manifest_in_s3(s3, tmp_path):
     uri = s3.put(str(tmp_path / "train.parquet"), "listed/train.parquet")
     _train_and_check(tmp_path, ["--manifest", uri, "--image-size", "5,5"],
                      DataSection(kind="images", manifest=uri, image_size=[5, 5]))
+
+
+def test_index_a_folder_in_s3_and_bad_image_sources_are_one_line(s3, tmp_path):
+    from tests.conftest import run_cli
+
+    _upload_image_tree(s3, tmp_path, "small", n=6)
+    proc = run_cli("index", f"s3://{BUCKET}/small/", "--out", str(tmp_path / "idx.parquet"), cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "idx.parquet")
+    assert table.column("path").to_pylist()[0] == f"s3://{BUCKET}/small/a-cats/img000.png"
+    assert table.column("label").to_pylist() == [0, 0, 0, 1, 1, 1]
+    for flags, expected in (
+        (["--directory", f"s3://{BUCKET}/nothing-here/"], "holds no class folders"),
+        (["--manifest", f"s3://{BUCKET}/nothing.csv"], "manifest s3://raytrain-test/nothing.csv does not exist"),
+        (["--directory", "s3://no-such-bucket-zz/photos/"], "(no-such-bucket-zz) does not exist"),
+        (["--directory", "ftp://host/photos/"], "has the scheme ftp://"),
+        (["--data", f"s3://{BUCKET}/a.h5", "--storage-options", "bogus=1"], "unknown keys ['bogus']"),
+        (["--data", f"s3://{BUCKET}/a.h5,{tmp_path}/local.h5"], "mixes local files and URIs"),
+    ):
+        proc = run_cli("train", *flags, "--local", "--storage-path", str(tmp_path / "runs"), cwd=str(tmp_path))
+        assert proc.returncode == 2 and expected in proc.stderr and proc.stderr.count("\n") == 1, (flags, proc.stderr)

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from raytrain.data.image_index import read_manifest, scan_directory, verify_images, write_index
+from raytrain.data.image_index import MANIFEST_EXTENSIONS, read_manifest, scan_directory, verify_images, write_index
 from raytrain.errors import RaytrainError
 
 
@@ -19,7 +19,8 @@ def command_parser(sub: Any) -> None:
         "index of absolute paths and class indices, with the class names in its metadata. Train on it with "
         "`raytrain train --manifest INDEX.parquet`, so a large tree is not scanned again on every run.",
     )
-    p.add_argument("source", help="a class-per-folder directory, or a .csv/.tsv/.parquet manifest")
+    p.add_argument("source", help="a class-per-folder directory, or a .csv/.tsv/.parquet manifest (local, or an "
+                   "s3:// / gs:// URI: a URI ending in .csv/.tsv/.parquet is a manifest, any other a folder)")
     p.add_argument("--out", required=True, help="the Parquet index to write")
     p.add_argument("--path-column", default="path", help="manifest: the column of image paths")
     p.add_argument("--label-column", default="label", help="manifest: the column of labels")
@@ -33,10 +34,12 @@ def index_command(args: argparse.Namespace) -> int:
     if os.path.exists(args.out):
         raise RaytrainError(f"index file {args.out} already exists; remove it or choose another --out")
     started = time.perf_counter()
-    if os.path.isdir(args.source):
-        paths, labels, classes = scan_directory(os.path.abspath(args.source))
+    source = args.source if "://" in args.source else os.path.abspath(args.source)
+    manifest = source.lower().endswith(MANIFEST_EXTENSIONS) if "://" in source else not os.path.isdir(source)
+    if manifest:
+        paths, labels, classes = read_manifest(source, args.path_column, args.label_column)
     else:
-        paths, labels, classes = read_manifest(os.path.abspath(args.source), args.path_column, args.label_column)
+        paths, labels, classes = scan_directory(source)
     if args.verify:
         bad = verify_images(paths)
         for path, reason in bad:

@@ -41,6 +41,7 @@ from raytrain.data.image_reader import BadImage, ImageDecoder, read_file
 from raytrain.data.schema import INDEX_SCHEMA, SampleIndex
 from raytrain.errors import RaytrainError
 
+MANIFEST_EXTENSIONS = (".csv", ".tsv", ".parquet", ".pq")
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # as tf_keras' image_dataset_from_directory
 SCAN_THREADS = 16  # folder listings in flight: they wait on the filesystem, not the CPU
 CLASS_NAMES_KEY = b"raytrain.class_names"  # Parquet metadata of an index file: JSON list of class names
