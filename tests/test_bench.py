@@ -53,6 +53,8 @@ def test_bench_prints_every_row_and_writes_json(tmp_path):
         (["--workers", "0"], "bench --workers needs --workers >= 1"),
         (["--workers", "2", "--epochs", "2"], "--epochs >= 3 (marginal epochs need two gaps after the first)"),
         (["--workers", "2", "--batch-size", "33"], "a --batch-size that divides over the workers"),
+        (["--store", "ftp://host/x"], "bench --store takes local"),
+        (["--store", "--shards", "0"], "1 <= --shards <= samples / batch size"),
     ],
 )
 def test_bench_bad_input_is_one_line(tmp_path, args, message):
@@ -103,3 +105,24 @@ def test_images_bench_bad_input_is_one_line(tmp_path, args, message):
     proc = run_cli("bench", *args, cwd=str(tmp_path))
     assert proc.returncode == 2
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_store_bench_prints_every_row_and_writes_json(tmp_path):
+    """moto's server and the delaying proxy are started, measured through and stopped."""
+    out = tmp_path / "store.json"
+    proc = run_cli("bench", "--store", "--samples", "256", "--shape", "8,8,3", "--chunk-rows", "16", "--shards", "2",
+                   "--batch-size", "16", "--delay-ms", "5", "--workdir", str(tmp_path / "work"), "--out", str(out),
+                   cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for row in ("sequential download of every object", "raytrain loader: shuffled epoch", "5 ms added to every request",
+                "epoch 2 from the node cache", "on local disk", "ranged requests per window:",
+                "loader >= 0.8x one sequential download"):
+        assert row in proc.stdout, f"missing row {row!r} in:\n{proc.stdout}"
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert result["samples"] == 256 and result["objects"] == 2
+    assert all(rows[k]["samples_per_s"] > 0 for k in ("download", "loader", "delayed", "cache_epoch_2", "local_disk"))
+    assert rows["cache_epoch_2"]["requests"] == 0  # epoch 2 read the node cache only
+    assert 1 <= rows["loader"]["requests_per_window"] <= rows["loader"]["blocks_per_window"]
+    assert set(result["bars"]) == {"loader_vs_download", "requests_over_blocks", "delay_vs_no_delay",
+                                   "cache_vs_local_disk"}

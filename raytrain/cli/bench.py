@@ -7,14 +7,14 @@ import os
 import sys
 from typing import Any
 
-from raytrain.bench import hdf5, images, workers, write_json
+from raytrain.bench import hdf5, images, store, workers, write_json
 from raytrain.cli.jobflags import parse_shape
 from raytrain.errors import RaytrainError
 
 
 def command_parser(sub: Any) -> None:
     p = sub.add_parser("bench", help="measure raytrain's loaders against other ways of reading, in one run",
-                       description=f"{hdf5.__doc__}\n{images.__doc__}\n{workers.__doc__}",
+                       description=f"{hdf5.__doc__}\n{images.__doc__}\n{workers.__doc__}\n{store.__doc__}",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", nargs="?", help="HDF5 file, or with --images a class-per-folder tree of JPEGs "
                    "(default: write a synthetic one)")
@@ -22,6 +22,12 @@ def command_parser(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="measure N Ray Train workers against --local and Ray Train's own TensorFlow recipe "
                    "(global batch 64 and 4 epochs unless --batch-size / --epochs say otherwise)")
+    p.add_argument("--store", nargs="?", const="local", default=None, metavar="URI",
+                   help="measure the loader reading from object storage: alone (or 'local'), moto's S3 server "
+                   "started on 127.0.0.1; or a folder URI (s3://bucket/bench) to upload the file to and read from")
+    p.add_argument("--delay-ms", type=float, default=20.0,
+                   help="--store local: the delay the proxy adds to every request in the delayed row (default 20)")
+    p.add_argument("--shards", type=int, default=8, help="--store: synthetic data in this many objects (default 8)")
     p.add_argument("--samples", type=int, default=None, help="synthetic data: samples (default 20,000; images 3,000)")
     p.add_argument("--shape", type=parse_shape, default=None,
                    help="synthetic data: sample shape (default 64,64,3); images: H,W of the files (default 256,256)")
@@ -49,7 +55,15 @@ def bench_command(args: argparse.Namespace) -> int:
 
     if args.workers is None:
         args.batch_size, args.epochs = given(args.batch_size, 32), given(args.epochs, 2)
-    if args.workers is not None:
+    if args.store is not None:
+        bench = store
+        samples, shape = args.samples or 8_000, args.shape or (64, 64, 3)
+        store.check_args(args.store, samples, args.batch_size, args.delay_ms, args.shards)
+        if args.file is not None and not os.path.isfile(args.file):
+            raise RaytrainError(f"bench file {args.file} does not exist; pass an HDF5 file or no file for a synthetic one")
+        result = bench.run_bench(args.file, args.store, samples, shape, args.chunk_rows, args.batch_size,
+                                 args.delay_ms, args.shards, args.workdir, progress=progress)
+    elif args.workers is not None:
         bench = workers
         samples, shape = args.samples or 20_000, args.shape or (64, 64, 3)
         batch, epochs = given(args.batch_size, 64), given(args.epochs, 4)

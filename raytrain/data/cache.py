@@ -24,6 +24,8 @@ import os
 import threading
 from typing import Optional
 
+import numpy as np
+
 CHECK_EVERY_BYTES = 64 << 20
 EVICT_TO = 0.9  # evict down to this fraction of the cap, so a full cache does not evict on every write
 LOCK_NAME = ".lock"
@@ -66,6 +68,26 @@ class NodeCache:
         with self._lock:
             self.hits += 1
         return data
+
+    def contains(self, key: str) -> bool:
+        return os.path.exists(self._path(key))
+
+    def read_into(self, key: str, out: np.ndarray) -> bool:
+        """Fill the (C-contiguous) array ``out`` from the start of an entry, with no
+        intermediate copy; False on a miss or an entry shorter than ``out``."""
+        path = self._path(key)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                done = f.readinto(memoryview(out).cast("B"))
+            os.utime(path)
+        except FileNotFoundError:
+            done = -1
+        with self._lock:
+            if done == out.nbytes:
+                self.hits += 1
+            else:
+                self.misses += 1
+        return done == out.nbytes
 
     def put(self, key: str, data: bytes) -> None:
         if len(data) > self.max_bytes:

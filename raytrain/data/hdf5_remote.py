@@ -37,7 +37,10 @@ from raytrain.errors import RaytrainError
 
 META_BLOCK_BYTES = 1 << 20  # h5py's metadata reads are served from blocks this large
 FETCH_THREADS = 16  # ranged requests in flight per worker: the store's latency, not the CPU, is the limit
-GAP_BYTES = 64 << 10  # ranges closer than this are fetched in one request (the gap is read and dropped)
+# Ranges closer than this are fetched in one request, the gap read and dropped: a request to
+# an object store costs tens of ms before its first byte, in which ~1 MiB more streams in.
+# The same rule and value as Apache Arrow's Rust object_store (OBJECT_STORE_COALESCE_DEFAULT).
+GAP_BYTES = 1 << 20
 MAX_REQUEST_BYTES = 8 << 20  # ... up to this size, so a window is still several requests in flight
 DEFLATE, SHUFFLE, FLETCHER32 = 1, 2, 3  # HDF5 filter ids raytrain decodes itself
 FILTER_NAMES = {1: "deflate (gzip)", 2: "shuffle", 3: "fletcher32", 4: "szip", 32000: "lzf", 32001: "blosc",
@@ -203,6 +206,7 @@ class _Block:
     stop: int
     ranges: list[tuple[int, int]]  # (byte offset, size), in file order
     key: str = ""
+    flat: bool = False  # one range that is the block's rows as a raw array (see RemoteHDF5Reader._block)
 
 
 class RemoteHDF5Reader:
@@ -226,6 +230,7 @@ class RemoteHDF5Reader:
         self._options = dict(options or {})
         self._cache = cache
         self._layouts: dict[int, Layout] = {}
+        self._blocks: dict[tuple[int, int], _Block] = {}
         self._handles: dict[int, Any] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="raytrain-fetch")
@@ -246,6 +251,12 @@ class RemoteHDF5Reader:
         return layout.shape[1:], layout.dtype
 
     def _block(self, code: int, index: int) -> _Block:
+        """Block ``index`` of file ``code``: its rows and byte ranges (worked out once)."""
+        if (code, index) not in self._blocks:
+            self._blocks[(code, index)] = self._plan_block(code, index)
+        return self._blocks[(code, index)]
+
+    def _plan_block(self, code: int, index: int) -> _Block:
         layout = self._layout(code)
         per = self._rows_per_block[code]
         start, stop = index * per, min((index + 1) * per, layout.shape[0])
@@ -254,15 +265,32 @@ class RemoteHDF5Reader:
                                                     (stop - start) * layout.row_bytes)]
         else:
             rows = layout.chunks[0]
-            ranges = sorted((off, size) for band in range(start // rows, (stop - 1) // rows + 1)
-                            for _, off, size, _ in layout.bands.get(band, []))
+            chunks = sorted((origin, off, size) for band in range(start // rows, (stop - 1) // rows + 1)
+                            for origin, off, size, _ in layout.bands.get(band, []))
+            ranges = sorted((off, size) for _, off, size in chunks)
         key = NodeCache.key(layout.uri, layout.version, self._x_key, per, index) if self._cache else ""
+        if layout.chunks is not None and self._flat(layout, chunks, start, stop):
+            # Unfiltered whole-sample chunks stored back to back in row order: the block is one
+            # range, read (or taken from the cache) straight into an array without a copy.
+            return _Block(code, index, start, stop, [(chunks[0][1], sum(size for _, _, size in chunks))], key, True)
         return _Block(code, index, start, stop, ranges, key)
 
+    @staticmethod
+    def _flat(layout: Layout, chunks: list, start: int, stop: int) -> bool:
+        rows = layout.chunks[0]
+        chunk_bytes = rows * layout.row_bytes
+        if layout.pipeline or tuple(layout.chunks[1:]) != layout.shape[1:] or not chunks:
+            return False
+        if len(chunks) != (stop - 1) // rows - start // rows + 1:
+            return False  # a chunk never written
+        return all(size == chunk_bytes and (i == 0 or off == chunks[i - 1][1] + chunk_bytes)
+                   for i, (_, off, size) in enumerate(chunks))
+
     def _blocks_of(self, file_codes: np.ndarray, rows: np.ndarray) -> list[_Block]:
-        pairs = np.unique(np.stack([file_codes.astype(np.int64),
-                                    rows // np.asarray(self._rows_per_block, dtype=np.int64)[file_codes]]), axis=1)
-        return [self._block(int(c), int(b)) for c, b in pairs.T]
+        """The blocks of rows sorted by file then row (each block once, in that order)."""
+        index = rows // np.asarray(self._rows_per_block, dtype=np.int64)[file_codes]
+        first = np.r_[0, np.flatnonzero((file_codes[1:] != file_codes[:-1]) | (index[1:] != index[:-1])) + 1]
+        return [self._block(int(c), int(b)) for c, b in zip(file_codes[first], index[first])]
 
     def _fetch(self, blocks: list[_Block]) -> dict[tuple[int, int], list[bytes]]:
         """The stored bytes of each block's ranges: from the cache, else fetched, several
@@ -272,6 +300,7 @@ class RemoteHDF5Reader:
         for block in blocks:
             cached = self._cache.get(block.key) if self._cache else None
             if cached is not None:
+                cached = memoryview(cached)  # slices of a memoryview are views, not copies
                 parts, at = [], 0
                 for _, size in block.ranges:
                     parts.append(cached[at : at + size])
@@ -294,7 +323,7 @@ class RemoteHDF5Reader:
             code, lo = request[0][0], request[0][1]
             hi = max(off + size for _, off, size, _, _ in request)
             try:
-                data = self._handles[code].read_at(hi - lo, lo)
+                data = memoryview(self._handles[code].read_at(hi - lo, lo))
             except OSError as e:
                 raise store.explain(e, self._files[code], self._options) from None
             for _, off, size, block, i in request:
@@ -311,10 +340,12 @@ class RemoteHDF5Reader:
                 self._cache.put(block.key, b"".join(out[(block.code, block.index)]))
         return out
 
-    def _decode(self, block: _Block, parts: list[bytes]) -> np.ndarray:
+    def _decode(self, block: _Block, parts: list[Any]) -> np.ndarray:
         layout = self._layouts[block.code]
         rows = block.stop - block.start
         sample = layout.shape[1:]
+        if block.flat:
+            return np.frombuffer(parts[0], layout.dtype).reshape(-1, *sample)[:rows]
         if layout.chunks is None:
             if not parts:
                 return np.full((rows, *sample), layout.fill, layout.dtype)
@@ -338,11 +369,15 @@ class RemoteHDF5Reader:
         return arr
 
     def prefetch(self, file_codes: np.ndarray, rows: np.ndarray) -> None:
-        """Start fetching the blocks of the next window (rows sorted by file and row)."""
+        """Start fetching the blocks of the next window (rows sorted by file and row); blocks
+        in the node cache are left to :meth:`read_sorted`, which reads them straight into place."""
         if len(rows) == 0:
             return
-        blocks = self._blocks_of(file_codes, rows)
+        blocks = [b for b in self._blocks_of(file_codes, rows) if not self._cached(b)]
         self._ahead = (frozenset((b.code, b.index) for b in blocks), self._ahead_pool.submit(self._fetch, blocks))
+
+    def _cached(self, block: _Block) -> bool:
+        return self._cache is not None and self._cache.contains(block.key)
 
     def read_sorted(self, file_codes: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
         """Read (file, row) pairs, sorted by file then row, into ``out[:len(rows)]``."""
@@ -350,32 +385,40 @@ class RemoteHDF5Reader:
         if n == 0:
             return
         blocks = self._blocks_of(file_codes, rows)
-        fetched: dict[tuple[int, int], list[bytes]] = {}
+        by_key = {(b.code, b.index): b for b in blocks}
+        index = rows // np.asarray(self._rows_per_block, dtype=np.int64)[file_codes]
+        breaks = np.flatnonzero((file_codes[1:] != file_codes[:-1]) | (index[1:] != index[:-1])) + 1
+        spans = [(int(s), int(e), by_key[(int(file_codes[s]), int(index[s]))])
+                 for s, e in zip(np.r_[0, breaks], np.r_[breaks, n])]
+        fetched: dict[tuple[int, int], list[Any]] = {}
         if self._ahead is not None:
             wanted, future = self._ahead
             self._ahead = None
-            if all((b.code, b.index) in wanted for b in blocks):
-                fetched = future.result()
-            else:
-                future.result()  # a different window (a new epoch): let it finish, fetch again
-        missing = [b for b in blocks if (b.code, b.index) not in fetched]
+            result = future.result()  # fetched for another window (a new epoch began): dropped
+            if all((b.code, b.index) in wanted for b in blocks if not self._cached(b)):
+                fetched = result
+        done = set()
+        if self._cache is not None:  # a whole flat block in the cache is read straight into place
+            for s, e, block in spans:
+                if (block.flat and (block.code, block.index) not in fetched and e - s == block.stop - block.start
+                        and self._cache.read_into(block.key, out[s:e])):
+                    done.add((block.code, block.index))
+        missing = [b for b in blocks if (b.code, b.index) not in fetched and (b.code, b.index) not in done]
         if missing:
             fetched.update(self._fetch(missing))
-        per = np.asarray(self._rows_per_block, dtype=np.int64)[file_codes]
-        index = rows // per
-        breaks = np.flatnonzero((file_codes[1:] != file_codes[:-1]) | (index[1:] != index[:-1])) + 1
 
-        by_key = {(b.code, b.index): b for b in blocks}
-
-        def fill(span: tuple[int, int]) -> None:
-            s, e = span
-            block = by_key[(int(file_codes[s]), int(index[s]))]
+        def fill(span: tuple[int, int, _Block]) -> None:
+            s, e, block = span
             arr = self._decode(block, fetched[(block.code, block.index)])
-            out[s:e] = arr[rows[s:e] - block.start]
+            np.take(arr, rows[s:e] - block.start, axis=0, out=out[s:e])
 
-        spans = list(zip(np.r_[0, breaks], np.r_[breaks, n]))
-        for future in [self._pool.submit(fill, span) for span in spans]:
-            future.result()
+        todo = [span for span in spans if (span[2].code, span[2].index) not in done]
+        if any(self._layouts[b.code].pipeline for b in blocks):  # decompressing releases the GIL: use the threads
+            for future in [self._pool.submit(fill, span) for span in todo]:
+                future.result()
+        else:  # a copy: threads would only add hand-offs
+            for span in todo:
+                fill(span)
 
     def close(self) -> None:
         if self._ahead is not None:

@@ -81,6 +81,8 @@ def filesystem(uri: str, options: Optional[Mapping[str, Any]] = None) -> tuple[A
     """The pyarrow filesystem of ``uri`` and the path on it (``bucket/key``), cached per process."""
     options = dict(options or {})
     kind = {"gcs": "gs"}.get(scheme(uri), scheme(uri))
+    if kind not in ("s3", "gs", "file"):
+        raise RaytrainError(f"{uri} has the scheme {scheme(uri)}://; raytrain reads s3://, gs:// and file:// URIs")
     rest = uri.split("://", 1)[1]
     bucket = rest.split("/", 1)[0]
     key = (kind, bucket if kind == "s3" else "", tuple(sorted(options.items())), os.environ.get("AWS_ENDPOINT_URL"))
@@ -101,6 +103,11 @@ def explain(error: BaseException, uri: str, options: Optional[Mapping[str, Any]]
     text = str(error)
     low = text.lower()
     endpoint = s3_endpoint(options or {}) if scheme(uri) == "s3" else (options or {}).get("endpoint")
+    if "oauth2 access token" in low or "default credentials" in low:
+        return RaytrainError(
+            f"no valid credentials for {uri}; set GOOGLE_APPLICATION_CREDENTIALS (or run `gcloud auth "
+            "application-default login`), or data.storage_options.anonymous: true for a public bucket"
+        )
     if any(s in low for s in ("network_connection", "could not resolve", "couldn't connect", "connection refused",
                               "curlcode: 7", "curlcode: 28", "timed out", "timeout")):
         where = f"the endpoint {endpoint}" if endpoint else "the store"
