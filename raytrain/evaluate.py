@@ -26,7 +26,7 @@ from raytrain.data.order import VALIDATION
 from raytrain.data.shard import Shard
 from raytrain.env import set_worker_env
 from raytrain.errors import RaytrainError
-from raytrain.models import scales_uint8
+from raytrain.models import resolve_builder, scales_uint8
 from raytrain.run import rundir, storage
 from raytrain.run.progress import quiet_stderr
 
@@ -34,7 +34,9 @@ from raytrain.run.progress import quiet_stderr
 # and their C++ start-up lines are silenced around the import.
 
 
-def _load_model(run_dir: str) -> Any:
+def _load_model(run_dir: str, builder: str) -> Any:
+    """The run's exported model. The builder's module is imported first, so custom layers
+    it registers (``@tf_keras.saving.register_keras_serializable()``) can be rebuilt."""
     import tf_keras
 
     path = rundir.path(run_dir, rundir.MODEL_KERAS)
@@ -46,7 +48,17 @@ def _load_model(run_dir: str) -> Any:
     if local is None:  # a URI: copy it here first
         local = os.path.join(tempfile.mkdtemp(prefix="raytrain-eval-"), rundir.MODEL_KERAS)
         storage.download_file(path, local)
-    return tf_keras.models.load_model(local)
+    try:
+        resolve_builder(builder)
+    except RaytrainError:
+        pass  # the builder moved or is gone: a model of built-in layers still loads
+    try:
+        return tf_keras.models.load_model(local)
+    except (TypeError, ValueError) as e:
+        raise RaytrainError(
+            f"{path} cannot be loaded: {str(e).splitlines()[0]}; a custom layer must be registered with "
+            "@tf_keras.saving.register_keras_serializable() in the builder's module (and get_config for its arguments)"
+        ) from None
 
 
 def _check_like_training(index: Any, meta: dict[str, Any], where: str, run_dir: str) -> None:
@@ -84,7 +96,7 @@ def evaluate(run_dir: str, data: Optional[dict[str, Any]] = None, batch_size: in
     index = build_index(d)
     _check_like_training(index, meta, str(where), run_dir)
     with quiet_stderr():
-        model = _load_model(run_dir)
+        model = _load_model(run_dir, job.model.builder)
     local = dataclasses.replace(job.scaling, num_workers=0)  # this process reads with all its CPUs
     read = ReadSpec(d, index.sample_shape, index.dtype, index.rows_per_block,
                     meta.get("shuffle_window") or AUTO_WINDOW_MAX, reading_threads(d, local))

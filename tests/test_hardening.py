@@ -449,3 +449,35 @@ def test_loaders_are_closed_when_training_fails(tmp_path):
     with pytest.raises(RaytrainError, match="cannot be decoded"):
         trainer.run(job)
     assert [t.name for t in threading.enumerate() if t.name.startswith("raytrain-decode")] == []
+
+
+CUSTOM_LAYER_MODEL = '''
+import tf_keras as keras
+
+{decorator}
+class Doubled(keras.layers.Layer):
+    def call(self, x):
+        return x * 2.0
+
+
+def build(input_shape, num_classes):
+    return keras.Sequential([keras.Input(input_shape), Doubled(), keras.layers.Flatten(),
+                             keras.layers.Dense(num_classes, activation="softmax")])
+'''
+
+
+@pytest.mark.parametrize("registered", [True, False])
+def test_evaluate_loads_custom_layers_of_the_builder_or_says_how(tmp_path, make_h5, registered):
+    """Found while testing object storage: evaluate crashed with a traceback on a model with a custom layer."""
+    decorator = "@keras.saving.register_keras_serializable()" if registered else ""
+    (tmp_path / "custom.py").write_text(CUSTOM_LAYER_MODEL.format(decorator=decorator))
+    data = make_h5("d.h5", samples=64, shape=(4, 4, 1))
+    proc = run_cli("train", "--data", data, "--model", f"{tmp_path}/custom.py:build", "--local", "--epochs", "1",
+                   "--batch-size", "8", "--name", "c", "--storage-path", str(tmp_path / "runs"), cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_cli("evaluate", str(tmp_path / "runs" / "c"), cwd=str(tmp_path))
+    if registered:
+        assert proc.returncode == 0 and "on 64 samples" in proc.stdout, proc.stderr[-2000:]
+    else:
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "register_keras_serializable" in proc.stderr and "cannot be loaded" in proc.stderr

@@ -282,6 +282,17 @@ def test_two_workers_train_5d_clips_from_s3(s3, tmp_path):
     _train_and_check(tmp_path, ["--data", uri], DataSection(kind="hdf5", paths=[uri]))
 
 
+def test_local_mode_trains_from_s3_and_evaluate_reads_it_again(s3, tmp_path, make_h5):
+    from tests.conftest import run_cli
+
+    uri = s3.put(make_h5("small.h5", samples=96, shape=(8, 8, 3)), "local/small.h5")
+    proc = run_cli("train", "--data", uri, "--local", "--epochs", "1", "--batch-size", "16", "--name", "loc",
+                   "--storage-path", str(tmp_path / "runs"), cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_cli("evaluate", str(tmp_path / "runs" / "loc"), cwd=str(tmp_path))
+    assert proc.returncode == 0 and "on 96 samples" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
 def _upload_image_tree(s3, tmp_path, prefix, n=60):
     """PNG images whose first pixel is their sample id, in 2 class folders, sorted as the index sorts them."""
     from tests.conftest import write_image
