@@ -116,13 +116,14 @@ def test_store_bench_prints_every_row_and_writes_json(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     for row in ("sequential download of every object", "raytrain loader: shuffled epoch", "5 ms added to every request",
                 "epoch 2 from the node cache", "on local disk", "ranged requests per window:",
-                "loader >= 0.8x one sequential download"):
+                "loader >= 0.8x one sequential download", "the same images from the store"):
         assert row in proc.stdout, f"missing row {row!r} in:\n{proc.stdout}"
     result = json.loads(out.read_text())
     rows = result["rows"]
     assert result["samples"] == 256 and result["objects"] == 2
     assert all(rows[k]["samples_per_s"] > 0 for k in ("download", "loader", "delayed", "cache_epoch_2", "local_disk"))
     assert rows["cache_epoch_2"]["requests"] == 0  # epoch 2 read the node cache only
+    assert all(result["images"][k]["samples_per_s"] > 0 for k in ("local_disk", "store", "delayed"))
     assert 1 <= rows["loader"]["requests_per_window"] <= rows["loader"]["blocks_per_window"]
     assert set(result["bars"]) == {"loader_vs_download", "requests_over_blocks", "delay_vs_no_delay",
                                    "cache_vs_local_disk"}

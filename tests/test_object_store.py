@@ -352,3 +352,75 @@ def test_index_a_folder_in_s3_and_bad_image_sources_are_one_line(s3, tmp_path):
     ):
         proc = run_cli("train", *flags, "--local", "--storage-path", str(tmp_path / "runs"), cwd=str(tmp_path))
         assert proc.returncode == 2 and expected in proc.stderr and proc.stderr.count("\n") == 1, (flags, proc.stderr)
+
+
+def test_the_index_reads_metadata_and_labels_not_the_features(s3, tmp_path):
+    from raytrain.data import hdf5_remote
+
+    x = np.random.default_rng(0).integers(0, 255, (4000, 32, 32, 3), dtype=np.uint8)  # 12 MB of features
+    with h5py.File(tmp_path / "big.h5", "w") as f:
+        f.create_dataset("X", data=x, chunks=(64, 32, 32, 3))
+        f.create_dataset("Y", data=np.arange(4000) % 5)
+    uri = s3.put(str(tmp_path / "big.h5"), "meta/big.h5")
+    before = hdf5_remote.FETCHED[0]
+    index = build_hdf5_index([uri])
+    assert len(index.table) == 4000 and index.num_classes == 5
+    fetched = hdf5_remote.FETCHED[0] - before
+    assert fetched <= 2 * hdf5_remote.META_BLOCK_BYTES < x.nbytes / 5, fetched  # the header's block, the labels' block
+
+
+def test_credentials_the_store_refuses_are_one_line(tmp_path):
+    """A second moto server that checks credentials (INITIAL_NO_AUTH_ACTION_COUNT=0): the
+    test's made-up keys are refused as S3 refuses an unknown key, a 403."""
+    import subprocess
+    import sys
+    import time
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="0"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", **AWS_ENV)
+        proc = run_cli_env(env, "train", "--data", "s3://locked-bucket/a.h5", "--local",
+                           "--storage-path", str(tmp_path / "runs"), cwd=str(tmp_path))
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "access denied to s3://locked-bucket/a.h5; check the credentials" in proc.stderr
+
+
+def test_bench_reads_an_object_already_in_the_store(s3, tmp_path, make_h5):
+    import json
+
+    from tests.conftest import run_cli
+
+    uri = s3.put(make_h5("b.h5", samples=128, shape=(8, 8, 3)), "bench/b.h5")
+    out = tmp_path / "b.json"
+    proc = run_cli("bench", uri, "--batch-size", "16", "--workdir", str(tmp_path / "w"), "--out", str(out),
+                   cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["samples"] == 128 and "delayed" not in result["rows"]
+    assert "epoch 2 from the node cache" in proc.stdout and "delay_vs_no_delay" not in result["bars"]
+    proc = run_cli("bench", f"s3://{BUCKET}/bench/none.h5", cwd=str(tmp_path))
+    assert proc.returncode == 2 and "bench file s3://raytrain-test/bench/none.h5 does not exist" in proc.stderr
+
+
+def test_storage_options_endpoint_reaches_the_index_and_the_loader(s3, tmp_path):
+    """No AWS_ENDPOINT_URL in the environment: only data.storage_options says where the store is."""
+    _upload_image_tree(s3, tmp_path, "opts", n=24)
+    env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
+    proc = run_cli_env(env, "train", "--directory", f"s3://{BUCKET}/opts/", "--image-size", "5,5", "--local",
+                       "--epochs", "1", "--batch-size", "4", "--storage-options", f"endpoint={s3.endpoint}",
+                       "--storage-path", str(tmp_path / "runs"), "--name", "o", cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "finished 1 epoch" in proc.stdout, proc.stdout

@@ -50,9 +50,12 @@ from raytrain.data.hdf5_index import build_hdf5_index
 from raytrain.data.hdf5_loader import HDF5Loader, auto_window
 from raytrain.data.hdf5_reader import HDF5Reader
 from raytrain.data.hdf5_remote import FETCH_THREADS, RemoteHDF5Reader
+from raytrain.data.image_index import scan_directory, to_table
+from raytrain.data.image_loader import ImageLoader
+from raytrain.data.image_reader import ImageDecoder
 from raytrain.data.order import TRAIN, epoch_order
 from raytrain.data.shard import Shard
-from raytrain.data.synth import make_hdf5
+from raytrain.data.synth import make_hdf5, make_image_tree
 from raytrain.errors import RaytrainError
 
 BUCKET = "raytrain-bench"
@@ -231,9 +234,35 @@ def _measure(uri: str, local_files: list[str], batch: int, workdir: str, endpoin
             "dtype": index.dtype, "window": window, "rows_per_block": max(index.rows_per_block.values())}
 
 
+def _image_rates(folder: str, fs: Any, endpoint: str, delayed: str, images: int, batch: int,
+                 progress: Callable[[str], None]) -> dict[str, Any]:
+    """The image loader (2 decoding threads, its fetch threads) on the same 64x64 JPEGs from
+    local disk, from the store, and from the store with the proxy's delay per request."""
+    tree = os.path.join(folder, "images")
+    progress(f"writing and uploading {images:,} 64x64 JPEGs")
+    paths = make_image_tree(tree, images, size=(64, 64))
+    for path in paths:
+        pafs.copy_files(path, f"{BUCKET}/images/{os.path.relpath(path, tree)}", destination_filesystem=fs)
+    out = {}
+    for name, root, options in (("local_disk", tree, {}), ("store", f"s3://{BUCKET}/images", {"endpoint": endpoint}),
+                                ("delayed", f"s3://{BUCKET}/images", {"endpoint": delayed})):
+        progress(f"image loader: {name}")
+        found, labels, _ = scan_directory(root, options=options)
+        loader = ImageLoader(Shard(to_table(found, labels)), ImageDecoder((64, 64), 3), 2, 0, 0, TRAIN,
+                             options=options)
+        try:
+            out[name] = {"samples_per_s": float(np.median([_epoch_rate(loader, e, batch) for e in range(2)]))}
+        finally:
+            loader.close()
+    return out
+
+
 def run_bench(file: Optional[str], target: str, samples: int, shape: tuple[int, ...], chunk_rows: int, batch: int,
-              delay_ms: float, shards: int, workdir: Optional[str], progress: Callable[[str], None]) -> dict[str, Any]:
+              delay_ms: float, shards: int, workdir: Optional[str], progress: Callable[[str], None],
+              images: int = 2000) -> dict[str, Any]:
     with workspace(workdir) as folder:
+        if file is not None and store.is_uri(file):
+            return _existing_object(file, batch, folder, progress)
         local_files = [file] if file else [os.path.join(folder, f"bench-{i:03d}.h5") for i in range(shards)]
         if file is None:
             progress(f"writing {samples:,} samples of {shape} in {shards} files (chunks of {chunk_rows} rows)")
@@ -269,11 +298,32 @@ def run_bench(file: Optional[str], target: str, samples: int, shape: tuple[int, 
                     raise store.explain(e, f"{folder_uri}/{name}") from None
             uri = f"{folder_uri}/raytrain-bench-*.h5" if len(names) > 1 else f"{folder_uri}/{names[0]}"
             measured = _measure(uri, local_files, batch, folder, endpoint, delayed, progress)
+            if target == "local" and images:
+                measured["images"] = _image_rates(folder, fs, endpoint, delayed, images, batch, progress)
         finally:
             _stop(proxy)
             _stop(server)
             os.environ.clear()
             os.environ.update(saved)
+    return _result(measured, target, delay_ms, batch, len(names))
+
+
+def _existing_object(uri: str, batch: int, folder: str, progress: Callable[[str], None]) -> dict[str, Any]:
+    """``raytrain bench s3://bucket/data.h5``: the rows for an object already in a store (no
+    upload, no delay row); the local-disk row reads a copy downloaded first (not timed)."""
+    found = store.info(uri)
+    if found.type != pafs.FileType.File:
+        store.check_bucket(uri)
+        raise RaytrainError(f"bench file {uri} does not exist; check the URI")
+    local = os.path.join(folder, "local-copy.h5")
+    progress(f"downloading {found.size / (1 << 20):,.0f} MiB of {uri} for the local-disk row")
+    fs, path = store.filesystem(uri)
+    pafs.copy_files(path, local, source_filesystem=fs)
+    measured = _measure(uri, [local], batch, folder, None, None, progress)
+    return _result(measured, store.parent(uri), 0.0, batch, 1)
+
+
+def _result(measured: dict[str, Any], target: str, delay_ms: float, batch: int, objects: int) -> dict[str, Any]:
     r = measured["rows"]
     ratios = {
         "loader_vs_download": r["loader"]["samples_per_s"] / r["download"]["samples_per_s"],
@@ -284,7 +334,7 @@ def run_bench(file: Optional[str], target: str, samples: int, shape: tuple[int, 
         ratios["delay_vs_no_delay"] = r["delayed"]["samples_per_s"] / r["loader"]["samples_per_s"]
     return {
         "bench": "store", "date": datetime.date.today().isoformat(), "machine": machine(), "store": target,
-        "delay_ms": delay_ms, "batch": batch, "objects": len(names), "fetch_threads": FETCH_THREADS, **measured,
+        "delay_ms": delay_ms, "batch": batch, "objects": objects, "fetch_threads": FETCH_THREADS, **measured,
         "ratios": ratios,
         "bars": judge([b for b in BARS if b[0] in ratios], ratios),
     }
@@ -314,12 +364,26 @@ def render(result: dict[str, Any]) -> str:
         "",
         *table(["reader", "samples/s", "vs the loader"], rows, right=(1, 2)),
         "",
+        *_image_lines(result),
         f"ranged requests per window: {loader['requests_per_window']:,.1f} for {loader['blocks_per_window']:,.1f} "
         f"blocks per window; epoch 2 from the cache made {r['cache_epoch_2']['requests']} requests",
         "",
         *bars_table(result["bars"],
                     lambda b: f"blocks {b['value']:+.1f}" if "requests" in b["bar"] else f"{b['value']:,.2f}x"),
     ])
+
+
+def _image_lines(result: dict[str, Any]) -> list[str]:
+    images = result.get("images")
+    if not images:
+        return []
+    base = images["local_disk"]["samples_per_s"]
+    names = [("local_disk", "image loader (2 decoding threads), 64x64 JPEGs on local disk"),
+             ("store", "the same images from the store (one GET each, on the fetch threads)"),
+             ("delayed", f"the same, {result['delay_ms']:g} ms added to every request (proxy)")]
+    rows = [[name, f"{images[k]['samples_per_s']:,.0f}", f"{images[k]['samples_per_s'] / base:,.2f}x"]
+            for k, name in names]
+    return [*table(["images", "images/s", "vs local disk"], rows, right=(1, 2)), ""]
 
 
 def check_args(target: str, samples: int, batch: int, delay_ms: float, shards: int = 1) -> None:

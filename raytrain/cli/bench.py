@@ -17,7 +17,7 @@ def command_parser(sub: Any) -> None:
                        description=f"{hdf5.__doc__}\n{images.__doc__}\n{workers.__doc__}\n{store.__doc__}",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", nargs="?", help="HDF5 file, or with --images a class-per-folder tree of JPEGs "
-                   "(default: write a synthetic one)")
+                   "(default: write a synthetic one); an s3:// or gs:// HDF5 object runs the --store rows on it")
     p.add_argument("--images", action="store_true", help="measure the image loader (default: the HDF5 loader)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="measure N Ray Train workers against --local and Ray Train's own TensorFlow recipe "
@@ -55,14 +55,19 @@ def bench_command(args: argparse.Namespace) -> int:
 
     if args.workers is None:
         args.batch_size, args.epochs = given(args.batch_size, 32), given(args.epochs, 2)
+    if args.file is not None and "://" in args.file:  # an HDF5 object already in a store
+        args.store = args.store or args.file.rsplit("/", 1)[0]
     if args.store is not None:
         bench = store
         samples, shape = args.samples or 8_000, args.shape or (64, 64, 3)
         store.check_args(args.store, samples, args.batch_size, args.delay_ms, args.shards)
-        if args.file is not None and not os.path.isfile(args.file):
-            raise RaytrainError(f"bench file {args.file} does not exist; pass an HDF5 file or no file for a synthetic one")
+        if args.file is not None and "://" not in args.file and not os.path.isfile(args.file):
+            raise RaytrainError(
+                f"bench file {args.file} does not exist; pass an HDF5 file or no file for a synthetic one"
+            )
         result = bench.run_bench(args.file, args.store, samples, shape, args.chunk_rows, args.batch_size,
-                                 args.delay_ms, args.shards, args.workdir, progress=progress)
+                                 args.delay_ms, args.shards, args.workdir, progress=progress,
+                                 images=args.samples // 4 if args.samples else 2000)
     elif args.workers is not None:
         bench = workers
         samples, shape = args.samples or 20_000, args.shape or (64, 64, 3)

@@ -42,6 +42,7 @@ FETCH_THREADS = 16  # ranged requests in flight per worker: the store's latency,
 # The same rule and value as Apache Arrow's Rust object_store (OBJECT_STORE_COALESCE_DEFAULT).
 GAP_BYTES = 1 << 20
 MAX_REQUEST_BYTES = 8 << 20  # ... up to this size, so a window is still several requests in flight
+FETCHED = [0]  # bytes every BlockFile of this process fetched (metadata and labels)
 DEFLATE, SHUFFLE, FLETCHER32 = 1, 2, 3  # HDF5 filter ids raytrain decodes itself
 FILTER_NAMES = {1: "deflate (gzip)", 2: "shuffle", 3: "fletcher32", 4: "szip", 32000: "lzf", 32001: "blosc",
                 32004: "lz4", 32015: "zstd"}
@@ -50,7 +51,7 @@ FILTER_NAMES = {1: "deflate (gzip)", 2: "shuffle", 3: "fletcher32", 4: "szip", 3
 class BlockFile:
     """A read-only file object over a pyarrow ``RandomAccessFile`` for h5py: reads are
     served from :data:`META_BLOCK_BYTES` blocks fetched once, so HDF5's many small
-    metadata reads cost a few requests."""
+    metadata reads cost a few requests. :data:`FETCHED` counts the bytes all of them read."""
 
     def __init__(self, raw: Any):
         self._raw = raw
@@ -62,6 +63,7 @@ class BlockFile:
     def _block(self, k: int) -> bytes:
         if k not in self._blocks:
             self.requests += 1
+            FETCHED[0] += min(META_BLOCK_BYTES, self._size - k * META_BLOCK_BYTES)
             self._blocks[k] = self._raw.read_at(min(META_BLOCK_BYTES, self._size - k * META_BLOCK_BYTES),
                                                 k * META_BLOCK_BYTES)
         return self._blocks[k]

@@ -27,7 +27,7 @@ import json
 import os
 import queue
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -128,14 +128,15 @@ def _walk(roots: list[str], threads: int) -> dict[str, list[str]]:
     return found
 
 
-def scan_directory(directory: str, threads: int = SCAN_THREADS) -> tuple[list[str], np.ndarray, list[str]]:
+def scan_directory(directory: str, threads: int = SCAN_THREADS,
+                   options: Optional[Mapping[str, Any]] = None) -> tuple[list[str], np.ndarray, list[str]]:
     """Paths, class indices and class names of a class-per-folder tree (see the module docstring).
 
     Raises:
         RaytrainError: The directory is missing, has no class folders, or no images.
     """
     if store.is_uri(directory):
-        return _scan_uri(directory)
+        return _scan_uri(directory, options)
     if not os.path.isdir(directory):
         raise RaytrainError(f"image directory {directory} does not exist; check data.directory / --directory")
     classes = sorted(
@@ -164,14 +165,14 @@ def scan_directory(directory: str, threads: int = SCAN_THREADS) -> tuple[list[st
     return paths, np.asarray(labels, dtype=np.int64), classes
 
 
-def _scan_uri(directory: str) -> tuple[list[str], np.ndarray, list[str]]:
+def _scan_uri(directory: str, options: Optional[Mapping[str, Any]]) -> tuple[list[str], np.ndarray, list[str]]:
     """:func:`scan_directory` for a folder in object storage: one recursive listing (the
     store pages it), the same rules (hidden class folders skipped, files sorted by folder
     then name)."""
     base = directory.rstrip("/") + "/"
-    store.check_bucket(directory)
+    store.check_bucket(directory, options)
     by_class: dict[str, list[tuple[str, str]]] = {}
-    for uri, _ in store.list_files(directory):
+    for uri, _ in store.list_files(directory, options):
         rel = uri[len(base):]
         if "/" not in rel or rel.startswith("."):
             continue
@@ -196,14 +197,14 @@ def _scan_uri(directory: str) -> tuple[list[str], np.ndarray, list[str]]:
     return paths, np.asarray(labels, dtype=np.int64), classes
 
 
-def _read_table(path: str) -> pa.Table:
+def _read_table(path: str, options: Optional[Mapping[str, Any]] = None) -> pa.Table:
     remote = store.is_uri(path)
     if remote:
-        store.check_bucket(path)
-    if not (store.info(path).type == pyarrow.fs.FileType.File if remote else os.path.isfile(path)):
+        store.check_bucket(path, options)
+    if not (store.info(path, options).type == pyarrow.fs.FileType.File if remote else os.path.isfile(path)):
         raise RaytrainError(f"manifest {path} does not exist; check data.manifest / --manifest")
     ext = os.path.splitext(path)[1].lower()
-    source: Any = store.open_file(path) if remote else path
+    source: Any = store.open_file(path, options) if remote else path
     try:
         if ext in (".parquet", ".pq"):
             return pq.read_table(source)
@@ -216,7 +217,7 @@ def _read_table(path: str) -> pa.Table:
 
 
 def read_manifest(
-    path: str, path_column: str = "path", label_column: str = "label"
+    path: str, path_column: str = "path", label_column: str = "label", options: Optional[Mapping[str, Any]] = None
 ) -> tuple[list[str], np.ndarray, list[str]]:
     """Paths (absolute), class indices and class names of a manifest (see the module docstring).
 
@@ -224,7 +225,7 @@ def read_manifest(
         RaytrainError: The file is missing or unreadable, a column is missing, a value
             is empty, or labels are neither class names nor non-negative integers.
     """
-    table = _read_table(path)
+    table = _read_table(path, options)
     for column, key in ((path_column, "path_column"), (label_column, "label_column")):
         if column not in table.column_names:
             raise RaytrainError(
@@ -262,7 +263,7 @@ def read_manifest(
             f"manifest {path}: label column '{label_column}' holds {raw.type} values; "
             "use class names (strings) or class indices (integers)"
         )
-    missing = [p for p in paths[:CHECK_FIRST] if not _exists(p)]
+    missing = [p for p in paths[:CHECK_FIRST] if not _exists(p, options)]
     if missing:
         raise RaytrainError(
             f"manifest {path}: image {missing[0]} does not exist; relative paths are resolved against "
@@ -278,8 +279,8 @@ def _resolve(base: str, p: str) -> str:
     return store.join(base, p) if store.is_uri(base) else os.path.normpath(os.path.join(base, p))
 
 
-def _exists(p: str) -> bool:
-    return store.info(p).type == pyarrow.fs.FileType.File if store.is_uri(p) else os.path.exists(p)
+def _exists(p: str, options: Optional[Mapping[str, Any]] = None) -> bool:
+    return store.info(p, options).type == pyarrow.fs.FileType.File if store.is_uri(p) else os.path.exists(p)
 
 
 def _reject_duplicates(manifest: str, paths: list[str]) -> None:
@@ -322,6 +323,7 @@ def build_image_index(
     channels: int,
     path_column: str = "path",
     label_column: str = "label",
+    options: Optional[Mapping[str, Any]] = None,
 ) -> SampleIndex:
     """Index an image dataset from a directory or a manifest (exactly one).
 
@@ -332,12 +334,13 @@ def build_image_index(
         channels: 3 (rgb) or 1 (grayscale).
         path_column: The manifest's path column.
         label_column: The manifest's label column.
+        options: ``data.storage_options`` for URIs.
     """
     if directory:
-        paths, labels, classes = scan_directory(directory)
+        paths, labels, classes = scan_directory(directory, options=options)
     else:
         assert manifest, "config validation requires a directory or a manifest"
-        paths, labels, classes = read_manifest(manifest, path_column, label_column)
+        paths, labels, classes = read_manifest(manifest, path_column, label_column, options)
     if len(classes) < 2:
         raise RaytrainError(f"{directory or manifest} holds {len(classes)} class; a classifier needs at least 2")
     shape = (int(image_size[0]), int(image_size[1]), channels)
@@ -347,7 +350,7 @@ def build_image_index(
 def index_section(d: DataSection) -> SampleIndex:
     """The index of the image folder or manifest a (validated) ``data`` section names."""
     return build_image_index(d.directory, d.manifest, tuple(d.image_size), COLOR_MODES[d.color_mode],
-                             d.path_column, d.label_column)
+                             d.path_column, d.label_column, d.storage_options)
 
 
 def verify_images(paths: list[str], threads: int = 0) -> list[tuple[str, str]]:

@@ -116,9 +116,11 @@ def explain(error: BaseException, uri: str, options: Optional[Mapping[str, Any]]
             "(AWS_ENDPOINT_URL or data.storage_options.endpoint)"
         )
     if any(s in low for s in ("access_denied", "accessdenied", "access denied", "forbidden", "403")):
+        # S3 answers a HEAD with an unknown key or no permission alike: a 403 without a body.
         return RaytrainError(
-            f"access denied to {uri}; give these credentials read access to the bucket, or set "
-            "data.storage_options.anonymous: true for a public bucket"
+            f"access denied to {uri}; check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+            "the instance role) and that they may read the bucket, or set data.storage_options.anonymous: true for a "
+            "public bucket"
         )
     if any(s in low for s in ("no credentials", "unable to locate credentials", "invalidaccesskeyid",
                               "signaturedoesnotmatch", "credentials", "expiredtoken")):
