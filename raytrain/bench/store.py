@@ -227,11 +227,31 @@ def _measure(uri: str, local_files: list[str], batch: int, workdir: str, endpoin
     local = HDF5Loader(shard, HDF5Reader(shard.files, "X"), window, seed=0, rank=0, stream=TRAIN)
     try:
         _epoch_rate(local, 0, batch)  # warms the page cache, as the cache's epoch 1 did
-        rows["local_disk"] = {"samples_per_s": _epoch_rate(local, 1, batch)}
+        rows["local_disk"] = {"samples_per_s": float(np.median([_epoch_rate(local, e, batch) for e in (1, 2)]))}
     finally:
         local.close()
     return {"rows": rows, "file_bytes": size, "samples": n, "sample_shape": list(index.sample_shape),
             "dtype": index.dtype, "window": window, "rows_per_block": max(index.rows_per_block.values())}
+
+
+def _range_cost(fs: Any, uri: str, measured: dict[str, Any], endpoint: str,
+                progress: Callable[[str], None]) -> dict[str, float]:
+    """Milliseconds of one block-sized ranged GET from a bench object and from a 1 MiB one:
+    what the server's cost per request owes to the object's size."""
+    progress("the cost of one ranged GET against the object's size")
+    block = measured["rows_per_block"] * int(np.prod(measured["sample_shape"])) * np.dtype(measured["dtype"]).itemsize
+    small = f"{BUCKET}/range-probe.bin"
+    with fs.open_output_stream(small) as f:
+        f.write(bytes(1 << 20))
+    big = store.filesystem(uri.replace("*", "000"), {"endpoint": endpoint})[1]
+    out = {}
+    for name, path in (("bench_object", big), ("one_mib_object", small)):
+        with fs.open_input_file(path) as f:
+            start = time.perf_counter()
+            for _ in range(20):
+                f.read_at(min(block, (1 << 20) - 1), 0)
+            out[name] = 1000 * (time.perf_counter() - start) / 20
+    return out
 
 
 def _image_rates(folder: str, fs: Any, endpoint: str, delayed: str, images: int, batch: int,
@@ -244,6 +264,12 @@ def _image_rates(folder: str, fs: Any, endpoint: str, delayed: str, images: int,
     for path in paths:
         pafs.copy_files(path, f"{BUCKET}/images/{os.path.relpath(path, tree)}", destination_filesystem=fs)
     out = {}
+    found, _, _ = scan_directory(f"s3://{BUCKET}/images", options={"endpoint": endpoint})
+    progress("images fetched one after another (the store's request rate)")
+    start = time.perf_counter()
+    for uri in found:
+        store.read_bytes(uri, {"endpoint": endpoint})
+    out["one_by_one"] = {"samples_per_s": len(found) / (time.perf_counter() - start)}
     for name, root, options in (("local_disk", tree, {}), ("store", f"s3://{BUCKET}/images", {"endpoint": endpoint}),
                                 ("delayed", f"s3://{BUCKET}/images", {"endpoint": delayed})):
         progress(f"image loader: {name}")
@@ -298,6 +324,8 @@ def run_bench(file: Optional[str], target: str, samples: int, shape: tuple[int, 
                     raise store.explain(e, f"{folder_uri}/{name}") from None
             uri = f"{folder_uri}/raytrain-bench-*.h5" if len(names) > 1 else f"{folder_uri}/{names[0]}"
             measured = _measure(uri, local_files, batch, folder, endpoint, delayed, progress)
+            if target == "local":
+                measured["range_ms"] = _range_cost(fs, uri, measured, endpoint, progress)
             if target == "local" and images:
                 measured["images"] = _image_rates(folder, fs, endpoint, delayed, images, batch, progress)
         finally:
@@ -365,6 +393,7 @@ def render(result: dict[str, Any]) -> str:
         *table(["reader", "samples/s", "vs the loader"], rows, right=(1, 2)),
         "",
         *_image_lines(result),
+        *_range_lines(result),
         f"ranged requests per window: {loader['requests_per_window']:,.1f} for {loader['blocks_per_window']:,.1f} "
         f"blocks per window; epoch 2 from the cache made {r['cache_epoch_2']['requests']} requests",
         "",
@@ -373,12 +402,25 @@ def render(result: dict[str, Any]) -> str:
     ])
 
 
+def _range_lines(result: dict[str, Any]) -> list[str]:
+    cost = result.get("range_ms")
+    if not cost:
+        return []
+    mb = (1 << 20)
+    size = result["file_bytes"] / result["objects"] / mb
+    rows = result["rows_per_block"]
+    return [f"one ranged GET of a block ({rows} rows, at most 1 MiB): {cost['bench_object']:.1f} ms "
+            f"from a {size:,.0f} MiB object, {cost['one_mib_object']:.1f} ms from a 1 MiB object (moto reads the "
+            "whole object for every range)", ""]
+
+
 def _image_lines(result: dict[str, Any]) -> list[str]:
     images = result.get("images")
     if not images:
         return []
     base = images["local_disk"]["samples_per_s"]
     names = [("local_disk", "image loader (2 decoding threads), 64x64 JPEGs on local disk"),
+             ("one_by_one", "the images fetched one after another, not decoded (the store's request rate)"),
              ("store", "the same images from the store (one GET each, on the fetch threads)"),
              ("delayed", f"the same, {result['delay_ms']:g} ms added to every request (proxy)")]
     rows = [[name, f"{images[k]['samples_per_s']:,.0f}", f"{images[k]['samples_per_s'] / base:,.2f}x"]
