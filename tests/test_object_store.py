@@ -192,37 +192,6 @@ def run_cli_env(env, *args, cwd):
 
 # ---- training from the store with 2 real Ray workers, checked by what the model saw ----
 
-RECORDING_MODEL = '''
-import os
-
-import numpy as np
-import tensorflow as tf
-import tf_keras as keras
-
-RECORD_DIR = {record_dir!r}
-
-
-class RecordIds(keras.layers.Layer):
-    """Appends the first value of every sample of every batch (its id) to a file of its process."""
-
-    def call(self, x, training=None):
-        kind = "train" if training else "eval"
-
-        def record(ids):
-            with open(os.path.join(RECORD_DIR, f"{{kind}}-{{os.getpid()}}.txt"), "a") as f:
-                f.write(",".join(str(int(round(float(i)))) for i in ids.numpy()) + "\\n")
-            return np.int32(0)
-
-        tf.py_function(record, [tf.reshape(x, [tf.shape(x)[0], -1])[:, 0]], Tout=tf.int32)
-        return x
-
-
-def build(input_shape, num_classes):
-    return keras.Sequential([
-        keras.Input(input_shape), RecordIds(), keras.layers.Flatten(),
-        keras.layers.Dense(num_classes, activation="softmax"),
-    ])
-'''
 
 
 def _train_and_check(tmp_path, source_flags, population_of, epochs=2, extra=()):
@@ -231,7 +200,7 @@ def _train_and_check(tmp_path, source_flags, population_of, epochs=2, extra=()):
     from raytrain.data.kinds import build_index
     from raytrain.data.split import split_index
     from tests.conftest import run_cli
-    from tests.test_train import check_epochs, read_records
+    from tests.test_train import RECORDING_MODEL, check_epochs, read_records
 
     record_dir = tmp_path / "records"
     record_dir.mkdir()

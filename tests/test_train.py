@@ -30,10 +30,11 @@ class RecordIds(keras.layers.Layer):
         def record(ids):
             path = os.path.join(RECORD_DIR, f"{{kind}}-{{os.getpid()}}.txt")
             with open(path, "a") as f:
-                f.write(",".join(str(int(i)) for i in ids.numpy()) + "\\n")
+                f.write(",".join(str(int(round(float(i)))) for i in ids.numpy()) + "\\n")
             return np.int32(0)
 
-        tf.py_function(record, [x[:, 0, 0, 0]], Tout=tf.int32)
+        # The first value of each sample is its id (any sample shape: images, clips).
+        tf.py_function(record, [tf.reshape(x, [tf.shape(x)[0], -1])[:, 0]], Tout=tf.int32)
         return x
 
 
