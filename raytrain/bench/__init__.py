@@ -10,6 +10,7 @@ median of :data:`REPEATS` passes, and results are written as JSON.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import platform
@@ -46,6 +47,20 @@ def child(kind: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"bench step '{kind}' failed (exit {proc.returncode}): {tail}")
     return json.loads(lines[-1])
+
+
+def train_run(path: str, workdir: str, timeout: float, what: str, *flags: str) -> str:
+    """``raytrain train --data PATH --model cnn FLAGS`` in a child process, its run written
+    under ``workdir/runs``; returns the run's folder. ``what`` names the step in an error."""
+    name = f"bench-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
+    run_dir = os.path.join(workdir, "runs", name)
+    cmd = [sys.executable, "-m", "raytrain", "train", "--data", path, "--model", "cnn", *flags,
+           "--storage-path", os.path.join(workdir, "runs"), "--name", name]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=python_env(), check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"bench step '{what}' failed (exit {proc.returncode}): {tail}")
+    return run_dir
 
 
 def rate(batches: Iterator[Any], budget: float) -> tuple[int, float]:

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import subprocess
-import sys
 import time
 from typing import Any, Iterator, Optional
 
@@ -47,9 +45,9 @@ from raytrain.bench import (
     judge,
     machine,
     peak_rss_bytes,
-    python_env,
     rate,
     table,
+    train_run,
     workspace,
 )
 from raytrain.data.hdf5_index import build_hdf5_index
@@ -143,17 +141,9 @@ def in_memory_child(args: dict[str, Any]) -> dict[str, Any]:
 
 def _raytrain_train(path: str, x_key: str, y_key: str, batch: int, epochs: int, workdir: str, timeout: float) -> dict[str, Any]:
     """``raytrain train --local`` on the file; returns the per-epoch metrics it wrote."""
-    name = f"bench-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
-    cmd = [
-        sys.executable, "-m", "raytrain", "train", "--local", "--data", path, "--x-key", x_key, "--y-key", y_key,
-        "--model", "cnn", "--epochs", str(epochs), "--batch-size", str(batch), "--validation-ratio", "0",
-        "--storage-path", os.path.join(workdir, "runs"), "--name", name,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=python_env())
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"bench step 'raytrain train --local' failed (exit {proc.returncode}): {tail}")
-    return {"epochs": read_metrics(os.path.join(workdir, "runs", name)), "run_dir": os.path.join(workdir, "runs", name)}
+    run_dir = train_run(path, workdir, timeout, "raytrain train --local", "--local", "--x-key", x_key, "--y-key", y_key,
+                        "--epochs", str(epochs), "--batch-size", str(batch), "--validation-ratio", "0")
+    return {"epochs": read_metrics(run_dir), "run_dir": run_dir}
 
 
 def _repeat_file(src: str, dst: str, times: int, x_key: str, y_key: str) -> None:

@@ -34,14 +34,12 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from typing import Any, Optional
 
 import h5py
 
-from raytrain.bench import bars_table, child, judge, machine, python_env, table, workspace
+from raytrain.bench import bars_table, child, judge, machine, table, train_run, workspace
 from raytrain.data.synth import make_hdf5
 from raytrain.errors import RaytrainError
 from raytrain.run.rundir import read_dataset, read_metrics
@@ -64,16 +62,9 @@ def _train(path: str, workers: int, batch: int, epochs: int, validation: float, 
            timeout: float) -> tuple[list[dict[str, Any]], int]:
     """``raytrain train`` on the file; returns its ``metrics.jsonl`` records and the
     samples an epoch trains on (its steps x the global batch)."""
-    name = f"bench-{workers}-{datetime.datetime.now().strftime('%H%M%S-%f')}"
-    cmd = [sys.executable, "-m", "raytrain", "train", "--data", path, "--model", "cnn", "--epochs", str(epochs),
-           "--batch-size", str(batch), "--validation-ratio", str(validation), "--num-workers", str(workers),
-           "--storage-path", os.path.join(workdir, "runs"), "--name", name]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=python_env(), check=False)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"bench step 'raytrain train --num-workers {workers}' failed "
-                           f"(exit {proc.returncode}): {tail}")
-    run_dir = os.path.join(workdir, "runs", name)
+    run_dir = train_run(path, workdir, timeout, f"raytrain train --num-workers {workers}", "--epochs", str(epochs),
+                        "--batch-size", str(batch), "--validation-ratio", str(validation),
+                        "--num-workers", str(workers))
     plan = read_dataset(run_dir)["plan"]
     return read_metrics(run_dir), plan["train_steps"] * plan["worker_batch"] * plan["world_size"]
 
