@@ -257,9 +257,26 @@ def run(job: JobConfig, resume: bool = False, verbose: bool = False, in_tune: bo
         if resume and finished and done >= job.training.epochs:
             return None
         prepared = _prepare(job)
+        if resume:
+            _check_same_data(job, prepared.index)
         if in_tune:
             return _run_trial(job, prepared, resume, started)
         return _run_prepared(job, prepared, resume, verbose, started)
+
+
+def _check_same_data(job: JobConfig, index: SampleIndex) -> None:
+    """``--resume`` trains on the data the run began with: the index's fingerprint (files,
+    rows, labels, shape, classes) must match the one the run saved."""
+    saved = rundir.read_dataset(job.run_dir)
+    before = saved.get("fingerprint")
+    if before is None or before == index.fingerprint():
+        return  # runs from before the fingerprint are resumed unchecked
+    then, now = saved.get("samples"), len(index)
+    what = f"{then:,} samples then, {now:,} now" if then != now else "the same count, other files, rows or labels"
+    raise RaytrainError(
+        f"--resume: the data of {job.run_dir} changed since the run began ({what}); resume with the data it "
+        "trained on, or start a new run with another --name"
+    )
 
 
 def _run_prepared(job: JobConfig, prepared: _Prepared, resume: bool, verbose: bool, started: float) -> RunSummary:
@@ -422,6 +439,7 @@ def _write_job(job: JobConfig, index: SampleIndex, plan: StepPlan, window: int) 
         "shuffle_window": window,
         "rows_per_block": index.rows_per_block,
         "class_names": list(index.class_names),  # image datasets: the name of each class index
+        "fingerprint": index.fingerprint(),  # --resume refuses other data (see SampleIndex.fingerprint)
     })
 
 

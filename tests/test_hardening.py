@@ -481,3 +481,23 @@ def test_evaluate_loads_custom_layers_of_the_builder_or_says_how(tmp_path, make_
     else:
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert "register_keras_serializable" in proc.stderr and "cannot be loaded" in proc.stderr
+
+
+def test_resume_refuses_data_that_changed_since_the_run_began(tmp_path):
+    """Issue 14's bad-input rule, for the --resume that exists: the index's fingerprint."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (96, 4, 4, 1), dtype=np.uint8)
+    y = np.arange(96) % 2
+    data = write_h5(str(tmp_path / "d.h5"), x, y)
+    common = ["--storage-path", str(tmp_path / "runs"), "--name", "r"]
+    proc = run_cli("train", "--data", data, "--local", "--epochs", "1", "--batch-size", "8", *common, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    write_h5(data, x, 1 - y)  # same file, same count, other labels
+    proc = run_cli("train", "--resume", "--epochs", "2", *common, cwd=str(tmp_path))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "changed since the run began (the same count, other files, rows or labels)" in proc.stderr
+    assert len((tmp_path / "runs/r/metrics.jsonl").read_text().splitlines()) == 1  # nothing trained or lost
+    write_h5(data, x, y)  # the data it began with: resumes
+    proc = run_cli("train", "--resume", "--epochs", "2", *common, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len((tmp_path / "runs/r/metrics.jsonl").read_text().splitlines()) == 2

@@ -8,6 +8,8 @@ reads the samples of its own rows.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,3 +44,17 @@ class SampleIndex:
 
     def __len__(self) -> int:
         return self.table.num_rows
+
+    def fingerprint(self) -> str:
+        """A hash of what the index says about the data: the sample shape, dtype and classes,
+        and each sample's file, row and label, in order (not the pixels: a file rewritten
+        with the same samples' labels in the same places has the same fingerprint).
+        ``--resume`` compares it with the run's to refuse data that changed since."""
+        h = hashlib.sha256(json.dumps([list(self.sample_shape), self.dtype, self.num_classes, self.one_hot,
+                                       list(self.class_names)]).encode())
+        for name in ("file", "row", "label"):
+            for chunk in self.table.column(name).chunks:
+                for buffer in chunk.buffers()[1:]:
+                    if buffer is not None:
+                        h.update(memoryview(buffer))
+        return h.hexdigest()[:16]
