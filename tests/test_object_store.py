@@ -146,11 +146,12 @@ def test_requests_per_window_are_at_most_its_blocks(s3, tmp_path):
 
 
 def test_cache_evicts_the_least_recently_used(tmp_path):
-    cache = NodeCache(str(tmp_path / "c"), 1000)
+    cache = NodeCache(str(tmp_path / "c"), 2000)
     for i in range(4):
         cache.put(f"k{i}", bytes(300))
         os.utime(cache._path(f"k{i}"), (i, i))  # k0 oldest
     cache.get("k0")  # used again: now the newest
+    cache.max_bytes = 1000
     cache.evict()
     assert cache.get("k0") is not None and cache.get("k1") is None and cache.size() <= 900
 
@@ -393,3 +394,25 @@ def test_storage_options_endpoint_reaches_the_index_and_the_loader(s3, tmp_path)
                        "--storage-path", str(tmp_path / "runs"), "--name", "o", cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "finished 1 epoch" in proc.stdout, proc.stdout
+
+
+def test_cache_keeps_its_cap_while_two_processes_write(tmp_path):
+    """Two processes fill one cache folder past its cap; it ends at or under the cap (plus
+    what a process may write between its checks) and every entry left is whole."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = (
+        "import sys\nfrom raytrain.data import cache as c\nc.CHECK_EVERY_BYTES = 1 << 16\n"
+        "k = c.NodeCache(sys.argv[1], 1 << 20)\n"
+        "for i in range(200):\n    k.put(f'{sys.argv[2]}-{i}', bytes([i % 256]) * 20000)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "c"), name], env=env) for name in "ab"]
+    assert [p.wait(60) for p in procs] == [0, 0]
+    cache = NodeCache(str(tmp_path / "c"), 1 << 20)
+    assert cache.size() <= (1 << 20) + 2 * (1 << 16)
+    for _, path, size in cache._entries():
+        assert size == 20000  # renamed into place whole

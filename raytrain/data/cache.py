@@ -11,9 +11,11 @@ under a temporary name and renamed into place, so a reader sees a whole entry or
 an entry deleted by another process between listing and reading is a miss. The size
 cap (``data.cache_max_gib``) is kept by evicting the least recently used entries (file
 modification time, refreshed on every hit) under an exclusive ``flock``, so two
-processes never evict at once. Each process checks the folder's size after every
-:data:`CHECK_EVERY_BYTES` it writes, so the folder may exceed the cap by that much per
-writing process between checks.
+processes never evict at once. A process lists the folder once to learn its size, then
+counts what it writes; it evicts when its count passes the cap, and lists the folder
+again after every :data:`CHECK_EVERY_BYTES` it writes (what the node's other workers
+wrote meanwhile). So the folder may exceed the cap by up to that much per writing process,
+and a cache of a million entries is not listed on every write.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Optional
 
 import numpy as np
 
-CHECK_EVERY_BYTES = 64 << 20
+CHECK_EVERY_BYTES = 1 << 30
 EVICT_TO = 0.9  # evict down to this fraction of the cap, so a full cache does not evict on every write
 LOCK_NAME = ".lock"
 
@@ -45,7 +47,8 @@ class NodeCache:
         os.makedirs(self.folder, exist_ok=True)
         self.hits = 0
         self.misses = 0
-        self._written = 0
+        self._written = 0  # since the folder was last listed
+        self._known: Optional[int] = None  # the folder's size then, plus what this process wrote since
         self._lock = threading.Lock()
 
     @staticmethod
@@ -107,7 +110,9 @@ class NodeCache:
             return
         with self._lock:
             self._written += len(data)
-            check = self._written >= CHECK_EVERY_BYTES
+            if self._known is not None:
+                self._known += len(data)
+            check = self._known is None or self._written >= CHECK_EVERY_BYTES or self._known > self.max_bytes
             if check:
                 self._written = 0
         if check:
@@ -139,6 +144,7 @@ class NodeCache:
             entries = sorted(self._entries())
             total = sum(size for _, _, size in entries)
             if total <= self.max_bytes:
+                self._known = total
                 return 0
             freed = 0
             for _, path, size in entries:
@@ -149,4 +155,5 @@ class NodeCache:
                     freed += size
                 except FileNotFoundError:
                     pass
+            self._known = total - freed
             return freed
