@@ -45,8 +45,6 @@ class NodeCache:
         self.folder = os.path.abspath(os.path.expanduser(folder))
         self.max_bytes = int(max_bytes)
         os.makedirs(self.folder, exist_ok=True)
-        self.hits = 0
-        self.misses = 0
         self._written = 0  # since the folder was last listed
         self._known: Optional[int] = None  # the folder's size then, plus what this process wrote since
         self._lock = threading.Lock()
@@ -65,11 +63,7 @@ class NodeCache:
                 data = f.read()
             os.utime(path)  # most recently used
         except FileNotFoundError:
-            with self._lock:
-                self.misses += 1
             return None
-        with self._lock:
-            self.hits += 1
         return data
 
     def contains(self, key: str) -> bool:
@@ -84,12 +78,7 @@ class NodeCache:
                 done = f.readinto(memoryview(out).cast("B"))
             os.utime(path)
         except FileNotFoundError:
-            done = -1
-        with self._lock:
-            if done == out.nbytes:
-                self.hits += 1
-            else:
-                self.misses += 1
+            return False
         return done == out.nbytes
 
     def put(self, key: str, data: bytes) -> None:

@@ -58,14 +58,12 @@ class BlockFile:
         self._size = raw.size()
         self._pos = 0
         self._blocks: dict[int, bytes] = {}
-        self.requests = 0
 
     def _block(self, k: int) -> bytes:
         if k not in self._blocks:
-            self.requests += 1
-            FETCHED[0] += min(META_BLOCK_BYTES, self._size - k * META_BLOCK_BYTES)
-            self._blocks[k] = self._raw.read_at(min(META_BLOCK_BYTES, self._size - k * META_BLOCK_BYTES),
-                                                k * META_BLOCK_BYTES)
+            n = min(META_BLOCK_BYTES, self._size - k * META_BLOCK_BYTES)
+            FETCHED[0] += n
+            self._blocks[k] = self._raw.read_at(n, k * META_BLOCK_BYTES)
         return self._blocks[k]
 
     def readinto(self, buffer: Any) -> int:
@@ -239,7 +237,6 @@ class RemoteHDF5Reader:
         self._ahead_pool = ThreadPoolExecutor(1, thread_name_prefix="raytrain-prefetch")
         self._ahead: Optional[tuple[frozenset, Future]] = None
         self.requests = 0  # ranged requests for samples (not metadata)
-        self.bytes = 0
 
     def _layout(self, code: int) -> Layout:
         with self._lock:
@@ -332,7 +329,6 @@ class RemoteHDF5Reader:
                 out[(block.code, block.index)][i] = data[off - lo : off - lo + size]
             with self._lock:
                 self.requests += 1
-                self.bytes += hi - lo
 
         for future in [self._pool.submit(get, r) for r in requests]:
             future.result()

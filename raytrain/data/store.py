@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime
 import fnmatch
-import glob
 import os
 import posixpath
 import threading
@@ -188,10 +187,6 @@ def glob_uri(pattern: str, options: Optional[Mapping[str, Any]] = None) -> list[
         elif i.path.count("/") == depth and fnmatch.fnmatchcase(i.path, path):
             out.append(i.path)
     return sorted(to_uri(pattern, p) for p in out)
-
-
-def has_magic(path: str) -> bool:
-    return glob.has_magic(path)
 
 
 def read_bytes(uri: str, options: Optional[Mapping[str, Any]] = None) -> bytes:
