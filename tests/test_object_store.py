@@ -416,3 +416,12 @@ def test_cache_keeps_its_cap_while_two_processes_write(tmp_path):
     assert cache.size() <= (1 << 20) + 2 * (1 << 16)
     for _, path, size in cache._entries():
         assert size == 20000  # renamed into place whole
+
+
+def test_a_filter_the_remote_reader_cannot_decode_is_named_on_the_driver(s3, tmp_path):
+    with h5py.File(tmp_path / "lzf.h5", "w") as f:
+        f.create_dataset("X", data=np.zeros((16, 4, 4), np.uint8), chunks=(8, 4, 4), compression="lzf")
+        f.create_dataset("Y", data=np.arange(16) % 2)
+    uri = s3.put(str(tmp_path / "lzf.h5"), "filters/lzf.h5")
+    with pytest.raises(RaytrainError, match=r"compressed with lzf, which raytrain does not decode from object storage"):
+        build_hdf5_index([uri])
