@@ -75,8 +75,10 @@ class DataSection:
                         "model begins with a Rescaling layer, else unit", SCALES)
     validation_ratio: float = option(0.2, "fraction of the samples held out for validation; 0 = no validation")
     seed: int = option(0, "fixes the train/validation split and every epoch's sample order")
-    shuffle_window: int = option(0, "samples shuffled together in memory; 0 = auto (64 MiB of samples, "
-                                 "at most 4096)")
+    shuffle_window: int = option(0, "samples shuffled together, across all workers (each holds its share); "
+                                 "0 = auto (64 MiB of samples, at most 4096)")
+    partitions: int = option(24, "canonical partitions of the sample order: the order is the same for every "
+                             "worker count that divides it (24: 1, 2, 3, 4, 6, 8, 12, 24)")
     storage_options: dict[str, Any] = option(help="object storage: endpoint (URL), region, anonymous "
                                              "(true for a public bucket); not set = the cloud's standard settings "
                                              "(AWS_ENDPOINT_URL, AWS_REGION, profiles, instance roles)",
@@ -329,6 +331,11 @@ def _positive(where: str, value: float, flag: str, allow_zero: bool = False) -> 
         raise RaytrainError(f"{where} must be {bound}. Received: {where}={value} (set it with --{flag})")
 
 
+def worker_counts(partitions: int) -> list[int]:
+    """The worker counts the sample order supports: the divisors of ``partitions``."""
+    return [w for w in range(1, partitions + 1) if partitions % w == 0]
+
+
 def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
     """Check values, resolve paths to absolute ones, and name the run.
 
@@ -370,7 +377,14 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
         raise RaytrainError(
             f"scaling.placement must be one of {list(PLACEMENTS)}. Received: {s.placement!r} (set it with --placement)"
         )
+    _positive("data.partitions", d.partitions, "partitions")
     workers = s.world_size
+    if d.partitions % workers:
+        raise RaytrainError(
+            f"{workers} workers do not divide the sample order's {d.partitions} partitions (data.partitions); "
+            f"use --num-workers {' or '.join(str(w) for w in worker_counts(d.partitions))}, "
+            f"or set --partitions to a multiple of {workers}"
+        )
     replicas = s.replicas_per_worker * workers
     if t.batch_size < workers:
         raise RaytrainError(

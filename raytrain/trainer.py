@@ -360,7 +360,8 @@ def _fit(spec: Any, train_table: Any, val_table: Any, callbacks: Sequence[Any] =
             callbacks=list(callbacks),
         ),
         datasets=to_ray_datasets(train_table, val_table),
-        dataset_config=FixedShards(tables, s.world_size, max(spec.read.rows_per_block.values(), default=1)),
+        dataset_config=FixedShards(tables, s.world_size, job.data.partitions,
+                                   max(spec.read.rows_per_block.values(), default=1)),
     )
     try:
         return trainer.fit()

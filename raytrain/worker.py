@@ -104,7 +104,7 @@ def _open_loader(spec: WorkerSpec, name: str, rank: int, stream: int) -> BatchLo
     """The loader of this worker's shard of the dataset ``name`` that Ray Train handed it."""
     import ray.train
 
-    shard = Shard.from_rows(ray.train.get_dataset_shard(name), spec.read.rows_per_block)
+    shard = Shard.from_rows(ray.train.get_dataset_shard(name), spec.read.rows_per_block, spec.job.data.partitions)
     return make_loader(spec.read, shard, rank, stream, notify=lambda text: progress.note(spec.sink, text))
 
 

@@ -352,8 +352,8 @@ def test_each_worker_trains_on_every_class_in_proportion(tmp_path, kind, world):
     plan = plan_steps(train.num_rows, 0, world, 12 * world, 1)
     read = ReadSpec(d, index.sample_shape, index.dtype, index.rows_per_block, auto_window(index.sample_bytes), 1)
     block_rows = max(index.rows_per_block.values(), default=1)
-    for rank, part in enumerate(cut_shards(train, world, block_rows)):
-        loader = make_loader(read, Shard(part, index.rows_per_block), rank, TRAIN)
+    for rank, part in enumerate(cut_shards(train, world, d.partitions, block_rows)):
+        loader = make_loader(read, Shard(part, index.rows_per_block, d.partitions), rank, TRAIN)
         seen = np.concatenate([y for _, y in loader.epoch(0, plan.train_steps, plan.worker_batch)])
         loader.close()
         share = np.bincount(seen, minlength=3) / len(seen)

@@ -4,7 +4,7 @@ import pytest
 from raytrain.data.hdf5_index import build_hdf5_index
 from raytrain.data.hdf5_loader import HDF5Loader, auto_window
 from raytrain.data.hdf5_reader import HDF5Reader
-from raytrain.data.order import TRAIN, epoch_positions
+from raytrain.data.order import TRAIN
 from raytrain.data.plan import plan_steps
 from raytrain.data.shard import Shard
 from raytrain.data.split import cut_shards
@@ -38,7 +38,7 @@ def test_batches_are_the_planned_samples_in_order(two_files):
     steps, batch = 50, 10
     for epoch in (0, 1):
         got = list(loader.epoch(epoch, steps, batch))
-        want = epoch_positions(shard.block_starts, 40, steps, batch, 5, epoch, 0, TRAIN)
+        want = shard.epoch_order(40, 5, epoch, TRAIN)[0][: steps * batch].reshape(steps, batch)
         assert len(got) == steps
         for (x, y), pos in zip(got, want):
             assert x.shape == (batch, 4, 4, 3) and x.dtype == np.uint8
@@ -52,10 +52,10 @@ def test_every_sample_once_per_epoch_across_workers(two_files):
     plan = plan_steps(len(index), 0, world, global_batch, 1)
     for epoch in range(3):
         seen = []
-        for rank, table in enumerate(cut_shards(index.table, world)):
-            shard = Shard(table, index.rows_per_block)
+        for rank, table in enumerate(cut_shards(index.table, world, 24, 16)):
+            shard = Shard(table, index.rows_per_block, 24)
             loader = HDF5Loader(shard, HDF5Reader(shard.files, "X"), window=50, seed=0, rank=rank, stream=TRAIN)
-            pos = epoch_positions(shard.block_starts, 50, plan.train_steps, plan.worker_batch, 0, epoch, rank, TRAIN)
+            pos = shard.epoch_order(50, 0, epoch, TRAIN)[0][: plan.train_steps * plan.worker_batch]
             batches = list(loader.epoch(epoch, plan.train_steps, plan.worker_batch))
             assert len(batches) == plan.train_steps  # equal steps on every rank
             rows = np.concatenate([x[:, 0, 0, 0] for x, _ in batches])
@@ -76,6 +76,18 @@ def test_reads_are_bounded_by_the_window(two_files):
     assert n == 51
     assert max(reader.reads) <= 48 + largest_block - 1
     assert sum(reader.reads) == 510  # only what the epoch's steps need is read
+
+
+def test_a_resumed_epoch_starts_at_its_step_and_reads_none_before(two_files):
+    index = two_files
+    shard = Shard(index.table, index.rows_per_block)
+    whole = list(HDF5Loader(shard, HDF5Reader(shard.files, "X"), 48, 0, 0, TRAIN).epoch(2, 51, 10))
+    reader = CountingReader(shard.files, "X")
+    rest = list(HDF5Loader(shard, reader, 48, 0, 0, TRAIN).epoch(2, 51, 10, start=17))
+    assert len(rest) == 51 - 17
+    for (x, y), (wx, wy) in zip(rest, whole[17:]):
+        assert np.array_equal(x, wx) and np.array_equal(y, wy)
+    assert sum(reader.reads) == (51 - 17) * 10  # the skipped steps' samples are not read
 
 
 def test_prefetched_epochs_yield_every_batch(two_files):

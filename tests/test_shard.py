@@ -2,10 +2,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from raytrain.data.order import TRAIN, epoch_positions
+from raytrain.data.order import TRAIN
 from raytrain.data.plan import plan_steps
 from raytrain.data.shard import Shard
-from raytrain.data.split import cut_shards
+from raytrain.data.split import PARTITION, cut_shards, partition_index
 from raytrain.errors import RaytrainError
 
 
@@ -19,11 +19,10 @@ def epoch_ids(
     """The sample ids every rank trains on in one epoch, per rank, as raytrain plans them."""
     plan = plan_steps(n, 0, world, global_batch, 1)
     out = []
-    for rank, table in enumerate(cut_shards(index_table(n), world)):
-        shard = Shard(table, {"f": block})
-        pos = epoch_positions(shard.block_starts, window, plan.train_steps, plan.worker_batch, seed, epoch, rank, stream)
-        assert pos.shape == (plan.train_steps, plan.worker_batch)
-        out.append(shard.sample_ids[pos.reshape(-1)])
+    for table in cut_shards(index_table(n), world, 24, block):
+        shard = Shard(table, {"f": block}, 24)
+        positions, _ = shard.epoch_order(window, seed, epoch, stream)
+        out.append(shard.sample_ids[positions[: plan.train_steps * plan.worker_batch]])
     return out
 
 
@@ -46,22 +45,22 @@ def test_exactly_once_equal_steps_and_rotation(n, world, batch, block, window):
         assert frozenset().union(*used_per_epoch) == frozenset(range(n))  # none is permanently unused
 
 
-def test_shards_are_dealt_in_stripes_and_cover_everything():
-    shards = cut_shards(index_table(11), 3)
-    assert [s.column("row").to_pylist() for s in shards] == [[0, 3, 6], [1, 4, 7], [2, 5, 8, 9, 10]]
+def test_partitions_are_dealt_in_stripes_and_cover_everything():
+    of = partition_index(index_table(11), 3).column(PARTITION).to_pylist()
+    assert of == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1]  # the last round's sizes differ by one, larger first
     n, world = 10_000, 3
-    shards = cut_shards(index_table(n), world, block_rows=32)
+    shards = cut_shards(index_table(n), world, 24, block_rows=16)
     rows = [s.column("row").to_numpy() for s in shards]
     assert sorted(np.concatenate(rows).tolist()) == list(range(n))  # each row once
-    assert min(len(r) for r in rows) >= n // world  # what the step plan counts on
-    assert rows[0][:34].tolist() == list(range(32)) + [96, 97]  # whole 32-row stripes, dealt round-robin
+    assert [len(r) for r in rows] in ([3333, 3333, 3334], [3334, 3333, 3333])
+    assert rows[0][:18].tolist() == list(range(16)) + [48, 49]  # whole 16-row stripes: partitions 0, 3, ...
+    sizes = np.bincount(partition_index(index_table(n), 24, 16).column(PARTITION).to_numpy())
+    assert sizes.max() - sizes.min() <= 1 and np.all(np.diff(sizes) <= 0)
 
 
 def test_plan_rejects_sizes_that_leave_a_rank_idle():
-    with pytest.raises(RaytrainError, match="fewer than its batch"):
+    with pytest.raises(RaytrainError, match="less than one global batch of 16"):
         plan_steps(10, 0, 2, 16, 1)
-    with pytest.raises(RaytrainError, match="only 2 training samples"):
-        plan_steps(2, 0, 3, 3, 1)
     with pytest.raises(RaytrainError, match="validation samples make less than one global batch"):
         plan_steps(100, 3, 2, 8, 1)
     plan = plan_steps(1001, 200, 3, 9, 1)

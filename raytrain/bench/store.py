@@ -54,7 +54,7 @@ from raytrain.data.hdf5_remote import FETCH_THREADS, RemoteHDF5Reader
 from raytrain.data.image_index import scan_directory, to_table
 from raytrain.data.image_loader import ImageLoader
 from raytrain.data.image_reader import ImageDecoder
-from raytrain.data.order import TRAIN, epoch_order
+from raytrain.data.order import TRAIN
 from raytrain.data.shard import Shard
 from raytrain.data.synth import make_hdf5, make_image_tree
 from raytrain.errors import RaytrainError
@@ -190,7 +190,7 @@ def _measure(uri: str, local_files: list[str], batch: int, workdir: str, endpoin
         steps = len(shard) // batch
         windows, blocks = 0, 0
         for e in range(2):
-            positions, bounds = epoch_order(shard.block_starts, window, 0, e, 0, TRAIN)
+            positions, bounds = shard.epoch_order(window, 0, e, TRAIN)
             need = steps * batch
             for a, b in zip(bounds[:-1], bounds[1:]):
                 if a >= need:

@@ -22,7 +22,6 @@ from raytrain.data import store
 from raytrain.data.hdf5_reader import HDF5Reader
 from raytrain.data.hdf5_remote import RemoteHDF5Reader
 from raytrain.data.loader import Batch, ReadSpec, node_cache
-from raytrain.data.order import epoch_order
 from raytrain.data.shard import Shard
 
 AUTO_WINDOW_BYTES = 64 << 20  # data.shuffle_window = 0: as many samples as fit in this
@@ -47,7 +46,8 @@ class HDF5Loader:
         reader: Reads features of (file, row) pairs.
         window: Samples shuffled together (see :mod:`raytrain.data.order`).
         seed: ``data.seed``.
-        rank: The worker's rank (part of the order's seed).
+        rank: The worker's rank (not part of the order, which is the same for any
+            number of workers: :mod:`raytrain.data.order`).
         stream: Training or validation.
     """
 
@@ -81,23 +81,26 @@ class HDF5Loader:
             self._window_buffer = np.empty((max(rows, self.window), *shape), dtype)
         return self._window_buffer
 
-    def epoch(self, epoch: int, steps: int, batch: int, tail: bool = False) -> Iterator[Batch]:
-        """Yield ``steps`` batches ``(x, labels)`` of ``batch`` samples for ``epoch``.
+    def epoch(self, epoch: int, steps: int, batch: int, tail: bool = False, start: int = 0) -> Iterator[Batch]:
+        """Yield batches ``start .. steps - 1`` ``(x, labels)`` of ``batch`` samples for ``epoch``.
 
         Each window is read in file order into a reused buffer; each batch is gathered
-        from it into a new array (which the consumer may keep). With ``tail`` (evaluation)
+        from it into a new array (which the consumer may keep). The first ``start``
+        batches (a run resumed mid-epoch) are not read. With ``tail`` (evaluation)
         ``steps * batch`` may exceed the shard: every sample is read once and the last
         batch is shorter.
         """
         s = self.shard
-        positions, bounds = epoch_order(s.block_starts, self.window, self.seed, epoch, self.rank, self.stream)
+        positions, bounds = s.epoch_order(self.window, self.seed, epoch, self.stream)
         need = min(steps * batch, len(positions)) if tail else steps * batch
         assert need <= len(positions), "plan_steps keeps every rank's steps within its shard"
+        positions, bounds = positions[start * batch :], np.maximum(bounds - start * batch, 0)
+        need -= start * batch
         held_x: list[np.ndarray] = []  # the start of a batch that spans two windows
         held_y: list[np.ndarray] = []
         held = 0
         prefetch = getattr(self.reader, "prefetch", None)  # a remote reader fetches the next window meanwhile
-        windows = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if a < need]
+        windows = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if a < min(b, need)]
         for k, (a, b) in enumerate(windows):
             pos = positions[a : min(b, need)]
             in_file_order = np.sort(pos)

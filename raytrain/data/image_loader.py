@@ -20,7 +20,6 @@ from raytrain.data import store
 from raytrain.data.cache import NodeCache
 from raytrain.data.image_reader import BadImage, ImageDecoder, read_file
 from raytrain.data.loader import Batch, ReadSpec, node_cache
-from raytrain.data.order import epoch_order
 from raytrain.data.shard import Shard
 from raytrain.errors import RaytrainError
 
@@ -33,8 +32,9 @@ class ImageLoader:
     """Batches of one worker's images in each epoch's order, decoded by a thread pool.
 
     The epoch's order is :func:`raytrain.data.order.epoch_order` with every image its own
-    block: a full shuffle, a pure function of ``(seed, epoch, rank, stream)``, so the
-    rules of :mod:`raytrain.data.plan` hold as for HDF5 (no sample twice, equal steps).
+    block and each partition shuffled whole: a pure function of ``(seed, epoch, stream)``
+    and the data, the same for any number of workers, so the rules of
+    :mod:`raytrain.data.plan` hold as for HDF5 (no sample twice, equal steps).
     Each batch is one task; ``threads * 2`` batches are decoded ahead of the consumer.
 
     A bad image (unreadable, corrupt, truncated) stops the run with a
@@ -144,14 +144,14 @@ class ImageLoader:
                 )
         return x, y
 
-    def epoch(self, epoch: int, steps: int, batch: int, tail: bool = False) -> Iterator[Batch]:
-        """Yield ``steps`` batches ``(x uint8, labels)`` of ``batch`` images for ``epoch``
-        (with ``tail``, every image once, the last batch shorter: see the HDF5 loader)."""
+    def epoch(self, epoch: int, steps: int, batch: int, tail: bool = False, start: int = 0) -> Iterator[Batch]:
+        """Yield batches ``start .. steps - 1`` ``(x uint8, labels)`` of ``batch`` images for
+        ``epoch`` (with ``tail``, every image once, the last batch shorter: see the HDF5 loader)."""
         n = len(self.shard)
-        positions, _ = epoch_order(np.arange(n + 1), max(n, 1), self.seed, epoch, self.rank, self.stream)
+        positions, _ = self.shard.epoch_order(None, self.seed, epoch, self.stream)
         need = min(steps * batch, n) if tail else steps * batch
         assert need <= n, "plan_steps keeps every rank's steps within its shard"
-        starts = iter(range(0, need, batch))
+        starts = iter(range(start * batch, need, batch))
         pending: deque[Any] = deque()
         try:
             for start in starts:

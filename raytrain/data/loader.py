@@ -39,9 +39,10 @@ class BatchLoader(Protocol):
     shard: Shard
     skipped: dict[str, str]  # files left out under data.on_bad_sample: skip -> why
 
-    def epoch(self, epoch: int, steps: int, batch: int, tail: bool = False) -> Iterator[Batch]:
-        """``steps`` batches of ``batch`` samples of ``epoch``; with ``tail`` (evaluation)
-        every sample once, the last batch shorter."""
+    def epoch(self, epoch: int, steps: int, batch: int, tail: bool = False, start: int = 0) -> Iterator[Batch]:
+        """Batches ``start .. steps - 1`` of ``batch`` samples of ``epoch``, reading none of
+        the first ``start``; with ``tail`` (evaluation) every sample once, the last batch
+        shorter."""
         ...
 
     def close(self) -> None:

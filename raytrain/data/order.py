@@ -1,38 +1,49 @@
-"""Each epoch's sample order: shuffled blocks of contiguous rows, mixed within a window.
+"""Each epoch's sample order: one global order, whatever the number of workers.
 
-Reading HDF5 rows in a random order is slow (h5py's fancy indexing reads ~1,500
-samples/s where contiguous slices read ~950,000/s on this project's machines). So an epoch's
-order is built from **blocks**: runs of consecutive rows of one file, aligned to the
-file's HDF5 chunks (see :func:`raytrain.data.hdf5_reader.block_rows`). Each epoch:
+**Partitions.** The driver deals the training index into ``data.partitions`` (default
+24) canonical partitions: stripes of a read block (consecutive rows of one file,
+aligned to its HDF5 chunks) dealt round-robin, so each partition is a fair sample of
+the data even when files are sorted by class (:func:`raytrain.data.split.partition_index`).
+Partition ``p`` holds ``m`` or ``m + 1`` samples, the larger ones first.
 
-1. the order of the blocks is shuffled;
-2. consecutive blocks (in that shuffled order) are grouped into **windows** of about
-   ``window`` samples: a window starts wherever the running sample count crosses a
-   multiple of ``window``, so it holds at most ``window + largest block - 1`` samples;
+**A partition's order** (:func:`partition_order`), a pure function of
+``(seed, epoch, partition, stream)`` and the partition's rows:
+
+1. its blocks are shuffled;
+2. the resulting sequence is cut into windows of exactly ``window // partitions``
+   samples (a block may straddle two windows);
 3. the samples of each window are shuffled among themselves.
 
-The reader then reads each block of a window with one slice and cuts batches from the
-shuffled window. ``window`` trades randomness for memory: a batch draws from the
-blocks of one or two windows, and a worker holds about one window of raw samples (plus
-the prefetch queue) in memory. ``window`` no larger than a block shuffles only within
-blocks; a window as large as the shard is a full shuffle (and holds it all in memory).
+**The global order** interleaves the partitions: global position ``g`` is item
+``g // P`` of partition ``g % P``. Global step ``k`` trains on positions
+``[k * B, (k + 1) * B)`` (``B`` = the global batch). None of this mentions workers.
 
-The order is a pure function of ``(seed, epoch, rank, stream)`` and the shard's
-blocks: it differs every epoch, and it is a permutation of the shard, so no sample is
-read twice in an epoch.
+**Workers.** With ``W`` workers (``W`` divides ``P`` and ``B``), worker ``w`` owns the
+partitions ``p`` with ``p % W == w``: exactly the global positions ``g`` with
+``g % W == w``, which is ``B / W`` of every global batch. So the sets of samples that
+form each global step are the same with 1, 2, 3, 4, 6 or 8 workers (and any GPUs per
+worker), each worker reads only its own partitions, and a run reproduces on one
+machine what a cluster trained. A worker's windows are the global windows (``P *
+window // P`` samples) restricted to its partitions: it holds about ``window / W``
+samples at a time, each window read block by block, in file order.
+
+An epoch trains on ``steps * B`` positions, ``steps = n // B``: the first ones of the
+global order; fewer than one global batch is left out and which ones changes every
+epoch. Skipping the first ``k`` steps of an epoch (a resumed run) reads none of them.
 """
 
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import numpy as np
 
-from raytrain.errors import RaytrainError
-
 TRAIN, VALIDATION = 0, 1  # streams: training and validation orders never coincide
+PARTITIONS = 24  # data.partitions' default: 1, 2, 3, 4, 6, 8, 12 and 24 workers divide it
 
 
 def block_starts(file_codes: np.ndarray, rows: np.ndarray, rows_per_block: np.ndarray) -> np.ndarray:
-    """Where each block begins in a shard sorted by (file, row), plus the shard length.
+    """Where each block begins in rows sorted by (file, row), plus their count.
 
     Args:
         file_codes: Per sample, the index of its file.
@@ -47,53 +58,62 @@ def block_starts(file_codes: np.ndarray, rows: np.ndarray, rows_per_block: np.nd
     return np.concatenate([[0], np.flatnonzero(change) + 1, [n]]).astype(np.int64)
 
 
-def epoch_order(
-    starts: np.ndarray, window: int, seed: int, epoch: int, rank: int, stream: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """One epoch's order of a shard's positions, and where its windows begin.
-
-    Args:
-        starts: Block starts from :func:`block_starts` (last entry = shard length).
-        window: Samples shuffled together (at least 1).
-        seed: ``data.seed``.
-        epoch: Epoch number (0-based).
-        rank: The worker's rank.
-        stream: Training or validation (:data:`TRAIN` / :data:`VALIDATION`).
-
-    Returns:
-        ``(positions, bounds)``: ``positions`` is a permutation of ``range(n)``; window
-        ``k`` is ``positions[bounds[k]:bounds[k + 1]]``.
-    """
+def partition_order(starts: np.ndarray, window: int, seed: int, epoch: int, partition: int,
+                    stream: int) -> np.ndarray:
+    """One epoch's order of a partition: a permutation of ``range(n)`` (see the module
+    docstring). ``starts`` are the partition's block starts (:func:`block_starts`);
+    ``window`` its samples shuffled together."""
     if window < 1:
         raise ValueError(f"`window` must be a positive integer. Received: window={window}")
     n = int(starts[-1])
-    rng = np.random.default_rng([seed, epoch, rank, stream])
+    rng = np.random.default_rng([seed, epoch, partition, stream])
     sizes = np.diff(starts)
     blocks = rng.permutation(len(sizes))
     shuffled_sizes = sizes[blocks]
     offsets = np.cumsum(shuffled_sizes) - shuffled_sizes  # where each block begins in the epoch
-    # Block j covers epoch slots offsets[j] .. offsets[j] + size - 1 with its rows in order.
+    # Block j covers slots offsets[j] .. offsets[j] + size - 1 with its rows in order.
     positions = np.repeat(starts[blocks] - offsets, shuffled_sizes) + np.arange(n)
-    first_of_window = np.flatnonzero(np.diff(offsets // window)) + 1
-    bounds = np.concatenate([[0], offsets[first_of_window], [n]]).astype(np.int64)
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        positions[a:b] = positions[a:b][rng.permutation(b - a)]
-    return positions, bounds
+    keys = rng.random(n)
+    return positions[np.lexsort((keys, np.arange(n) // window))]  # shuffled within each window
 
 
-def epoch_positions(
-    starts: np.ndarray, window: int, steps: int, batch: int, seed: int, epoch: int, rank: int, stream: int
-) -> np.ndarray:
-    """The positions a rank trains on in one epoch, shaped ``(steps, batch)``.
+class Part:
+    """One partition as a worker holds it: its rows' positions in the worker's shard (in
+    file order) and their blocks."""
 
-    The first ``steps * batch`` positions of :func:`epoch_order`; the rest are left out
-    this epoch, and which ones changes with the epoch.
+    def __init__(self, partition: int, members: np.ndarray, starts: np.ndarray):
+        self.partition, self.members, self.starts = partition, members, starts
+
+
+def epoch_order(parts: Sequence[Part], partitions: int, window: Optional[int], seed: int, epoch: int,
+                stream: int) -> tuple[np.ndarray, np.ndarray]:
+    """One epoch's order of a worker's samples, and where its windows begin.
+
+    Args:
+        parts: The partitions the worker holds.
+        partitions: ``P``, the number of partitions of the whole index.
+        window: Samples shuffled together across all workers (``data.shuffle_window``);
+            None: each partition is shuffled whole (images: every file is its own block).
+        seed, epoch, stream: What the order is a function of, with the partitions.
+
+    Returns:
+        ``(positions, bounds)``: positions in the worker's shard, in the global order
+        restricted to its partitions; window ``k`` is ``positions[bounds[k]:bounds[k + 1]]``.
     """
-    n = int(starts[-1])
-    if steps * batch > n:
-        raise RaytrainError(
-            f"rank {rank} holds {n} samples but needs {steps * batch} ({steps} steps of {batch}); "
-            "the index was split unevenly, which raytrain's split should prevent: please report this"
-        )
-    positions, _ = epoch_order(starts, window, seed, epoch, rank, stream)
-    return positions[: steps * batch].reshape(steps, batch)
+    per_part = max(1, window // partitions) if window else None
+    n = sum(len(part.members) for part in parts)
+    where = np.empty(n, np.int64)
+    slot = np.empty(n, np.int64)  # global position
+    at = 0
+    for part in parts:
+        k = len(part.members)
+        order = partition_order(part.starts, per_part or max(k, 1), seed, epoch, part.partition, stream)
+        where[at : at + k] = part.members[order]
+        slot[at : at + k] = np.arange(k) * partitions + part.partition
+        at += k
+    by_slot = np.argsort(slot, kind="stable")
+    positions, slot = where[by_slot], slot[by_slot]
+    if per_part is None or n == 0:
+        return positions, np.array([0, n], dtype=np.int64)
+    window_of = slot // (partitions * per_part)
+    return positions, np.concatenate([[0], np.flatnonzero(np.diff(window_of)) + 1, [n]]).astype(np.int64)

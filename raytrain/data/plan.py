@@ -3,17 +3,14 @@
 The rules (for training and for validation alike):
 
 - The driver computes the step count once from the sample count, so every rank runs
-  the same number of steps: ``steps = (n // world_size) // worker_batch``. Unequal
-  step counts across ranks would hang the all-reduce silently.
-- The index is dealt into ``world_size`` shards of at least ``n // world_size`` rows
-  each, every one a fair sample of the data; no row is dropped by the split
-  (:func:`raytrain.data.split.cut_shards`).
-- Each epoch a worker orders its shard (a block shuffle seeded by
-  ``(seed, epoch, rank, stream)``, see :mod:`raytrain.data.order`) and trains on the first
-  ``steps * worker_batch`` rows of that order. No row is used twice in an epoch; fewer
-  than one global batch is left out in total (at most
-  ``world_size * (worker_batch - 1) + world_size - 1`` rows), and which rows are left
-  out changes every epoch.
+  the same number of steps: ``steps = n // global_batch``. Unequal step counts across
+  ranks would hang the all-reduce silently.
+- The index is dealt into ``data.partitions`` partitions and each worker takes
+  ``partitions / world_size`` of them (:func:`raytrain.data.split.cut_shards`); an
+  epoch's global order interleaves the partitions so that every global batch holds
+  exactly ``global_batch / world_size`` samples of every worker
+  (:mod:`raytrain.data.order`). No row is used twice in an epoch; fewer than one global
+  batch is left out, and which rows are left out changes every epoch.
 """
 
 from __future__ import annotations
@@ -38,9 +35,9 @@ class StepPlan:
         return self.worker_batch * self.world_size
 
 
-def steps_per_epoch(num_samples: int, world_size: int, worker_batch: int) -> int:
-    """Steps every rank runs so that no rank runs out of its shard."""
-    return (num_samples // world_size) // worker_batch
+def steps_per_epoch(num_samples: int, global_batch: int) -> int:
+    """Steps of one epoch: whole global batches of the global order."""
+    return num_samples // global_batch
 
 
 def plan_steps(
@@ -56,18 +53,12 @@ def plan_steps(
         replicas_per_worker: Local replicas (GPUs) on each worker, at least 1.
     """
     worker_batch = global_batch // world_size
-    train_steps = steps_per_epoch(train_samples, world_size, worker_batch)
-    val_steps = steps_per_epoch(val_samples, world_size, worker_batch)
-    if train_samples < world_size:
-        raise RaytrainError(
-            f"{world_size} workers but only {train_samples} training samples; use fewer --num-workers"
-        )
+    train_steps = steps_per_epoch(train_samples, global_batch)
+    val_steps = steps_per_epoch(val_samples, global_batch)
     if train_steps == 0:
-        who = f"each of the {world_size} workers gets" if world_size > 1 else "the worker gets"
         raise RaytrainError(
-            f"{who} {train_samples // world_size} training samples, fewer than "
-            f"its batch of {worker_batch} (--batch-size {global_batch} / {world_size} workers); "
-            "use a smaller --batch-size or fewer --num-workers"
+            f"{train_samples} training samples make less than one global batch of {global_batch}; "
+            "use a smaller --batch-size"
         )
     if val_samples and val_steps == 0:
         raise RaytrainError(

@@ -1,8 +1,8 @@
 """The index as Ray Datasets, and how Ray Train hands each worker its shard.
 
 :class:`FixedShards` cuts the (small) index into one part per worker on the driver
-(:func:`raytrain.data.split.cut_shards`: stripes of a read block dealt round-robin),
-served by ``get_dataset_shard``. Ray Train's default ``streaming_split(equal=True)`` is
+(:func:`raytrain.data.split.cut_shards`: each worker takes whole partitions of the
+sample order), served by ``get_dataset_shard``. Ray Train's default ``streaming_split(equal=True)`` is
 not used: it drops up to ``world_size - 1`` rows (always the same ones), hands blocks
 to whichever worker asks first (so a worker's shard changes from run to run), and needs
 free CPUs for its split while the workers hold every CPU of a small machine. Fixed cuts
@@ -29,12 +29,12 @@ class FixedShards(DataConfig):
     hold all of them (as on a 2-core machine with 2 workers).
     """
 
-    def __init__(self, tables: dict[str, pa.Table], world_size: int, block_rows: int):
+    def __init__(self, tables: dict[str, pa.Table], world_size: int, partitions: int, block_rows: int):
         import ray.data
 
         super().__init__()
         self._shards = {
-            name: [ray.data.from_arrow(shard) for shard in cut_shards(t, world_size, block_rows)]
+            name: [ray.data.from_arrow(shard) for shard in cut_shards(t, world_size, partitions, block_rows)]
             for name, t in tables.items()
             if t.num_rows
         }

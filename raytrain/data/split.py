@@ -36,41 +36,34 @@ def split_index(table: pa.Table, validation_ratio: float, seed: int) -> tuple[pa
     return table.filter(pa.array(~is_val)), table.filter(pa.array(is_val))
 
 
-STRIPES_PER_WORKER = 64  # a worker's part samples the whole index in at least this many places
+STRIPES_PER_PARTITION = 16  # a partition samples the whole index in at least this many places
+PARTITION = "partition"  # the index column naming each row's partition
 
 
-def shard_boundaries(num_rows: int, world_size: int) -> list[int]:
-    """Start rows of ``world_size`` contiguous parts of ``num_rows // world_size`` rows (the
-    last part runs to the end), followed by ``num_rows``."""
-    size = num_rows // world_size
-    return [size * i for i in range(world_size)] + [num_rows]
+def stripe_rows(num_rows: int, partitions: int, block_rows: int) -> int:
+    """Rows dealt to a partition at a time: one read block, or fewer when the index is
+    small, so that every partition gets at least :data:`STRIPES_PER_PARTITION` stripes."""
+    return max(1, min(block_rows, num_rows // (partitions * STRIPES_PER_PARTITION)))
 
 
-def stripe_rows(num_rows: int, world_size: int, block_rows: int) -> int:
-    """Rows dealt to a worker at a time: one read block, or fewer when the index is small,
-    so that every worker gets at least :data:`STRIPES_PER_WORKER` stripes."""
-    return max(1, min(block_rows, num_rows // (world_size * STRIPES_PER_WORKER)))
-
-
-def shard_positions(num_rows: int, world_size: int, stripe: int) -> list[np.ndarray]:
-    """The index positions of each rank: stripes of ``stripe`` consecutive rows dealt
-    round-robin (rank r takes stripes r, r + W, r + 2W, ...), then the rows of the last,
-    partial round cut into contiguous parts as :func:`shard_boundaries` cuts. Every rank
-    gets at least ``num_rows // world_size`` rows, none is dropped, and the last rank takes
-    the remainder."""
-    cycle = world_size * stripe
+def partition_of(num_rows: int, partitions: int, stripe: int) -> np.ndarray:
+    """Each index row's partition: stripes of ``stripe`` consecutive rows dealt round-robin
+    (partition p takes stripes p, p + P, p + 2P, ...), then the rows of the last, partial
+    round cut into contiguous parts whose sizes differ by one, the larger ones first. So
+    partition ``p`` holds ``m + (p < r)`` rows, which the global order counts on (see
+    :mod:`raytrain.data.order`)."""
+    cycle = partitions * stripe
     dealt = num_rows // cycle * cycle
-    tail = shard_boundaries(num_rows - dealt, world_size)
-    offsets = np.arange(stripe)
-    return [
-        np.concatenate([(np.arange(rank * stripe, dealt, cycle)[:, None] + offsets).reshape(-1),
-                        dealt + np.arange(tail[rank], tail[rank + 1])])
-        for rank in range(world_size)
-    ]
+    out = np.empty(num_rows, np.int32)
+    out[:dealt] = (np.arange(dealt) // stripe) % partitions
+    tail = num_rows - dealt
+    sizes = np.full(partitions, tail // partitions) + (np.arange(partitions) < tail % partitions)
+    out[dealt:] = np.repeat(np.arange(partitions, dtype=np.int32), sizes)
+    return out
 
 
-def cut_shards(table: pa.Table, world_size: int, block_rows: int = 1) -> list[pa.Table]:
-    """One part of the index per rank, a fair sample of the whole (see :func:`shard_positions`).
+def partition_index(table: pa.Table, partitions: int, block_rows: int = 1) -> pa.Table:
+    """The index with a :data:`PARTITION` column (see :func:`partition_of`).
 
     Cutting the index into contiguous ranges would give each worker one region of the
     files; for data stored class by class (a class-folder tree, HDF5 written class by
@@ -78,5 +71,15 @@ def cut_shards(table: pa.Table, world_size: int, block_rows: int = 1) -> list[pa
     (BatchNorm) and per-worker metrics would be wrong. Dealing stripes of a read block
     keeps each worker's reads sequential within a block while its part spans the data.
     """
-    stripe = stripe_rows(table.num_rows, world_size, block_rows)
-    return [table.take(pa.array(positions)) for positions in shard_positions(table.num_rows, world_size, stripe)]
+    if PARTITION in table.column_names:
+        table = table.drop_columns([PARTITION])
+    stripe = stripe_rows(table.num_rows, partitions, block_rows)
+    return table.append_column(PARTITION, pa.array(partition_of(table.num_rows, partitions, stripe)))
+
+
+def cut_shards(table: pa.Table, world_size: int, partitions: int, block_rows: int = 1) -> list[pa.Table]:
+    """One part of the index per rank: rank ``w`` takes the partitions ``p % world_size == w``
+    (``world_size`` divides ``partitions``: checked by ``raytrain.config.validate``)."""
+    table = partition_index(table, partitions, block_rows)
+    rank_of = table.column(PARTITION).to_numpy() % world_size
+    return [table.filter(pa.array(rank_of == rank)) for rank in range(world_size)]
