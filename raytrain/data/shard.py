@@ -52,7 +52,8 @@ class Shard:
         self.parts: list[Part] = []
         for p in np.unique(of):
             members = np.flatnonzero(of == p)
-            self.parts.append(Part(int(p), members, block_starts(self.file_codes[members], self.rows[members], per_file)))
+            starts = block_starts(self.file_codes[members], self.rows[members], per_file)
+            self.parts.append(Part(int(p), members, starts))
 
     @classmethod
     def from_rows(cls, rows: Any, rows_per_block: Mapping[str, int] | None = None, partitions: int = 1) -> "Shard":
