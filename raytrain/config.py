@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+import re
 import os
 import typing
 from dataclasses import dataclass, field
@@ -142,7 +143,10 @@ class RunSection:
     name: Optional[str] = option(None, "the run's folder name; not set = <job or data file stem>-<UTC time>")
     storage_path: str = option("./runs", "where runs are written, as <storage_path>/<name>/: a path, a shared "
                                "filesystem path, or an s3:// or gs:// URI")
-    keep_checkpoints: int = option(2, "per-epoch checkpoints kept (the newest)")
+    keep_checkpoints: int = option(2, "checkpoints kept (the newest), epoch ends and steps alike")
+    checkpoint_every: str = option("10m", "a checkpoint within epochs every this many steps (500) or this much "
+                                   "training time (90s, 10m, 1h); 0 = at epoch ends only. Every epoch end and "
+                                   "a worker's SIGTERM (a spot node's notice) also take one")
     max_failures: Optional[int] = option(None, "worker-group restarts before the run fails; -1 = no limit; "
                                          f"not set = 0 on this machine, {CLUSTER_MAX_FAILURES} on a cluster")
     log_every_steps: int = option(50, "TensorBoard batch scalars every this many steps; 0 = per epoch only")
@@ -225,6 +229,8 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         return list(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is str and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # e.g. run.checkpoint_every: 500 (steps)
     if kind is bool:
         if not isinstance(value, bool):
             raise RaytrainError(f"{where} must be true or false. Received: {where}={value!r}")
@@ -331,6 +337,22 @@ def _positive(where: str, value: float, flag: str, allow_zero: bool = False) -> 
         raise RaytrainError(f"{where} must be {bound}. Received: {where}={value} (set it with --{flag})")
 
 
+TIME_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def checkpoint_interval(value: str) -> tuple[int, float]:
+    """``run.checkpoint_every`` as ``(steps, seconds)``, one of them 0 (both: epoch ends only)."""
+    text = str(value).strip().lower()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smh]?)", text)
+    if not match or (not match.group(2) and "." in text):
+        raise RaytrainError(
+            f"run.checkpoint_every must be a number of steps (500) or a time (90s, 10m, 1h). Received: {value!r} "
+            "(set it with --checkpoint-every)"
+        )
+    number, unit = match.groups()
+    return (0, float(number) * TIME_UNITS[unit]) if unit else (int(number), 0.0)
+
+
 def worker_counts(partitions: int) -> list[int]:
     """The worker counts the sample order supports: the divisors of ``partitions``."""
     return [w for w in range(1, partitions + 1) if partitions % w == 0]
@@ -405,6 +427,7 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
         r.name = f"{default_name}-{stamp}"
     _positive("run.keep_checkpoints", r.keep_checkpoints, "keep-checkpoints")
     _positive("run.log_every_steps", r.log_every_steps, "log-every-steps", allow_zero=True)
+    checkpoint_interval(r.checkpoint_every)
     if r.max_failures is None:
         r.max_failures = 0 if s.address is None else CLUSTER_MAX_FAILURES
     if r.max_failures < -1:

@@ -25,6 +25,11 @@ class TrainingFailed(Exception):
     Not bad input: the CLI prints the one-line message and exits with code 1."""
 
 
+class Preempted(TrainingFailed):
+    """A worker received SIGTERM (a spot node's notice): every worker saved a checkpoint
+    at the same step and stopped (see :mod:`raytrain.run.preemption`)."""
+
+
 class LossNotFinite(TrainingFailed):
     """The training loss became NaN or infinite; raised on every rank at the same step
     (the loss is all-reduced, so every rank sees it)."""

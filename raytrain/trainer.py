@@ -339,12 +339,16 @@ def _fit(spec: Any, train_table: Any, val_table: Any, callbacks: Sequence[Any] =
     from ray.train.tensorflow import TensorflowTrainer
 
     from raytrain.data.ray_datasets import FixedShards, to_ray_datasets
+    from raytrain.data.split import partition_index
 
     job = spec.job
     s = job.scaling
     resources = {"CPU": s.cpus_per_worker}
     if s.gpus_per_worker:
         resources["GPU"] = s.gpus_per_worker
+    block_rows = max(spec.read.rows_per_block.values(), default=1)
+    # Local mode hands the loop the datasets themselves (not FixedShards' cuts): they carry the partitions too.
+    train_table, val_table = (partition_index(t, job.data.partitions, block_rows) for t in (train_table, val_table))
     tables = {"train": train_table, "validation": val_table}
     trainer = TensorflowTrainer(
         train_loop_per_worker=train_loop,
@@ -360,8 +364,7 @@ def _fit(spec: Any, train_table: Any, val_table: Any, callbacks: Sequence[Any] =
             callbacks=list(callbacks),
         ),
         datasets=to_ray_datasets(train_table, val_table),
-        dataset_config=FixedShards(tables, s.world_size, job.data.partitions,
-                                   max(spec.read.rows_per_block.values(), default=1)),
+        dataset_config=FixedShards(tables, s.world_size, job.data.partitions, block_rows),
     )
     try:
         return trainer.fit()

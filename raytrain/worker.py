@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Optional
 import cv2
 import numpy as np
 
-from raytrain.config import JobConfig
+from raytrain.config import JobConfig, checkpoint_interval
 from raytrain.data.feed import QueueFeed, to_model
 from raytrain.data.kinds import make_loader
 from raytrain.data.loader import Batch, BatchLoader, ReadSpec
@@ -37,7 +37,7 @@ from raytrain.data.plan import StepPlan
 from raytrain.data.shard import Shard
 from raytrain.errors import RaytrainError
 from raytrain.models import build_model, scales_uint8, steps_per_execution
-from raytrain.run import checkpoint, progress, rundir
+from raytrain.run import checkpoint, preemption, progress, rundir
 from raytrain.run.progress import quiet_stderr
 
 
@@ -87,6 +87,38 @@ def make_strategy(world_size: int, threads: int = 0) -> Any:
     return strategy
 
 
+def _handle_sigterm(ray_worker: bool) -> None:
+    """Install :mod:`raytrain.run.preemption`'s SIGTERM handler, after the strategy: with
+    several workers TensorFlow's coordination service replaces the process's SIGTERM
+    handler with its own when the strategy starts. A Ray worker trains in a thread of its
+    actor, and only the main thread can install a handler: the actor's ``execute``
+    (Ray Train's worker method that runs a function there) is asked to do it."""
+    if not ray_worker:
+        preemption.install()  # local mode trains in the main thread
+        return
+    import ray
+
+    actor = ray.get_runtime_context().current_actor
+    ray.get(actor.execute.remote(preemption.install))
+
+
+def _agree(strategy: Any, world: int) -> Callable[[list[float]], list[float]]:
+    """Sum a few floats over the workers (an all-reduce through the strategy); with one
+    worker, the values themselves."""
+    if world == 1:
+        return lambda values: values
+    import tensorflow as tf
+
+    local = strategy.num_replicas_in_sync // world
+
+    def agree(values: list[float]) -> list[float]:
+        per_replica = strategy.run(lambda: tf.constant(values, tf.float64))
+        total = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
+        return [float(v) / local for v in total]  # each local replica added this worker's values
+
+    return agree
+
+
 def _local_replicas(strategy: Any, plan: StepPlan, rank: int, world: int) -> int:
     """The strategy's replicas on this worker, checked against the plan."""
     if world != plan.world_size:
@@ -110,32 +142,34 @@ def _open_loader(spec: WorkerSpec, name: str, rank: int, stream: int) -> BatchLo
 
 def _build(spec: WorkerSpec, strategy: Any, rank: int) -> tuple[Any, int]:
     """The compiled model in the strategy's scope, restored from the newest checkpoint
-    if there is one, and the epochs already done."""
+    if there is one, and the global step it continues from."""
     m = spec.job.model
     with strategy.scope():
         t = spec.job.training
         model = build_model(m.builder, spec.read.sample_shape, spec.num_classes, spec.one_hot,
                             m.optimizer, m.learning_rate, m.loss, tuple(m.metrics), t.mixed_precision, t.jit_compile,
                             steps_per_execution(t.steps_per_execution, spec.job.run.log_every_steps))
-        return model, _restore(model, spec.job.run_dir, rank, spec.sink)
+        epochs, steps = _restore(model, spec, rank)
+        return model, epochs * spec.plan.train_steps + steps
 
 
-def _checkpoint_saver(job: JobConfig, rank: int, world: int) -> Callable[[Any, int], dict[str, Any]]:
-    """``save(model, epochs_done)``: write this rank's checkpoint and return the
-    checkpoint arguments for ``ray.train.report`` (rank 0's is kept)."""
+def _checkpoint_saver(job: JobConfig, rank: int, world: int) -> Callable[..., dict[str, Any]]:
+    """``save(model, epochs_done, steps_done)``: write this rank's checkpoint and return
+    the checkpoint arguments for ``ray.train.report`` (rank 0's is kept)."""
     import ray.train
 
     local = job.scaling.num_workers == 0
-    state = {"seed": job.data.seed, "world_size": world, "epochs": job.training.epochs}
+    state = {"seed": job.data.seed, "world_size": world, "epochs": job.training.epochs,
+             "partitions": job.data.partitions, "batch_size": job.training.batch_size}
 
-    def save(model: Any, done: int) -> dict[str, Any]:
+    def save(model: Any, done: int, step: int = 0) -> dict[str, Any]:
         folder = tempfile.mkdtemp(prefix=f"raytrain-checkpoint-rank{rank}-")
-        checkpoint.write(model, folder, dict(state, epoch=done))
-        if rank == 0 and not local:  # Ray Train copies it into the run directory
+        checkpoint.write(model, folder, dict(state, epoch=done, step=step))
+        if rank == 0 and not local and not step:  # Ray Train copies it into the run directory
             return {"checkpoint": ray.train.Checkpoint.from_directory(folder),
                     "checkpoint_dir_name": checkpoint.dir_name(done)}
-        if rank == 0:  # local mode has no Ray Train storage: raytrain keeps the checkpoints itself
-            checkpoint.persist(folder, job.run_dir, done, job.run.keep_checkpoints)
+        if rank == 0:  # local mode, and step checkpoints (not a report): raytrain keeps them itself
+            checkpoint.persist(folder, job.run_dir, done, job.run.keep_checkpoints, step)
         shutil.rmtree(folder, ignore_errors=True)  # the other ranks' copies only completed the collective
         return {}
 
@@ -146,21 +180,30 @@ class _Feeds:
     """The training and validation feeds of one worker and the datasets ``fit`` reads.
 
     Training: one dataset of every remaining epoch's batches and, since the steps per
-    epoch are given, one iterator that ``fit`` keeps across epochs. Validation: ``fit``
-    makes a new iterator for each evaluation; :meth:`start_validation` starts feeding
-    that epoch's batches.
+    epoch are given, one iterator that ``fit`` keeps across epochs; a run resumed within
+    an epoch first fits that epoch's remaining steps from a dataset of exactly those
+    (``resumed_ds``: an iterator cannot take a batch meant for the next ``fit``).
+    Validation: ``fit`` makes a new iterator for each evaluation; :meth:`start_validation`
+    starts feeding that epoch's batches.
     """
 
-    def __init__(self, spec: WorkerSpec, strategy: Any, replicas: int, first_epoch: int,
+    def __init__(self, spec: WorkerSpec, strategy: Any, replicas: int, first_step: int,
                  train: BatchLoader, validation: Optional[BatchLoader], unit: bool):
         plan, read = spec.plan, spec.read
         self.plan, self.train_loader, self.val_loader = plan, train, validation
-        self.first_epoch, self.epochs = first_epoch, spec.job.training.epochs
+        self.first_epoch, self.first_step = divmod(first_step, plan.train_steps)
+        self.epochs = spec.job.training.epochs
         batch_shape = (plan.replica_batch, *read.sample_shape)
         capacity = read.data.prefetch_batches * replicas
         convert = to_model(read.dtype, spec.num_classes, spec.one_hot, unit)
         self.train = QueueFeed(batch_shape, read.dtype, capacity, replicas)
-        entries = max(self.epochs - first_epoch, 1) * plan.train_steps * replicas
+        self.resumed_ds = None
+        whole = self.first_epoch
+        if self.first_step:
+            rest = (plan.train_steps - self.first_step) * replicas
+            self.resumed_ds = strategy.distribute_datasets_from_function(lambda _: self.train.dataset(rest, convert))
+            whole += 1
+        entries = max(self.epochs - whole, 1) * plan.train_steps * replicas
         self.train_ds = strategy.distribute_datasets_from_function(lambda _: self.train.dataset(entries, convert))
         self.validation, self.val_ds = None, None
         if validation is not None:
@@ -172,7 +215,8 @@ class _Feeds:
     def start_training(self) -> None:
         def batches() -> Iterator[Batch]:
             for epoch in range(self.first_epoch, self.epochs):
-                yield from self.train_loader.epoch(epoch, self.plan.train_steps, self.plan.worker_batch)
+                start = self.first_step if epoch == self.first_epoch else 0
+                yield from self.train_loader.epoch(epoch, self.plan.train_steps, self.plan.worker_batch, start=start)
 
         self.train.start(batches())
 
@@ -197,8 +241,10 @@ def train_loop(config: dict[str, Any]) -> None:
 
     import ray.train
 
-    from raytrain.run.reporter import (
-        EpochReporter,  # imports tf_keras: after the strategy
+    from raytrain.run.reporter import (  # imports tf_keras: after the strategy
+        CHECK_SECONDS,
+        EpochReporter,
+        StepClock,
     )
 
     job, plan = spec.job, spec.plan
@@ -210,25 +256,34 @@ def train_loop(config: dict[str, Any]) -> None:
     loaders = [each for each in (train_loader, val_loader) if each is not None]
     run_dir, epochs = job.run_dir, job.training.epochs
     _write_worker_record(run_dir, rank, {"status": "training"})
-    model, first_epoch = _build(spec, strategy, rank)
+    model, first_step = _build(spec, strategy, rank)
+    first_epoch, step = divmod(first_step, plan.train_steps)
     unit = scales_uint8(job.data.scale, model)
     if rank == 0 and spec.read.dtype == "uint8" and not unit:
         progress.note(spec.sink, "raytrain: the model scales its own inputs (data.scale: "
                       f"{job.data.scale}): it gets uint8 features as 0-255 values, not divided by 255")
-    feeds = _Feeds(spec, strategy, replicas, first_epoch, train_loader, val_loader, unit)
+    feeds = _Feeds(spec, strategy, replicas, first_step, train_loader, val_loader, unit)
+    every_steps, every_seconds = checkpoint_interval(job.run.checkpoint_every)
+    clock = StepClock(every_steps, every_seconds, _agree(strategy, world), rank, first_step,
+                      check_seconds=CHECK_SECONDS if world > 1 else 0)
     reporter = EpochReporter(plan, run_dir, epochs, job.run.log_every_steps, rank, spec.sink,
                              feeds.train.take_waited, feeds.start_validation if val_loader else None,
-                             _checkpoint_saver(job, rank, world), first_step=first_epoch * plan.train_steps)
+                             _checkpoint_saver(job, rank, world), clock, first_step=first_step)
     if rank == 0:
-        rundir.event(run_dir, "start", from_epoch=first_epoch + 1, world_size=world)
+        rundir.event(run_dir, "start", from_epoch=first_epoch + 1, from_step=step, world_size=world)
+    _handle_sigterm(s.num_workers > 0)
+    fit = dict(validation_data=feeds.val_ds, validation_steps=plan.val_steps if val_loader else None,
+               callbacks=[reporter], verbose=0)
     try:
         if first_epoch < epochs:
             feeds.start_training()
-            model.fit(
-                feeds.train_ds, epochs=epochs, initial_epoch=first_epoch, steps_per_epoch=plan.train_steps,
-                validation_data=feeds.val_ds, validation_steps=plan.val_steps if val_loader else None,
-                callbacks=[reporter], verbose=0,
-            )
+            if feeds.resumed_ds is not None:  # the rest of the epoch the checkpoint was taken in
+                model.fit(feeds.resumed_ds, epochs=first_epoch + 1, initial_epoch=first_epoch,
+                          steps_per_epoch=plan.train_steps - step, **fit)
+                first_epoch += 1
+            if first_epoch < epochs:
+                model.fit(feeds.train_ds, epochs=epochs, initial_epoch=first_epoch, steps_per_epoch=plan.train_steps,
+                          **fit)
     except Exception:
         failed = feeds.error()
         if failed is not None:
@@ -252,29 +307,39 @@ def train_loop(config: dict[str, Any]) -> None:
     })
 
 
-def _restore(model: Any, run_dir: str, rank: int, sink: Any) -> int:
-    """Restore the latest checkpoint into ``model`` (in the strategy's scope) and return
-    the epochs it completed (0 without one). Ray Train hands a restarted worker group its
-    latest checkpoint; a resumed run (or local mode, where raytrain keeps checkpoints
-    itself) finds the newest complete one in the run directory."""
+def _restore(model: Any, spec: WorkerSpec, rank: int) -> tuple[int, int]:
+    """Restore the newest checkpoint into ``model`` (in the strategy's scope) and return
+    the (epochs, steps of the next epoch) it completed ((0, 0) without one). Ray Train
+    hands a restarted worker group the newest epoch checkpoint it took; step checkpoints
+    (and local mode's, and a resumed run's) are found in the run directory: the newer
+    of the two is used."""
     import ray.train
 
-    found = ray.train.get_checkpoint()
-    if found is None:
-        newest = checkpoint.latest(run_dir)
-        found = ray.train.Checkpoint(newest[1]) if newest else None
-    if found is None:
+    run_dir, sink = spec.job.run_dir, spec.sink
+    candidates = []
+    given = ray.train.get_checkpoint()
+    if given is not None:
+        candidates.append((checkpoint.position(given.path.rstrip("/").rsplit("/", 1)[-1]) or (0, 0), given))
+    newest = checkpoint.found(run_dir)
+    if newest:
+        candidates.append((newest[-1][0], ray.train.Checkpoint(newest[-1][1])))
+    if not candidates:
         if rank == 0:  # a run that died before its first checkpoint starts over: so do its metrics
             rundir.keep_metrics_through(run_dir, 0)
-        return 0
+        return 0, 0
+    _, found = max(candidates, key=lambda c: c[0])
     with found.as_directory() as folder:
         state = checkpoint.restore(model, folder)
-    done = int(state["epoch"])
+    done, step = int(state["epoch"]), int(state.get("step", 0))
+    if step and (state.get("batch_size"), state.get("partitions"), state.get("seed")) != (
+            spec.job.training.batch_size, spec.job.data.partitions, spec.job.data.seed):
+        step = 0  # another order: the epoch's remaining steps are not known; it is trained again whole
     if rank == 0:
         rundir.keep_metrics_through(run_dir, done)
-        rundir.event(run_dir, "restored", epoch=done, checkpoint=found.path)
-        progress.note(sink, f"raytrain: restored the checkpoint of epoch {done} ({found.path})")
-    return done
+        rundir.event(run_dir, "restored", epoch=done, step=step, checkpoint=found.path)
+        at = f"epoch {done}" + (f", step {step} of epoch {done + 1}" if step else "")
+        progress.note(sink, f"raytrain: restored the checkpoint of {at} ({found.path})")
+    return done, step
 
 
 def _weights_digest(model: Any) -> str:

@@ -33,7 +33,10 @@ def good(make_h5):
         (["--data", "{good}", "--model", "nofile.py:build"], "does not exist"),
         (["--data", "{good}", "--model", "{good_dir}/m.py:nothing"], "has no function 'nothing'"),
         (["{tmp}/bad_job.yaml"], "unknown keys ['epoch'] in section 'training'"),
-        (["--data", "{good}", "--batch-size", "64"], "fewer than its batch of 64"),
+        (["--data", "{good}", "--batch-size", "64"], "less than one global batch of 64"),
+        (["--data", "{good}", "--num-workers", "5", "--batch-size", "10"],
+         "5 workers do not divide the sample order's 24 partitions (data.partitions); use --num-workers 1 or 2 or 3 "
+         "or 4 or 6 or 8 or 12 or 24, or set --partitions to a multiple of 5"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, good, args, message):
@@ -42,7 +45,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, good, args, message):
     args = [a.format(good=good, tmp=tmp_path, good_dir=os.path.dirname(good)) for a in args]
     if message is None:  # more workers than samples: a 2-sample file on 3 workers
         args[1] = write_h5(str(tmp_path / "two.h5"), np.zeros((2, 2, 2, 1)), np.array([0, 1]))
-        message = "only 2 training samples"
+        message = "2 training samples make less than one global batch of 3"
     assert_user_error(run_cli("train", *args, cwd=str(tmp_path)), message)
 
 

@@ -1,12 +1,15 @@
-"""Per-epoch checkpoints: what a restarted worker group or a resumed run continues from.
+"""Checkpoints: what a restarted worker group or a resumed run continues from.
 
-A checkpoint is a folder ``checkpoint-epoch-NNNN`` in the run directory holding
+A checkpoint is a folder in the run directory, ``checkpoint-epoch-NNNN`` after ``NNNN``
+epochs, or ``checkpoint-epoch-NNNN-step-SSSSSS`` after ``NNNN`` epochs and ``SSSSSS``
+steps of the next (a step checkpoint, every ``run.checkpoint_every``), holding
 
 - ``weights.*``: a ``tf.train.Checkpoint`` of the model **and its optimizer** (slots,
   iteration count), so training continues as if it had not stopped;
-- ``raytrain_state.json``: the epochs completed, the data order's seed and the world
-  size. An epoch's order is a pure function of ``(seed, epoch, rank)``
-  (:mod:`raytrain.data.order`), so this is all the data order needs to continue.
+- ``raytrain_state.json``: the epochs completed, the steps done of the next one, the
+  data order's seed, partitions and global batch. An epoch's order is a pure function of
+  ``(seed, epoch)`` and the data (:mod:`raytrain.data.order`), the same for any number
+  of workers, so this is all the data order needs to continue, at the next step.
 
 Every rank writes one at the end of every epoch (saving under the strategy is
 collective); rank 0's is kept. With Ray workers it is reported to Ray Train
@@ -30,9 +33,10 @@ STATE_FILE = "raytrain_state.json"  # written last: a folder without it is incom
 WEIGHTS = "weights"
 
 
-def dir_name(epoch: int) -> str:
-    """The folder name of the checkpoint taken after ``epoch`` epochs (1-based)."""
-    return f"{PREFIX}{epoch:04d}"
+def dir_name(epoch: int, step: int = 0) -> str:
+    """The folder name of the checkpoint taken after ``epoch`` epochs and ``step`` steps
+    of the next."""
+    return f"{PREFIX}{epoch:04d}" + (f"-step-{step:06d}" if step else "")
 
 
 def write(model: Any, folder: str, state: dict[str, Any]) -> None:
@@ -89,14 +93,26 @@ def complete(path: str) -> bool:
     return all(sizes.get(name) == size for name, size in listed.items())
 
 
-def on_storage(run_dir: str) -> list[tuple[int, str]]:
-    """Complete checkpoints in ``run_dir`` as (epoch, path), oldest first."""
-    found = []
+def position(name: str) -> Optional[tuple[int, int]]:
+    """(epochs, steps) of a checkpoint folder's name, or None for another name."""
+    match = re.fullmatch(rf"{PREFIX}(\d+)(?:-step-(\d+))?", name)
+    return (int(match.group(1)), int(match.group(2) or 0)) if match else None
+
+
+def found(run_dir: str) -> list[tuple[tuple[int, int], str]]:
+    """Complete checkpoints in ``run_dir`` as ((epochs, steps), path), oldest first."""
+    out = []
     for name in storage.listdir(run_dir):
-        match = re.fullmatch(rf"{PREFIX}(\d+)", name)
-        if match and complete(storage.join(run_dir, name)):
-            found.append((int(match.group(1)), storage.join(run_dir, name)))
-    return sorted(found)
+        at = position(name)
+        if at and complete(storage.join(run_dir, name)):
+            out.append((at, storage.join(run_dir, name)))
+    return sorted(out)
+
+
+def on_storage(run_dir: str) -> list[tuple[int, str]]:
+    """Complete checkpoints in ``run_dir`` as (epochs done, path), oldest first (a step
+    checkpoint after the epoch's own)."""
+    return [(at[0], path) for at, path in found(run_dir)]
 
 
 def latest(run_dir: str) -> Optional[tuple[int, str]]:
@@ -105,11 +121,14 @@ def latest(run_dir: str) -> Optional[tuple[int, str]]:
     return found[-1] if found else None
 
 
-def persist(folder: str, run_dir: str, epoch: int, keep: int) -> str:
+def persist(folder: str, run_dir: str, epoch: int, keep: int, step: int = 0) -> str:
     """Copy a local checkpoint into the run directory and keep only the newest ``keep``
     (local mode; with Ray workers Ray Train does this)."""
-    dest = storage.join(run_dir, dir_name(epoch))
+    dest = storage.join(run_dir, dir_name(epoch, step))
     storage.upload_dir(folder, dest)
-    for _, old in on_storage(run_dir)[:-keep]:
-        storage.delete_dir(old)
+    old = found(run_dir)
+    if step:  # with Ray workers Ray Train keeps the epoch checkpoints: prune only the step ones here
+        old = [(at, path) for at, path in old if at[1]]
+    for _, path in old[:-keep]:
+        storage.delete_dir(path)
     return dest
