@@ -192,7 +192,7 @@ class _Feeds:
         plan, read = spec.plan, spec.read
         self.plan, self.train_loader, self.val_loader = plan, train, validation
         self.first_epoch, self.first_step = divmod(first_step, plan.train_steps)
-        self.epochs = spec.job.training.epochs
+        self.epochs, self.seed = spec.job.training.epochs, spec.job.data.seed
         batch_shape = (plan.replica_batch, *read.sample_shape)
         capacity = read.data.prefetch_batches * replicas
         convert = to_model(read.dtype, spec.num_classes, spec.one_hot, unit)
@@ -216,12 +216,14 @@ class _Feeds:
         def batches() -> Iterator[Batch]:
             for epoch in range(self.first_epoch, self.epochs):
                 start = self.first_step if epoch == self.first_epoch else 0
-                yield from self.train_loader.epoch(epoch, self.plan.train_steps, self.plan.worker_batch, start=start)
+                yield from self.train_loader.epoch(epoch, self.plan.train_steps, self.plan.worker_batch, start=start,
+                                                   offset=self.plan.offset(TRAIN, self.seed, epoch))
 
         self.train.start(batches())
 
     def start_validation(self, epoch: int) -> None:
-        self.validation.start(self.val_loader.epoch(epoch, self.plan.val_steps, self.plan.worker_batch))
+        self.validation.start(self.val_loader.epoch(epoch, self.plan.val_steps, self.plan.worker_batch,
+                                                    offset=self.plan.offset(VALIDATION, self.seed, epoch)))
 
     def error(self) -> Optional[BaseException]:
         """A reader's error, if a feed stopped on one."""

@@ -68,10 +68,10 @@ def test_bad_search_is_one_line_before_ray_starts(job, capsys, monkeypatch, flag
 
 @pytest.mark.ray
 def test_a_trial_larger_than_the_machine_is_one_line_and_leaves_no_search_behind(job):
-    out = run_cli("tune", "job.yaml", "--search", "model.learning_rate=choice(0.1)", "--num-workers", "64",
-                  "--batch-size", "64", "--name", "big", cwd=str(job))
+    out = run_cli("tune", "job.yaml", "--search", "model.learning_rate=choice(0.1)", "--num-workers", "24",
+                  "--batch-size", "48", "--name", "big", cwd=str(job))
     assert out.returncode == 2, out.stderr[-2000:]
-    assert out.stderr.strip().splitlines() == [out.stderr.strip()] and "one trial needs 64 CPUs but this machine " \
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()] and "one trial needs 24 CPUs but this machine " \
         "has" in out.stderr and "lower --num-workers or --cpus-per-worker" in out.stderr, out.stderr
     assert not os.path.exists(job / "runs" / "big")
 

@@ -81,7 +81,8 @@ class HDF5Loader:
             self._window_buffer = np.empty((max(rows, self.window), *shape), dtype)
         return self._window_buffer
 
-    def epoch(self, epoch: int, steps: int, batch: int, tail: bool = False, start: int = 0) -> Iterator[Batch]:
+    def epoch(self, epoch: int, steps: int, batch: int, tail: bool = False, start: int = 0,
+              offset: int = 0) -> Iterator[Batch]:
         """Yield batches ``start .. steps - 1`` ``(x, labels)`` of ``batch`` samples for ``epoch``.
 
         Each window is read in file order into a reused buffer; each batch is gathered
@@ -91,7 +92,7 @@ class HDF5Loader:
         batch is shorter.
         """
         s = self.shard
-        positions, bounds = s.epoch_order(self.window, self.seed, epoch, self.stream)
+        positions, bounds = s.epoch_order(self.window, self.seed, epoch, self.stream, offset)
         need = min(steps * batch, len(positions)) if tail else steps * batch
         assert need <= len(positions), "plan_steps keeps every rank's steps within its shard"
         positions, bounds = positions[start * batch :], np.maximum(bounds - start * batch, 0)

@@ -144,11 +144,12 @@ class ImageLoader:
                 )
         return x, y
 
-    def epoch(self, epoch: int, steps: int, batch: int, tail: bool = False, start: int = 0) -> Iterator[Batch]:
+    def epoch(self, epoch: int, steps: int, batch: int, tail: bool = False, start: int = 0,
+              offset: int = 0) -> Iterator[Batch]:
         """Yield batches ``start .. steps - 1`` ``(x uint8, labels)`` of ``batch`` images for
         ``epoch`` (with ``tail``, every image once, the last batch shorter: see the HDF5 loader)."""
         n = len(self.shard)
-        positions, _ = self.shard.epoch_order(None, self.seed, epoch, self.stream)
+        positions, _ = self.shard.epoch_order(None, self.seed, epoch, self.stream, offset)
         need = min(steps * batch, n) if tail else steps * batch
         assert need <= n, "plan_steps keeps every rank's steps within its shard"
         starts = iter(range(start * batch, need, batch))

@@ -39,9 +39,11 @@ class BatchLoader(Protocol):
     shard: Shard
     skipped: dict[str, str]  # files left out under data.on_bad_sample: skip -> why
 
-    def epoch(self, epoch: int, steps: int, batch: int, tail: bool = False, start: int = 0) -> Iterator[Batch]:
+    def epoch(self, epoch: int, steps: int, batch: int, tail: bool = False, start: int = 0,
+              offset: int = 0) -> Iterator[Batch]:
         """Batches ``start .. steps - 1`` of ``batch`` samples of ``epoch``, reading none of
-        the first ``start``; with ``tail`` (evaluation) every sample once, the last batch
+        the first ``start``, from global position ``offset`` on
+        (:func:`raytrain.data.order.epoch_offset`); with ``tail`` (evaluation) every sample once, the last batch
         shorter."""
         ...
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from raytrain.data.order import TRAIN, epoch_offset
 from raytrain.errors import RaytrainError
 
 
@@ -29,10 +30,18 @@ class StepPlan:
     replica_batch: int  # samples per local replica (GPU) per step
     train_steps: int
     val_steps: int
+    train_samples: int = 0
+    val_samples: int = 0
 
     @property
     def global_batch(self) -> int:
         return self.worker_batch * self.world_size
+
+    def offset(self, stream: int, seed: int, epoch: int) -> int:
+        """Where ``epoch``'s steps begin in the global order (:func:`raytrain.data.order.epoch_offset`)."""
+        samples, steps = (self.train_samples, self.train_steps) if stream == TRAIN else \
+            (self.val_samples, self.val_steps)
+        return epoch_offset(samples, steps, self.global_batch, seed, epoch, stream)
 
 
 def steps_per_epoch(num_samples: int, global_batch: int) -> int:
@@ -65,4 +74,5 @@ def plan_steps(
             f"{val_samples} validation samples make less than one global batch of {global_batch}; "
             "raise --validation-ratio, lower --batch-size, or set --validation-ratio 0"
         )
-    return StepPlan(world_size, worker_batch, worker_batch // replicas_per_worker, train_steps, val_steps)
+    return StepPlan(world_size, worker_batch, worker_batch // replicas_per_worker, train_steps, val_steps,
+                    train_samples, val_samples)

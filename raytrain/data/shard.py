@@ -61,10 +61,11 @@ class Shard:
         tables = list(rows.iter_batches(batch_size=None, batch_format="pyarrow"))
         return cls(pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table(), rows_per_block, partitions)
 
-    def epoch_order(self, window: Optional[int], seed: int, epoch: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
+    def epoch_order(self, window: Optional[int], seed: int, epoch: int, stream: int,
+                    offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """This shard's positions in the epoch's global order, and its windows (see
         :func:`raytrain.data.order.epoch_order`; ``window`` None: whole partitions)."""
-        return epoch_order(self.parts, self.partitions, window, seed, epoch, stream)
+        return epoch_order(self.parts, self.partitions, window, seed, epoch, stream, offset)
 
     def __len__(self) -> int:
         return len(self.rows)
