@@ -311,25 +311,18 @@ def train_loop(config: dict[str, Any]) -> None:
 
 def _restore(model: Any, spec: WorkerSpec, rank: int) -> tuple[int, int]:
     """Restore the newest checkpoint into ``model`` (in the strategy's scope) and return
-    the (epochs, steps of the next epoch) it completed ((0, 0) without one). Ray Train
-    hands a restarted worker group the newest epoch checkpoint it took; step checkpoints
-    (and local mode's, and a resumed run's) are found in the run directory: the newer
-    of the two is used."""
+    the (epochs, steps of the next epoch) it completed ((0, 0) without one). Every
+    checkpoint is in the run directory: the epoch ones Ray Train copied there (the one it
+    hands a restarted group is among them), the step ones and local mode's raytrain wrote."""
     import ray.train
 
     run_dir, sink = spec.job.run_dir, spec.sink
-    candidates = []
-    given = ray.train.get_checkpoint()
-    if given is not None:
-        candidates.append((checkpoint.position(given.path.rstrip("/").rsplit("/", 1)[-1]) or (0, 0), given))
     newest = checkpoint.found(run_dir)
-    if newest:
-        candidates.append((newest[-1][0], ray.train.Checkpoint(newest[-1][1])))
-    if not candidates:
+    if not newest:
         if rank == 0:  # a run that died before its first checkpoint starts over: so do its metrics
             rundir.keep_metrics_through(run_dir, 0)
         return 0, 0
-    _, found = max(candidates, key=lambda c: c[0])
+    found = ray.train.Checkpoint(newest[-1][1])
     with found.as_directory() as folder:
         state = checkpoint.restore(model, folder)
     done, step = int(state["epoch"]), int(state.get("step", 0))

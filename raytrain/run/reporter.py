@@ -71,7 +71,6 @@ class StepClock:
         self.stopping = False  # a worker was asked to stop: checkpoint, then stop
         self.last_step = self.mark_step = self.next_check = step
         self.last_time = self.mark_time = time.perf_counter()
-        self.checks = 0
 
     def due(self, step: int) -> bool:
         if self.steps and step - self.last_step >= self.steps:
@@ -83,7 +82,6 @@ class StepClock:
             else [0.0, 0.0]
         elapsed, per_step, stop = self.agree([*mine, float(preemption.requested())])
         self.stopping = stop > 0
-        self.checks += 1
         self.mark_time, self.mark_step = now, step
         self.next_check = step + max(1, int(self.check_seconds / max(per_step, 1e-6)))
         return stop > 0 or bool(self.seconds and elapsed >= self.seconds)
