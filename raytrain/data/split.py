@@ -79,7 +79,9 @@ def partition_index(table: pa.Table, partitions: int, block_rows: int = 1) -> pa
 
 def cut_shards(table: pa.Table, world_size: int, partitions: int, block_rows: int = 1) -> list[pa.Table]:
     """One part of the index per rank: rank ``w`` takes the partitions ``p % world_size == w``
-    (``world_size`` divides ``partitions``: checked by ``raytrain.config.validate``)."""
-    table = partition_index(table, partitions, block_rows)
+    (``world_size`` divides ``partitions``: checked by ``raytrain.config.validate``). A
+    table without the partition column is partitioned here."""
+    if PARTITION not in table.column_names:
+        table = partition_index(table, partitions, block_rows)
     rank_of = table.column(PARTITION).to_numpy() % world_size
     return [table.filter(pa.array(rank_of == rank)) for rank in range(world_size)]

@@ -106,7 +106,7 @@ class EpochReporter(tf_keras.callbacks.Callback):
         save_checkpoint: ``save_checkpoint(model, epochs_done, steps_done)`` writes a
             checkpoint and returns the checkpoint arguments of ``ray.train.report`` (a
             step checkpoint, ``steps_done > 0``, is kept by raytrain itself: none).
-        clock: When to take step checkpoints (None: at epoch ends only).
+        clock: When to take step checkpoints.
         first_step: The global step training starts from (a resumed run continues its
             TensorBoard curves instead of starting them again at 0, and an epoch
             resumed at step ``k`` runs its remaining steps only).
@@ -114,8 +114,7 @@ class EpochReporter(tf_keras.callbacks.Callback):
 
     def __init__(self, plan: StepPlan, run_dir: str, epochs: int, log_every_steps: int, rank: int, sink: Any,
                  take_waited: Callable[[], float], start_validation: Optional[Callable[[int], None]],
-                 save_checkpoint: Callable[..., dict[str, Any]], clock: Optional[StepClock] = None,
-                 first_step: int = 0):
+                 save_checkpoint: Callable[..., dict[str, Any]], clock: StepClock, first_step: int = 0):
         super().__init__()
         self._supports_tf_logs = True  # logs stay tensors; read only when shown
         self.plan, self.run_dir, self.epochs, self.every = plan, run_dir, epochs, log_every_steps
@@ -153,7 +152,7 @@ class EpochReporter(tf_keras.callbacks.Callback):
                 f"the training loss became {loss} at epoch {self.epoch + 1}, {where}; lower "
                 "--learning-rate or check the data for NaN/inf values"
             )
-        if batch + 1 < self.plan.train_steps and self.clock is not None and self.clock.due(self.global_step):
+        if batch + 1 < self.plan.train_steps and self.clock.due(self.global_step):
             self._save_step(batch + 1)
         if self.rank != 0:
             return
@@ -173,12 +172,10 @@ class EpochReporter(tf_keras.callbacks.Callback):
     def _save_step(self, step: int) -> None:
         """A checkpoint after ``step`` steps of this epoch (every rank, at the same step)."""
         self.save_checkpoint(self.model, self.epoch, step)
-        if self.clock is not None:
-            self.clock.saved(self.global_step)
+        self.clock.saved(self.global_step)
         if self.rank == 0:
-            rundir.event(self.run_dir, "checkpoint", epoch=self.epoch, step=step,
-                         preempted=self.clock is not None and self.clock.stopping)
-        if self.clock is not None and self.clock.stopping:
+            rundir.event(self.run_dir, "checkpoint", epoch=self.epoch, step=step, preempted=self.clock.stopping)
+        if self.clock.stopping:
             if threading.current_thread() is threading.main_thread():
                 raise KeyboardInterrupt  # local mode: the run ends as interrupted, its checkpoint saved
             raise Preempted(f"a worker received SIGTERM; every worker saved the checkpoint of epoch {self.epoch}, "
@@ -226,8 +223,7 @@ class EpochReporter(tf_keras.callbacks.Callback):
         if "checkpoint" in saved:  # Ray Train has copied it to the run directory
             shutil.rmtree(saved["checkpoint"].path, ignore_errors=True)
         self.offset = 0
-        if self.clock is not None:
-            self.clock.saved(self.global_step)
+        self.clock.saved(self.global_step)
 
     def on_train_end(self, logs: Any = None) -> None:
         preemption.training(False)
