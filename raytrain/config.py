@@ -78,8 +78,10 @@ class DataSection:
     seed: int = option(0, "fixes the train/validation split and every epoch's sample order")
     shuffle_window: int = option(0, "samples shuffled together, across all workers (each holds its share); "
                                  "0 = auto (64 MiB of samples, at most 4096)")
-    partitions: int = option(24, "canonical partitions of the sample order: the order is the same for every "
-                             "worker count that divides it (24: 1, 2, 3, 4, 6, 8, 12, 24)")
+    partitions: int = option(0, "canonical partitions of the sample order: the order is the same for every "
+                             "worker count that divides it; 0 = auto: 24 (1, 2, 3, 4, 6, 8, 12, 24 workers), or "
+                             "for an elastic --num-workers MIN..MAX the smallest multiple of 24 that every count "
+                             "of the range divides (2..8: 840)")
     storage_options: dict[str, Any] = option(help="object storage: endpoint (URL), region, anonymous "
                                              "(true for a public bucket); not set = the cloud's standard settings "
                                              "(AWS_ENDPOINT_URL, AWS_REGION, profiles, instance roles)",
@@ -119,7 +121,10 @@ class TrainingSection:
 
 @dataclass
 class ScalingSection:
-    num_workers: int = option(0, "Ray Train workers; 0 = in-process on this machine (the same as --local)")
+    num_workers: int = option(0, "Ray Train workers; 0 = in-process on this machine (the same as --local); "
+                              "MIN..MAX (2..8) = elastic: at most MAX, training goes on with MIN or more")
+    min_workers: int = option(0, "elastic training: the fewest workers the run trains with (--num-workers "
+                              "MIN..MAX sets both); 0 = exactly num_workers")
     gpus_per_worker: float = option(0, "GPUs each worker holds; each one is a local replica of the strategy")
     cpus_per_worker: float = option(1, "CPUs each worker holds")
     placement: str = option("pack", "pack: workers on as few nodes as possible; spread: on as many as possible",
@@ -131,6 +136,16 @@ class ScalingSection:
     def world_size(self) -> int:
         """Processes that train: the workers, or 1 in local mode."""
         return max(self.num_workers, 1)
+
+    @property
+    def elastic(self) -> bool:
+        """Whether Ray Train may run this job with fewer workers than ``num_workers``."""
+        return 0 < self.min_workers < self.num_workers
+
+    @property
+    def worker_range(self) -> list[int]:
+        """Every worker count the run may train with (``[world_size]`` unless elastic)."""
+        return list(range(self.min_workers, self.num_workers + 1)) if self.elastic else [self.world_size]
 
     @property
     def replicas_per_worker(self) -> int:
@@ -271,6 +286,9 @@ def from_dict(raw: Any, source: str = "job file") -> JobConfig:
             raise RaytrainError(
                 f"unknown keys {unknown} in section '{name}' of {source}; known keys: {known}"
             )
+        if name == "scaling" and isinstance(values.get("num_workers"), str):  # num_workers: 2..8
+            low, high = parse_workers(values["num_workers"])
+            values = {**values, "num_workers": high, **({"min_workers": low} if low else {})}
         sections[name] = cls(**{k: _coerce(v, hints[k], f"{name}.{k}") for k, v in values.items()})
     return JobConfig(**sections)
 
@@ -358,6 +376,78 @@ def worker_counts(partitions: int) -> list[int]:
     return [w for w in range(1, partitions + 1) if partitions % w == 0]
 
 
+DEFAULT_PARTITIONS = 24  # divided by 1, 2, 3, 4, 6 and 8 workers
+
+
+def auto_partitions(counts: list[int]) -> int:
+    """``data.partitions: 0``: 24, or for an elastic range the smallest multiple of 24 that
+    every count of it divides (2..8: 840). A single count that does not divide 24 is
+    refused instead (:func:`_check_counts`): it would give that run an order no other
+    worker count shares."""
+    if len(counts) == 1:
+        return DEFAULT_PARTITIONS
+    return math.lcm(DEFAULT_PARTITIONS, *counts)
+
+
+def parse_workers(value: Any, where: str = "scaling.num_workers") -> tuple[int, int]:
+    """``num_workers`` as written (3, "3" or "2..8") -> (min_workers, num_workers); min 0 = not elastic."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return 0, value
+    match = re.fullmatch(r"\s*(-?\d+)\s*(?:\.\.\s*(\d+)\s*)?", str(value)) if isinstance(value, str) else None
+    if not match:
+        raise RaytrainError(
+            f"{where} must be a number of workers (4) or an elastic range MIN..MAX (2..8). Received: {value!r}"
+        )
+    low, high = match.groups()
+    return (0, int(low)) if high is None else (int(low), int(high))
+
+
+def _check_counts(counts: list[int], partitions: int, batch: int, replicas: int) -> None:
+    """Every worker count the run may train with divides the order's partitions, and the
+    global batch divides over each count's replicas."""
+    elastic = len(counts) > 1
+    named = f"--num-workers {counts[0]}..{counts[-1]}" if elastic else f"{counts[0]} workers"
+    odd = [w for w in counts if partitions % w]
+    if odd and not elastic:
+        raise RaytrainError(
+            f"{odd[0]} workers do not divide the sample order's {partitions} partitions (data.partitions); "
+            f"use --num-workers {' or '.join(str(w) for w in worker_counts(partitions))}, "
+            f"or set --partitions to a multiple of {odd[0]}"
+        )
+    if odd:
+        raise RaytrainError(
+            f"{named}: {_listed(odd)} workers do not divide the sample order's {partitions} partitions "
+            f"(data.partitions); use --partitions {auto_partitions(counts)} (or 0 = auto), or a range "
+            f"within {_listed(worker_counts(partitions))}"
+        )
+    if batch < counts[-1]:
+        raise RaytrainError(
+            f"training.batch_size {batch} is smaller than the {counts[-1]} workers; "
+            f"each worker needs at least one sample per step: use --batch-size {counts[-1]} or more"
+        )
+    uneven = [w for w in counts if batch % (w * replicas)]
+    if not uneven:
+        return
+    if not elastic:
+        total = counts[0] * replicas
+        lower = batch // total * total
+        raise RaytrainError(
+            f"training.batch_size {batch} (global) does not divide evenly over {total} replicas "
+            f"({counts[0]} workers x {replicas} per worker); use --batch-size {lower or total} or {lower + total}"
+        )
+    step = math.lcm(*(w * replicas for w in counts))
+    fits = " or ".join(str(f) for f in sorted({max(batch // step, 1) * step, (batch // step + 1) * step}))
+    raise RaytrainError(
+        f"training.batch_size {batch} (global) does not divide evenly over {_listed(uneven)} workers "
+        f"({replicas} replica{'s' if replicas > 1 else ''} each) of {named}; the global batch sizes that fit "
+        f"the whole range are the multiples of {step}: use --batch-size {fits}, or narrow the range"
+    )
+
+
+def _listed(values: list[int]) -> str:
+    return ", ".join(str(v) for v in values[:-1]) + (" and " if len(values) > 1 else "") + str(values[-1])
+
+
 def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
     """Check values, resolve paths to absolute ones, and name the run.
 
@@ -399,27 +489,16 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
         raise RaytrainError(
             f"scaling.placement must be one of {list(PLACEMENTS)}. Received: {s.placement!r} (set it with --placement)"
         )
-    _positive("data.partitions", d.partitions, "partitions")
-    workers = s.world_size
-    if d.partitions % workers:
+    _positive("data.partitions", d.partitions, "partitions", allow_zero=True)
+    _positive("scaling.min_workers", s.min_workers, "min-workers", allow_zero=True)
+    if s.min_workers > s.num_workers:
         raise RaytrainError(
-            f"{workers} workers do not divide the sample order's {d.partitions} partitions (data.partitions); "
-            f"use --num-workers {' or '.join(str(w) for w in worker_counts(d.partitions))}, "
-            f"or set --partitions to a multiple of {workers}"
+            f"scaling.min_workers {s.min_workers} is above num_workers {s.num_workers}; an elastic range is "
+            f"--num-workers MIN..MAX with MIN <= MAX (e.g. --num-workers {s.num_workers}..{s.min_workers})"
         )
-    replicas = s.replicas_per_worker * workers
-    if t.batch_size < workers:
-        raise RaytrainError(
-            f"training.batch_size {t.batch_size} is smaller than the {workers} workers; "
-            f"each worker needs at least one sample per step: use --batch-size {workers} or more"
-        )
-    if t.batch_size % replicas:
-        lower = t.batch_size // replicas * replicas
-        raise RaytrainError(
-            f"training.batch_size {t.batch_size} (global) does not divide evenly over {replicas} replicas "
-            f"({workers} workers x {s.replicas_per_worker} per worker); "
-            f"use --batch-size {lower or replicas} or {lower + replicas}"
-        )
+    counts = s.worker_range
+    d.partitions = d.partitions or auto_partitions(counts)
+    _check_counts(counts, d.partitions, t.batch_size, s.replicas_per_worker)
     validate_locations(d)
     r.storage_path = validate_storage_path(r.storage_path)
     if not r.name:

@@ -32,7 +32,7 @@ from raytrain.data.split import split_index
 from raytrain.env import VERBOSE_ENV, WORKER_ENV, set_worker_env
 from raytrain.errors import LossNotFinite, RaytrainError, TrainingFailed, find_error, find_user_error
 from raytrain.models import build_model, resolve_builder
-from raytrain.run import checkpoint, rundir, storage
+from raytrain.run import checkpoint, rundir, runs, storage
 from raytrain.run.progress import ProgressPrinter, quiet_stderr, start_sink
 from raytrain.worker import WorkerSpec, train_loop
 
@@ -54,12 +54,15 @@ class RunSummary:
     data_wait_fraction: float  # mean over epochs: share of step time spent waiting for data
     wall_time_s: float
     skipped_files: int = 0  # bad images replaced under data.on_bad_sample: skip
+    elastic: str = ""  # an elastic run: its range and each epoch's count (raytrain.run.runs)
     files: dict[str, str] = field(default_factory=dict)
 
     def render(self) -> str:
         """A one-screen text summary."""
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in self.final_metrics.items() if k not in rundir.RUN_KEYS)
         where = "local, in-process" if self.num_workers == 0 else f"{self.num_workers} workers"
+        if self.elastic:
+            where = f"elastic, {self.elastic} workers"
         lines = [
             "",
             f"raytrain: finished {self.epochs} epochs ({where})",
@@ -106,7 +109,8 @@ def _check_resources(job: JobConfig) -> None:
     s = job.scaling
     if s.num_workers == 0:
         return
-    need = {"CPU": s.num_workers * s.cpus_per_worker, "GPU": s.num_workers * s.gpus_per_worker}
+    least = s.worker_range[0]  # an elastic run starts once its minimum fits
+    need = {"CPU": least * s.cpus_per_worker, "GPU": least * s.gpus_per_worker}
     have = ray.cluster_resources()
     short = {k: v for k, v in need.items() if v > have.get(k, 0) + 1e-9}
     if not short:
@@ -117,7 +121,7 @@ def _check_resources(job: JobConfig) -> None:
     if s.address is None:
         flag = "--cpus-per-worker" if "CPU" in short else "--gpus-per-worker"
         raise RaytrainError(
-            f"--num-workers {s.num_workers} needs {detail} but this machine has {has}; "
+            f"--num-workers {least} needs {detail} but this machine has {has}; "
             f"lower --num-workers or {flag} (or pass --address to use a cluster)"
         )
     print(f"raytrain: waiting for the cluster to provide {detail} (it has {has} now; an autoscaler may add nodes)")
@@ -354,7 +358,7 @@ def _fit(spec: Any, train_table: Any, val_table: Any, callbacks: Sequence[Any] =
         train_loop_per_worker=train_loop,
         train_loop_config={"spec": spec},
         scaling_config=ScalingConfig(
-            num_workers=s.num_workers, use_gpu=s.gpus_per_worker > 0, resources_per_worker=resources,
+            num_workers=(s.min_workers, s.num_workers) if s.elastic else s.num_workers, use_gpu=s.gpus_per_worker > 0, resources_per_worker=resources,
             placement_strategy=PLACEMENTS[s.placement],
         ),
         run_config=RunConfig(
@@ -364,7 +368,7 @@ def _fit(spec: Any, train_table: Any, val_table: Any, callbacks: Sequence[Any] =
             callbacks=list(callbacks),
         ),
         datasets=to_ray_datasets(train_table, val_table),
-        dataset_config=FixedShards(tables, s.world_size, job.data.partitions, block_rows),
+        dataset_config=FixedShards(tables, s.worker_range, job.data.partitions, block_rows),
     )
     try:
         return trainer.fit()
@@ -465,6 +469,7 @@ def _summarize(job: JobConfig, n_train: int, n_val: int, wall: float) -> RunSumm
         data_wait_fraction=sum(e["data_wait_fraction"] for e in epochs) / len(epochs),
         wall_time_s=wall,
         skipped_files=len(skipped),
+        elastic=runs.workers(job.scaling, epochs) if job.scaling.elastic else "",
         files={
             "model": rundir.path(run_dir, rundir.MODEL_KERAS),
             "serving": rundir.path(run_dir, rundir.SAVED_MODEL),

@@ -236,7 +236,18 @@ def per_trial_resources(job: JobConfig) -> dict[str, float]:
 
 
 def trial_job(job: JobConfig) -> JobConfig:
-    """The base job as trials run it: on at least one Ray Train worker (see the module docstring)."""
+    """The base job as trials run it: on at least one Ray Train worker (see the module docstring).
+
+    Raises:
+        RaytrainError: An elastic worker range: a trial's resources are reserved up front, so
+            it runs a fixed count.
+    """
+    if job.scaling.elastic:
+        raise RaytrainError(
+            f"raytrain tune: an elastic --num-workers {job.scaling.min_workers}..{job.scaling.num_workers} is for "
+            "raytrain train (a trial holds its resources for its whole run); give trials one count, e.g. "
+            f"--num-workers {job.scaling.min_workers}"
+        )
     if job.scaling.num_workers:
         return job
     return dataclasses.replace(job, scaling=dataclasses.replace(job.scaling, num_workers=1))

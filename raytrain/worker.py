@@ -17,6 +17,7 @@ silenced around its import (:func:`raytrain.run.progress.quiet_stderr`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -237,11 +238,13 @@ class _Feeds:
 
 def train_loop(config: dict[str, Any]) -> None:
     """Train on this worker's shard; called by Ray Train with ``{"spec": WorkerSpec}``."""
+    import ray.train
+
     spec: WorkerSpec = config["spec"]
     s = spec.job.scaling
-    strategy = make_strategy(spec.plan.world_size, max(1, int(s.cpus_per_worker)) if s.num_workers else 0)
-
-    import ray.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()  # an elastic run's size varies by restart
+    strategy = make_strategy(world, max(1, int(s.cpus_per_worker)) if s.num_workers else 0)
 
     from raytrain.run.reporter import (  # imports tf_keras: after the strategy
         CHECK_SECONDS,
@@ -249,9 +252,9 @@ def train_loop(config: dict[str, Any]) -> None:
         StepClock,
     )
 
-    job, plan = spec.job, spec.plan
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    job = spec.job
+    spec = dataclasses.replace(spec, plan=spec.plan.for_world(world))
+    plan = spec.plan
     replicas = _local_replicas(strategy, plan, rank, world)
     train_loader = _open_loader(spec, "train", rank, TRAIN)
     val_loader = _open_loader(spec, "validation", rank, VALIDATION) if plan.val_steps > 0 else None
@@ -273,6 +276,7 @@ def train_loop(config: dict[str, Any]) -> None:
                              _checkpoint_saver(job, rank, world), clock, first_step=first_step)
     if rank == 0:
         rundir.event(run_dir, "start", from_epoch=first_epoch + 1, from_step=step, world_size=world)
+        rundir.drop_worker_records(run_dir, world)
     _handle_sigterm(s.num_workers > 0)
     fit = dict(validation_data=feeds.val_ds, validation_steps=plan.val_steps if val_loader else None,
                callbacks=[reporter], verbose=0)

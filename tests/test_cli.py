@@ -37,6 +37,17 @@ def good(make_h5):
         (["--data", "{good}", "--num-workers", "5", "--batch-size", "10"],
          "5 workers do not divide the sample order's 24 partitions (data.partitions); use --num-workers 1 or 2 or 3 "
          "or 4 or 6 or 8 or 12 or 24, or set --partitions to a multiple of 5"),
+        (["--data", "{good}", "--num-workers", "3..2"],
+         "scaling.min_workers 3 is above num_workers 2; an elastic range is --num-workers MIN..MAX with MIN <= MAX"),
+        (["--data", "{good}", "--num-workers", "2..8", "--batch-size", "64"],
+         "training.batch_size 64 (global) does not divide evenly over 3, 5, 6 and 7 workers (1 replica each) of "
+         "--num-workers 2..8; the global batch sizes that fit the whole range are the multiples of 840: use "
+         "--batch-size 840, or narrow the range"),
+        (["--data", "{good}", "--num-workers", "2..5", "--partitions", "24", "--batch-size", "60"],
+         "--num-workers 2..5: 5 workers do not divide the sample order's 24 partitions (data.partitions); use "
+         "--partitions 120 (or 0 = auto)"),
+        (["--data", "{good}", "--num-workers", "two"], "--num-workers must be a number of workers (4) or an elastic "
+         "range MIN..MAX (2..8)"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, good, args, message):

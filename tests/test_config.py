@@ -101,6 +101,30 @@ def test_local_flag_means_zero_workers(job_file):
         parse(job_file, "--local", "--num-workers", "2")
 
 
+def test_an_elastic_range_sets_both_counts_and_the_partitions_it_needs(job_file, tmp_path):
+    job = parse(job_file, "--num-workers", "2..8", "--batch-size", "1680")
+    s = job.scaling
+    assert (s.min_workers, s.num_workers, s.elastic, s.worker_range) == (2, 8, True, list(range(2, 9)))
+    assert job.data.partitions == 840  # every count of 2..8 divides it
+    fixed = parse(job_file, "--num-workers", "4")
+    assert (fixed.scaling.min_workers, fixed.scaling.elastic, fixed.data.partitions) == (0, False, 24)
+    (tmp_path / "elastic.yaml").write_text("data: {paths: [a.h5]}\nscaling: {num_workers: 1..3}\n"
+                                           "training: {batch_size: 48}\n")
+    from_file = parse(str(tmp_path / "elastic.yaml"))
+    assert from_file.scaling.worker_range == [1, 2, 3] and from_file.data.partitions == 24
+    assert not parse(str(tmp_path / "elastic.yaml"), "--num-workers", "2").scaling.elastic  # N is exactly N
+    assert parse(str(tmp_path / "elastic.yaml"), "--local").scaling.worker_range == [1]
+
+
+def test_runs_shows_an_elastic_runs_workers_per_epoch(job_file):
+    from raytrain.run.runs import workers
+
+    s = parse(job_file, "--num-workers", "2..3", "--batch-size", "48").scaling
+    assert workers(s, [{"workers": 3}, {"workers": 3}, {"workers": 2}]) == "2..3: 3x2, 2x1"
+    assert workers(s, []) == "2..3"
+    assert workers(parse(job_file, "--num-workers", "2").scaling, [{"workers": 2}]) == 2
+
+
 def test_data_flag_alone_uses_defaults():
     job = parse("--data", "some/file.h5")
     assert job.scaling.num_workers == 0 and job.model.builder == "cnn" and job.training.epochs == 5

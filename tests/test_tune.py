@@ -57,6 +57,8 @@ def job(tmp_path):
     (["--search", "training.batch_size=choice(32,33)", "--num-workers", "2"],
      "--search training.batch_size=choice(32, 33): the value 33 makes an invalid trial: training.batch_size 33 "
      "(global) does not divide evenly over 2 replicas"),
+    (["--search", "model.learning_rate=choice(0.1)", "--num-workers", "1..2"],
+     "raytrain tune: an elastic --num-workers 1..2 is for raytrain train"),
 ])
 def test_bad_search_is_one_line_before_ray_starts(job, capsys, monkeypatch, flags, says):
     monkeypatch.chdir(job)

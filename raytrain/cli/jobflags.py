@@ -18,6 +18,9 @@ from raytrain.errors import RaytrainError
 from raytrain.run import rundir, storage
 
 
+WORKERS = ("scaling", "num_workers")  # takes N or an elastic MIN..MAX (see raytrain.config.parse_workers)
+
+
 def parse_list(text: str) -> list[str]:
     return [p for p in text.split(",") if p]
 
@@ -96,8 +99,9 @@ def add_job_flags(p: argparse.ArgumentParser, skip: tuple[tuple[str, str], ...] 
         flag = cfg.flag_name(section, option.key)
         repeatable = (section, option.key) == ("data", "paths")
         extra = {"action": "append"} if repeatable else {}
+        kind = str if repeatable or (section, option.key) == WORKERS else _flag_type(option.kind)
         group.add_argument(
-            f"--{flag}", dest=f"{section}.{option.key}", type=str if repeatable else _flag_type(option.kind),
+            f"--{flag}", dest=f"{section}.{option.key}", type=kind,
             # Choices are shown, not enforced here: argparse's own error prints the whole usage;
             # raytrain.config.validate rejects a bad value with one line.
             default=None, metavar="{" + ",".join(option.choices) + "}" if option.choices else flag.upper().replace("-", "_"),
@@ -118,10 +122,15 @@ def job_from_args(args: argparse.Namespace) -> cfg.JobConfig:
         if (section, key) == ("data", "paths") and value is not None:
             value = [p for part in value for p in parse_list(part)]
         overrides[(section, key)] = value
+    if overrides[WORKERS] is not None:  # --num-workers N is exactly N; MIN..MAX is elastic
+        overrides[("scaling", "min_workers")], overrides[WORKERS] = cfg.parse_workers(overrides[WORKERS],
+                                                                                      "--num-workers")
+        if getattr(args, "scaling.min_workers", None) is not None and not overrides[("scaling", "min_workers")]:
+            overrides[("scaling", "min_workers")] = getattr(args, "scaling.min_workers")
     if args.local:
-        if overrides[("scaling", "num_workers")] not in (None, 0):
+        if overrides[WORKERS] not in (None, 0):
             raise RaytrainError("--local runs in-process and cannot be combined with --num-workers > 0; drop one of them")
-        overrides[("scaling", "num_workers")] = 0
+        overrides[WORKERS], overrides[("scaling", "min_workers")] = 0, 0
     job = cfg.apply_overrides(job, overrides)
     # An image source given as a flag replaces the job file's other image source.
     given = [k for k in ("directory", "manifest") if overrides[("data", k)] is not None]

@@ -15,6 +15,7 @@ The rules (for training and for validation alike):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from raytrain.data.order import TRAIN, epoch_offset
@@ -36,6 +37,17 @@ class StepPlan:
     @property
     def global_batch(self) -> int:
         return self.worker_batch * self.world_size
+
+    def for_world(self, world_size: int) -> "StepPlan":
+        """This plan with ``world_size`` workers (an elastic run's size after a restart): the
+        same global batch and steps, so the same global order, split ``world_size`` ways."""
+        replicas = self.worker_batch // self.replica_batch
+        worker_batch = self.global_batch // world_size
+        if worker_batch * world_size != self.global_batch or worker_batch % replicas:
+            raise RaytrainError(f"a global batch of {self.global_batch} does not divide over {world_size} workers "
+                                f"x {replicas} replicas (raytrain.config.validate checks every count of the range)")
+        return dataclasses.replace(self, world_size=world_size, worker_batch=worker_batch,
+                                   replica_batch=worker_batch // replicas)
 
     def offset(self, stream: int, seed: int, epoch: int) -> int:
         """Where ``epoch``'s steps begin in the global order (:func:`raytrain.data.order.epoch_offset`)."""

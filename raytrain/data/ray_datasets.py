@@ -21,7 +21,8 @@ from raytrain.data.split import cut_shards
 
 
 class FixedShards(DataConfig):
-    """Give rank ``r`` the ``r``-th part of every dataset (see :func:`raytrain.data.split.cut_shards`).
+    """Give rank ``r`` of ``W`` workers the ``r``-th of ``W`` parts of every dataset (see
+    :func:`raytrain.data.split.cut_shards`), for each ``W`` the run may start with.
 
     The cuts are made on the driver, where CPUs are still free, and travel with this
     config to Ray Train's dataset manager. Creating or cutting a Ray Dataset there
@@ -29,14 +30,18 @@ class FixedShards(DataConfig):
     hold all of them (as on a 2-core machine with 2 workers).
     """
 
-    def __init__(self, tables: dict[str, pa.Table], world_size: int, partitions: int, block_rows: int):
+    def __init__(self, tables: dict[str, pa.Table], world_sizes: list[int], partitions: int, block_rows: int):
         import ray.data
 
         super().__init__()
+        # An elastic run may start or restart with any count of its range: a cut for each.
         self._shards = {
-            name: [ray.data.from_arrow(shard) for shard in cut_shards(t, world_size, partitions, block_rows)]
-            for name, t in tables.items()
-            if t.num_rows
+            world: {
+                name: [ray.data.from_arrow(shard) for shard in cut_shards(t, world, partitions, block_rows)]
+                for name, t in tables.items()
+                if t.num_rows
+            }
+            for world in world_sizes
         }
 
     def configure(
@@ -47,11 +52,10 @@ class FixedShards(DataConfig):
         worker_node_ids: Any = None,
         **kwargs: Any,
     ) -> list[dict[str, Any]]:
+        assert world_size in self._shards, f"cut for {sorted(self._shards)} workers, started {world_size}"
         output: list[dict[str, Any]] = [{} for _ in range(world_size)]
         for name in datasets:
-            shards = self._shards[name]
-            assert len(shards) == world_size, f"cut for {len(shards)} workers, started {world_size}"
-            for rank, shard in enumerate(shards):
+            for rank, shard in enumerate(self._shards[world_size][name]):
                 output[rank][name] = shard.iterator()
         return output
 

@@ -207,6 +207,7 @@ class EpochReporter(tf_keras.callbacks.Callback):
         metrics["data_wait_fraction"] = min(1.0, waited / train_time)
         metrics["epoch_time_s"] = ended - self.started
         metrics["time"] = time.time()
+        metrics["workers"] = self.plan.world_size  # an elastic run's count can change between epochs
         return metrics
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:

@@ -186,7 +186,7 @@ def path(run_dir: str, name: str) -> str:
 
 # metrics.jsonl keys besides the model's metrics; "time" is when the epoch ended (Unix seconds, before its
 # checkpoint): the gaps between epochs are the marginal epoch time, fixed costs included.
-RUN_KEYS = ("epoch", "epoch_time_s", "samples_per_s", "data_wait_s", "data_wait_fraction", "time")
+RUN_KEYS = ("epoch", "epoch_time_s", "samples_per_s", "data_wait_s", "data_wait_fraction", "time", "workers")
 # that describe the run rather than the model
 
 
@@ -233,6 +233,16 @@ def read_status(run_dir: str) -> Optional[dict[str, Any]]:
 
 def write_worker_record(run_dir: str, rank: int, record: dict[str, Any]) -> None:
     storage.write_text(storage.join(run_dir, WORKERS, f"rank-{rank}.json"), json.dumps(record, indent=1))
+
+
+def drop_worker_records(run_dir: str, world_size: int) -> None:
+    """Remove the records of ranks ``world_size`` and up: an elastic run that restarted
+    with fewer workers has only the ranks it trains with now."""
+    folder = storage.join(run_dir, WORKERS)
+    for name in storage.listdir(folder):
+        number = name[len("rank-"):-len(".json")] if name.startswith("rank-") and name.endswith(".json") else ""
+        if number.isdigit() and int(number) >= world_size:
+            storage.delete_file(storage.join(folder, name))
 
 
 def read_worker_records(run_dir: str) -> list[dict[str, Any]]:

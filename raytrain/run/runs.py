@@ -7,6 +7,10 @@ metric is the job's first metric on validation (``val_<metric>``, else ``val_los
 over the epochs done: its maximum for accuracy-like metrics (accuracy, AUC, precision,
 recall), its minimum for losses and errors (mse, mae, crossentropy).
 
+The workers column is the count (``local``: in-process); for an elastic run, its range and
+the count of each epoch done, run-length coded (``2..3: 3x2, 2x1``: 3 workers for two
+epochs, then 2 for one).
+
 A search of ``raytrain tune`` is one row: ``NAME (search: done/total trials)``, its
 status, and its best trial's epochs and best value of the search's metric.
 """
@@ -48,6 +52,22 @@ def _alive(status: dict[str, Any]) -> bool:
     return os.path.exists(f"/proc/{pid}")
 
 
+def workers(scaling: Any, epochs: list[dict[str, Any]]) -> Any:
+    """The run's workers: the count (0 = local), or for an elastic run the count of each
+    epoch done, run-length coded: ``3x2, 2x1`` = 3 workers for 2 epochs, then 2 for 1."""
+    if not scaling.elastic:
+        return scaling.num_workers
+    counts = [e.get("workers") for e in epochs]
+    runs: list[list[Any]] = []
+    for count in counts:
+        if runs and runs[-1][0] == count:
+            runs[-1][1] += 1
+        else:
+            runs.append([count, 1])
+    done = ", ".join(f"{w}x{n}" for w, n in runs)
+    return f"{scaling.min_workers}..{scaling.num_workers}" + (f": {done}" if done else "")
+
+
 def describe(run_dir: str) -> dict[str, Any]:
     """What ``raytrain runs`` shows about one run."""
     job = rundir.read_job(run_dir)
@@ -71,7 +91,7 @@ def describe(run_dir: str) -> dict[str, Any]:
         "epochs_done": len(epochs),
         "epochs": job.training.epochs,
         "best": _best(epochs, job.model.metrics),
-        "workers": job.scaling.num_workers,
+        "workers": workers(job.scaling, epochs),
         "wall_time_s": wall,
         "error": status.get("error"),
     }
@@ -114,7 +134,7 @@ def render(runs: list[dict[str, Any]]) -> str:
     rows = []
     for r in runs:
         best = f"{r['best'][0]} {r['best'][1]:.4f}" if r["best"] else "-"
-        workers = "local" if r["workers"] == 0 else str(r["workers"])
+        workers = "local" if r["workers"] == 0 else str(r["workers"])  # an elastic run's is text
         wall = f"{r['wall_time_s']:.0f} s" if r["wall_time_s"] is not None else "-"
         rows.append([r["name"], r["status"], f"{r['epochs_done']}/{r['epochs']}", best, workers, wall])
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
