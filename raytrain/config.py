@@ -143,6 +143,16 @@ class ScalingSection:
         return 0 < self.min_workers < self.num_workers
 
     @property
+    def shown(self) -> str:
+        """The worker count as ``--num-workers`` takes it: ``4``, or ``2..8`` when elastic."""
+        return f"{self.min_workers}..{self.num_workers}" if self.elastic else str(self.num_workers)
+
+    @property
+    def ray_num_workers(self) -> int | tuple[int, int]:
+        """``ScalingConfig(num_workers=...)``: a count, or Ray Train's elastic ``(min, max)``."""
+        return (self.min_workers, self.num_workers) if self.elastic else self.num_workers
+
+    @property
     def worker_range(self) -> list[int]:
         """Every worker count the run may train with (``[world_size]`` unless elastic)."""
         return list(range(self.min_workers, self.num_workers + 1)) if self.elastic else [self.world_size]

@@ -358,7 +358,7 @@ def _fit(spec: Any, train_table: Any, val_table: Any, callbacks: Sequence[Any] =
         train_loop_per_worker=train_loop,
         train_loop_config={"spec": spec},
         scaling_config=ScalingConfig(
-            num_workers=(s.min_workers, s.num_workers) if s.elastic else s.num_workers, use_gpu=s.gpus_per_worker > 0, resources_per_worker=resources,
+            num_workers=s.ray_num_workers, use_gpu=s.gpus_per_worker > 0, resources_per_worker=resources,
             placement_strategy=PLACEMENTS[s.placement],
         ),
         run_config=RunConfig(

@@ -128,7 +128,7 @@ def submit(job: JobConfig, address: str, progress: Any = print, tune: Optional[d
         runtime_env={"working_dir": folder, "py_modules": [package]},
         entrypoint_num_cpus=0,  # the driver only coordinates; the head may have no CPUs
     )
-    progress(f"submitted {job_id} to {address}: {_workers(job.scaling)} workers, run {job.run_dir}")
+    progress(f"submitted {job_id} to {address}: {job.scaling.shown} workers, run {job.run_dir}")
 
     async def stream() -> None:
         async for lines in client.tail_job_logs(job_id):
@@ -152,6 +152,3 @@ def submit(job: JobConfig, address: str, progress: Any = print, tune: Optional[d
     progress(f"{job_id} {str(info.status).lower()} (exit {code})")
     return int(code)
 
-
-def _workers(scaling: Any) -> str:
-    return f"{scaling.min_workers}..{scaling.num_workers}" if scaling.elastic else str(scaling.num_workers)

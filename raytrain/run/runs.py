@@ -65,7 +65,7 @@ def workers(scaling: Any, epochs: list[dict[str, Any]]) -> Any:
         else:
             runs.append([count, 1])
     done = ", ".join(f"{w}x{n}" for w, n in runs)
-    return f"{scaling.min_workers}..{scaling.num_workers}" + (f": {done}" if done else "")
+    return scaling.shown + (f": {done}" if done else "")
 
 
 def describe(run_dir: str) -> dict[str, Any]:
