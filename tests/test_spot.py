@@ -17,12 +17,14 @@ pytestmark = pytest.mark.ray
 
 STEP_RECORDING_MODEL = '''
 import os
+import time
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
 RECORD_DIR = {record_dir!r}
+STEP_SECONDS = {step_seconds!r}
 
 
 class RecordSteps(keras.layers.Layer):
@@ -38,6 +40,7 @@ class RecordSteps(keras.layers.Layer):
             return x
 
         def record(step, ids):
+            time.sleep(STEP_SECONDS)
             with open(os.path.join(RECORD_DIR, f"train-{{os.getpid()}}.txt"), "a") as f:
                 f.write(f"{{int(step)}}:" + ",".join(str(int(round(float(i)))) for i in ids.numpy()) + "\\n")
             return np.int32(0)
@@ -78,10 +81,14 @@ def ids_data(tmp_path):
                     np.arange(n) % 3), n
 
 
-def recording(tmp_path, name):
+def recording(tmp_path, name, step_seconds=0.0):
+    """A model that records its steps in ``records-<name>/``; each step takes at least
+    ``step_seconds`` (a run must outlast the workers' next stop check, about 2 s of training
+    after a SIGTERM: this machine's 14 ms steps finished 180 of them in under 3 s)."""
     record_dir = tmp_path / f"records-{name}"
     record_dir.mkdir()
-    (tmp_path / f"{name}.py").write_text(STEP_RECORDING_MODEL.format(record_dir=str(record_dir)))
+    (tmp_path / f"{name}.py").write_text(STEP_RECORDING_MODEL.format(record_dir=str(record_dir),
+                                                                      step_seconds=step_seconds))
     return record_dir, f"{tmp_path}/{name}.py:build"
 
 
@@ -97,7 +104,7 @@ def global_batches(per_process):
 
 def test_sigterm_checkpoints_at_a_step_and_the_restart_resumes_there_exactly(tmp_path, ids_data):
     data, n = ids_data
-    record_dir, model = recording(tmp_path, "spot")
+    record_dir, model = recording(tmp_path, "spot", step_seconds=0.04)
     args = ("train", "--data", data, "--model", model, "--batch-size", "16", "--validation-ratio", "0",
             "--epochs", "3", "--steps-per-execution", "1", "--checkpoint-every", "1h")
     proc = start(*args, "--num-workers", "2", "--max-failures", "1", "--name", "spot",
