@@ -247,8 +247,6 @@ def run(job: JobConfig, resume: bool = False, verbose: bool = False, in_tune: bo
     set_worker_env(os.environ)
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
-    with quiet_stderr():
-        import tensorflow  # noqa: F401  (its C++ start-up lines go to /dev/null unless --verbose)
     started = time.perf_counter()
     problem = storage.writable(job.run.storage_path)
     if problem:
@@ -260,7 +258,9 @@ def run(job: JobConfig, resume: bool = False, verbose: bool = False, in_tune: bo
         finished = (rundir.read_status(job.run_dir) or {}).get("status") == "finished"
         if resume and finished and done >= job.training.epochs:
             return None
-        prepared = _prepare(job)
+        prepared = _prepare(job)  # bad input fails here, before TensorFlow's 3-4 s import
+        with quiet_stderr():
+            import tensorflow  # noqa: F401  (its C++ start-up lines go to /dev/null unless --verbose)
         if resume:
             _check_same_data(job, prepared.index)
         if in_tune:
