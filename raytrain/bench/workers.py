@@ -3,6 +3,8 @@
 On one HDF5 file (yours, or a synthetic 20,000 x 64x64x3 uint8 one), the built-in
 ``cnn``, the same global batch everywhere, each in a fresh process:
 
+- **in memory**: a plain ``tf_keras`` ``fit`` of the whole file as float32 arrays in
+  memory, one process (the floor ``--local`` is held to);
 - **raytrain, local**: ``raytrain train --local`` (one process, the whole machine);
 - **raytrain, N workers**: ``raytrain train --num-workers N``;
 - **Ray's recipe, as documented**: ``TensorflowTrainer`` with the data as a Ray Dataset
@@ -49,6 +51,7 @@ BARS = [
     ("workers_vs_local", "N workers >= 0.8x the --local rate", lambda v: v >= 0.8),
     ("raytrain_vs_recipe", "raytrain N workers >= 2x Ray's corrected recipe", lambda v: v >= 2.0),
     ("fixed_cost_s", "per-epoch fixed cost with N workers <= 0.5 s", lambda v: v <= 0.5),
+    ("local_vs_memory", "--local marginal epoch <= 1.0x a plain in-memory tf_keras fit", lambda v: v <= 1.0),
 ]
 
 
@@ -149,6 +152,10 @@ def run_bench(path: Optional[str] = None, samples: int = 20_000, shape: tuple[in
     with workspace(workdir) as workdir:
         path, n = _file(path, samples, shape, workdir, progress)
         rows: dict[str, dict[str, Any]] = {}
+        progress(f"in-memory tf_keras fit ({epochs} epochs)")
+        got = child("in_memory", {"path": path, "x_key": "X", "y_key": "Y", "batch": batch, "epochs": epochs}, timeout)
+        rows["in_memory"] = {"marginal_epoch_s": statistics.median(got["epoch_times_s"][1:]),
+                             "steps_per_epoch": got["steps"], "replica_batch": batch}
         for key, count in (("local", 0), ("workers", workers)):
             progress(f"raytrain train --num-workers {count} ({epochs} epochs)")
             records, trained = _train(path, count, batch, epochs, 0, workdir, timeout)
@@ -175,6 +182,7 @@ def run_bench(path: Optional[str] = None, samples: int = 20_000, shape: tuple[in
         "raytrain_vs_recipe": rows["workers"]["samples_per_s"] / rows["recipe_corrected"]["samples_per_s"],
         "raytrain_vs_documented": rows["workers"]["samples_per_s"] / rows["recipe_documented"]["samples_per_s"],
         "fixed_cost_s": fixed["workers"]["fixed_s"],
+        "local_vs_memory": rows["local"]["marginal_epoch_s"] / rows["in_memory"]["marginal_epoch_s"],
     }
     return {"date": datetime.date.today().isoformat(), "machine": machine(), "samples": n, "shape": list(shape),
             "workers": workers, "batch": batch, "epochs": epochs, "rows": rows, "fixed_cost": fixed,
@@ -185,6 +193,7 @@ def render(result: dict[str, Any]) -> str:
     """The results as Markdown tables (pasted into the README as they are)."""
     r, f, n, w = result["rows"], result["fixed_cost"], result["workers"], result["batch"]
     names = [
+        ("in_memory", "plain `tf_keras` fit of float32 arrays in memory (one process)"),
         ("local", "raytrain `--local` (one process, whole machine)"),
         ("workers", f"raytrain `--num-workers {n}`"),
         ("recipe_documented", f"Ray's recipe as documented: `to_tf(batch_size={w // n})` per worker"),
