@@ -202,15 +202,19 @@ class _Feeds:
         whole = self.first_epoch
         if self.first_step:
             rest = (plan.train_steps - self.first_step) * replicas
-            self.resumed_ds = strategy.distribute_datasets_from_function(lambda _: self.train.dataset(rest, convert))
+            self.resumed_ds = strategy.distribute_datasets_from_function(
+                lambda _: self.train.dataset(rest, convert, endless=True)
+            )
             whole += 1
         entries = max(self.epochs - whole, 1) * plan.train_steps * replicas
-        self.train_ds = strategy.distribute_datasets_from_function(lambda _: self.train.dataset(entries, convert))
+        self.train_ds = strategy.distribute_datasets_from_function(
+            lambda _: self.train.dataset(entries, convert, endless=True)
+        )
         self.validation, self.val_ds = None, None
         if validation is not None:
             self.validation = QueueFeed(batch_shape, read.dtype, capacity, replicas)
             self.val_ds = strategy.distribute_datasets_from_function(
-                lambda _: self.validation.dataset(plan.val_steps * replicas, convert)
+                lambda _: self.validation.dataset(plan.val_steps * replicas, convert, endless=True)
             )
 
     def start_training(self) -> None:

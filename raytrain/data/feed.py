@@ -106,8 +106,15 @@ class QueueFeed:
         self.waited.assign(0.0)
         return value
 
-    def dataset(self, entries: int, to_model: Callable[[Any, Any], Any]) -> Any:
-        """A dataset of exactly ``entries`` queue entries, converted by ``to_model``."""
+    def dataset(self, entries: int, to_model: Callable[[Any, Any], Any], endless: bool = False) -> Any:
+        """A dataset of exactly ``entries`` queue entries, converted by ``to_model``.
+
+        ``endless``: declare the dataset infinite (for ``fit``, which is given its steps
+        and never asks for more than ``entries``; one more would fail, not hang). Under
+        ``MultiWorkerMirroredStrategy`` a finite dataset makes every step's ``get_next``
+        all-reduce across the workers whether each still has data (TensorFlow's partial
+        batch handling, ``input_lib._calculate_replicas_with_values``): a second collective
+        per step, and a second point where the workers wait for each other."""
         import tensorflow as tf
 
         queue, waited, shape = self.queue, self.waited, self.batch_shape
@@ -126,7 +133,10 @@ class QueueFeed:
         options = tf.data.Options()
         options.experimental_optimization.inject_prefetch = False  # keep the dequeue on the step's path
         options.autotune.enabled = False
-        return tf.data.Dataset.range(entries).map(take).with_options(options)
+        dataset = tf.data.Dataset.range(entries).map(take).with_options(options)
+        if endless:
+            dataset = dataset.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
+        return dataset
 
 
 def read_ahead(batches: Iterator[tuple[np.ndarray, np.ndarray]], count: int, batch_shape: tuple[Optional[int], ...],
