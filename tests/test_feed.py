@@ -26,6 +26,21 @@ def test_batches_arrive_in_order_split_per_replica():
     assert feed.error is None
 
 
+def test_an_endless_dataset_says_infinite_and_fails_past_its_entries_instead_of_waiting():
+    import tensorflow as tf
+
+    feed = QueueFeed((4, 2), "uint8", capacity=4, replicas=1)
+    feed.start(batches(3, []))
+    dataset = feed.dataset(2, lambda x, y: (x, y), endless=True)
+    # infinite: MultiWorkerMirroredStrategy then skips its per-step all-reduce of "has data"
+    assert dataset.cardinality() == tf.data.INFINITE_CARDINALITY
+    it = iter(dataset)
+    assert [int(next(it)[1][0]) for _ in range(2)] == [0, 1]
+    with pytest.raises(tf.errors.FailedPreconditionError, match="infinite number of elements"):
+        next(it)  # a third batch is queued, but a step past the planned ones is an error
+    feed.stop()
+
+
 def test_producer_stays_within_the_queue_capacity():
     feed = QueueFeed((4, 2), "uint8", capacity=3, replicas=1)
     produced: list = []
