@@ -244,7 +244,7 @@ def trial_job(job: JobConfig) -> JobConfig:
     """
     if job.scaling.elastic:
         raise RaytrainError(
-            f"raytrain tune: an elastic --num-workers {job.scaling.min_workers}..{job.scaling.num_workers} is for "
+            f"raytrain tune: an elastic --num-workers {job.scaling.shown} is for "
             "raytrain train (a trial holds its resources for its whole run); give trials one count, e.g. "
             f"--num-workers {job.scaling.min_workers}"
         )
