@@ -151,4 +151,3 @@ def submit(job: JobConfig, address: str, progress: Any = print, tune: Optional[d
         code = 0 if info.status == "SUCCEEDED" else 1
     progress(f"{job_id} {str(info.status).lower()} (exit {code})")
     return int(code)
-
