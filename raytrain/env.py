@@ -40,8 +40,22 @@ TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_POLL_S = "0.1"
 
 
-def set_worker_env(environ: dict) -> None:
-    """Put :data:`WORKER_ENV` (and Ray Train's poll interval, :data:`TRAIN_POLL_ENV`) into
-    ``environ`` where the user has not set the variable."""
-    for key, value in {**WORKER_ENV, TRAIN_POLL_ENV: TRAIN_POLL_S}.items():
+# How long Ray Train waits for a worker group's placement group before it gives up and
+# decides again (Ray's default: 60 s; a controller error, retried without limit). An
+# elastic run sizes each group from the resources Ray Data's autoscaling coordinator calls
+# ready, and that view refreshes every 20 s: right after a lost node it still counts the
+# node, the group of the old size cannot be placed, and the run sat out the whole 60 s
+# before it went on with the workers left (74 s from the node's end to the next step on
+# the simulated cluster). Elastic runs only: a fixed-size run waits for its N workers
+# anyway, and would only log a retry every 10 s while the autoscaler adds nodes.
+GROUP_START_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+ELASTIC_GROUP_START_S = "10"
+
+
+def set_worker_env(environ: dict, elastic: bool = False) -> None:
+    """Put :data:`WORKER_ENV` and Ray Train's poll interval (:data:`TRAIN_POLL_ENV`; with
+    ``elastic``, also its group start timeout, :data:`GROUP_START_ENV`) into ``environ``
+    where the user has not set the variable."""
+    ours = {**WORKER_ENV, TRAIN_POLL_ENV: TRAIN_POLL_S, **({GROUP_START_ENV: ELASTIC_GROUP_START_S} if elastic else {})}
+    for key, value in ours.items():
         environ.setdefault(key, value)

@@ -79,8 +79,9 @@ class RunSummary:
 
 
 def _check_run_dir(job: JobConfig, resume: bool) -> int:
-    """A new run needs an empty run directory, a resumed one its job there and no fewer ``--epochs`` than it has trained. Returns the
-    epochs a resumed run has done (0 for a new run)."""
+    """A new run needs an empty run directory, a resumed one its job there and no fewer
+    ``--epochs`` than it has trained. Returns the epochs a resumed run has done (0 for a
+    new run)."""
     run_dir = job.run_dir
     if resume:
         if not rundir.is_run(run_dir):
@@ -244,7 +245,7 @@ def run(job: JobConfig, resume: bool = False, verbose: bool = False, in_tune: bo
         RaytrainError: Bad input, found on the driver or raised by a worker.
         TrainingFailed: The workers failed more often than ``run.max_failures`` allows.
     """
-    set_worker_env(os.environ)
+    set_worker_env(os.environ, job.scaling.elastic)
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
     started = time.perf_counter()

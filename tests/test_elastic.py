@@ -13,6 +13,7 @@ import yaml
 from raytrain.cluster.files import load_cluster
 from raytrain.cluster.launch import read_state
 from raytrain.cluster.processes import cluster_pids, descendants
+from raytrain.env import GROUP_START_ENV, set_worker_env
 from raytrain.run import rundir
 from tests.conftest import ROOT, _ray_pids, run_cli
 from tests.test_failures import start
@@ -34,6 +35,18 @@ def test_an_elastic_run_starts_with_the_workers_that_fit(tmp_path, ids_data):  #
     assert rundir.read_job(run).data.partitions == 24  # lcm(24, 1, 2, 3)
     listing = run_cli("runs", str(tmp_path / "runs"), cwd=str(tmp_path))
     assert "1..3: 2x2" in listing.stdout
+
+
+def test_an_elastic_run_retries_an_unplaceable_group_after_10_s_unless_told_otherwise():
+    """After a lost node Ray Train first tries the old size (its view of ready nodes is up
+    to 20 s old): an elastic run waits 10 s for that group, not Ray's 60 s, before
+    deciding again; a fixed-size run and the user's own value are left alone."""
+    elastic, fixed, mine = {}, {}, {GROUP_START_ENV: "45"}
+    set_worker_env(elastic, elastic=True)
+    set_worker_env(fixed)
+    set_worker_env(mine, elastic=True)
+    assert elastic[GROUP_START_ENV] == "10" and GROUP_START_ENV not in fixed and mine[GROUP_START_ENV] == "45"
+    assert elastic["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == fixed["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.1"
 
 
 def _per_step(per_process, first_pids):
