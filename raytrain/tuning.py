@@ -364,6 +364,8 @@ def run_search(job: JobConfig, options: Optional[TuneOptions], resume: bool = Fa
             with quiet_stderr():  # a model builder file may import TensorFlow: its C++ start-up lines
                 check_trials(job, options)
             record = {"job": to_dict(job), "tune": options.to_dict(), "trials": options.total_trials()}
+        if job.scaling.address is None:  # one trial must fit on this machine, before Ray starts
+            concurrent_trials(job, options, trainer.machine_resources())
 
         def starting() -> None:  # once Ray is up and the Tuner is built: bad input has been ruled out
             rundir.write_search(search_dir, dict(record, status="running", started=started, pid=os.getpid(),

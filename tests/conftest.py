@@ -75,9 +75,9 @@ def write_h5(path: str, x: np.ndarray, y: np.ndarray, sample_count: int | None =
     return path
 
 
-def run_cli(*args: str, cwd: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m raytrain ARGS`` and capture its output."""
-    env = dict(os.environ, PYTHONPATH=ROOT)
+def run_cli(*args: str, cwd: str, timeout: float = 600, **env_vars: str) -> subprocess.CompletedProcess:
+    """Run ``python -m raytrain ARGS`` (with ``env_vars`` added to its environment) and capture its output."""
+    env = dict(os.environ, PYTHONPATH=ROOT, **env_vars)
     return subprocess.run(
         [sys.executable, "-m", "raytrain", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )

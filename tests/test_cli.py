@@ -90,7 +90,6 @@ def test_existing_run_is_never_overwritten(tmp_path, good):
     assert (run_dir / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
 
 
-@pytest.mark.ray
 @pytest.mark.parametrize(
     "flags, message, fix",
     [
@@ -100,11 +99,13 @@ def test_existing_run_is_never_overwritten(tmp_path, good):
          "--gpus-per-worker"),
     ],
 )
-def test_more_resources_than_the_machine_fails_fast(tmp_path, good, flags, message, fix):
+def test_more_resources_than_the_machine_fails_fast_before_ray_starts(tmp_path, good, flags, message, fix):
+    ray_temp = tmp_path / "ray"  # where a local Ray started by this command would put its session
     proc = run_cli("train", "--data", good, *flags, "--batch-size", "3", "--storage-path", str(tmp_path / "runs"),
-                   cwd=str(tmp_path), timeout=180)
+                   cwd=str(tmp_path), timeout=180, RAY_TMPDIR=str(ray_temp))
     assert_user_error(proc, message)
     assert fix in proc.stderr
+    assert not ray_temp.exists(), "Ray started before the check"
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("metrics.jsonl"))
 
 

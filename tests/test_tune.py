@@ -68,10 +68,11 @@ def test_bad_search_is_one_line_before_ray_starts(job, capsys, monkeypatch, flag
     assert not os.path.exists(job / "runs" / "s")  # nothing written for a search that never started
 
 
-@pytest.mark.ray
-def test_a_trial_larger_than_the_machine_is_one_line_and_leaves_no_search_behind(job):
+def test_a_trial_larger_than_the_machine_is_one_line_before_ray_starts_and_leaves_no_search_behind(job):
+    ray_temp = job / "ray"  # where a local Ray started by this command would put its session
     out = run_cli("tune", "job.yaml", "--search", "model.learning_rate=choice(0.1)", "--num-workers", "24",
-                  "--batch-size", "48", "--name", "big", cwd=str(job))
+                  "--batch-size", "48", "--name", "big", cwd=str(job), RAY_TMPDIR=str(ray_temp))
+    assert not ray_temp.exists(), "Ray started before the check"
     assert out.returncode == 2, out.stderr[-2000:]
     assert out.stderr.strip().splitlines() == [out.stderr.strip()] and "one trial needs 24 CPUs but this machine " \
         "has" in out.stderr and "lower --num-workers or --cpus-per-worker" in out.stderr, out.stderr
