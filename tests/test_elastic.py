@@ -117,7 +117,12 @@ def test_a_lost_node_shrinks_the_run_which_finishes_with_the_workers_left(tmp_pa
           f"resumed at epoch {restored['epoch'] + 1} step {restored['step']}")
     workers = [e["workers"] for e in rundir.read_metrics(str(run))]
     assert workers[-1] == 2 and workers[0] == 3, workers
-    assert "finished 3 epochs (elastic, 2..3: " in out
+    assert "finished 3 epochs (elastic, 2..3: " in out and "succeeded (exit 0)" in out
+    last = [json.loads((run / "workers" / f"rank-{r}.json").read_text()) for r in range(2)]
+    assert not {r["pid"] for r in last} & first_pids, "the 2-worker group wrote its own records"
+    assert len({r["node_id"] for r in last}) == 2, "the two training workers ran on different nodes"
+    assert all(r["node_id"].startswith("fffff") for r in last), "nodes the fake_multinode autoscaler launched"
+    assert last[0]["weights_sha256"] == last[1]["weights_sha256"]
 
     records = {int(p.stem.split("-")[1]): seen
                for p, seen in zip(sorted(record_dir.glob("*.txt")), steps_trained(record_dir))}
