@@ -15,6 +15,10 @@ RAY_AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
 RAY_AUTH_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 DEFAULT_RAY_AUTH_TOKEN_PATH = "~/.ray/auth_token"  # where `ray start` writes the token
 
+# Ray's own override of a node's resources (JSON, e.g. {"CPU": 8}); read by ray.init, and
+# by raytrain's check that a local run fits before Ray starts.
+RAY_OVERRIDE_ENV = "RAY_OVERRIDE_RESOURCES"
+
 # Set in every process that trains (the driver, Ray workers, `raytrain evaluate`), before
 # TensorFlow loads:
 # - TF_CPP_MIN_LOG_LEVEL quiets TensorFlow's C++ start-up messages;

@@ -11,6 +11,7 @@ Without ``scaling.address`` raytrain starts a private Ray instance with
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import socket
@@ -29,7 +30,7 @@ from raytrain.data.loader import ReadSpec, reading_threads
 from raytrain.data.plan import StepPlan, plan_steps
 from raytrain.data.schema import SampleIndex
 from raytrain.data.split import split_index
-from raytrain.env import VERBOSE_ENV, WORKER_ENV, set_worker_env
+from raytrain.env import RAY_OVERRIDE_ENV, VERBOSE_ENV, WORKER_ENV, set_worker_env
 from raytrain.errors import LossNotFinite, RaytrainError, TrainingFailed, find_error, find_user_error
 from raytrain.models import build_model, resolve_builder
 from raytrain.run import checkpoint, rundir, runs, storage
@@ -107,13 +108,18 @@ def machine_resources() -> dict[str, float]:
     """The CPUs and GPUs a local Ray would find on this machine, worked out as Ray does
     (cgroup limits; CUDA_VISIBLE_DEVICES and the other GPU kinds Ray knows), without
     starting it: a run that cannot fit fails in ~2 s instead of after Ray's and
-    TensorFlow's start-up (~12 s). Ray 2.60's own detection, private API: pinned in
+    TensorFlow's start-up (~12 s). Ray's own counts override both, as in ``ray.init``
+    (``RAY_OVERRIDE_RESOURCES``). Ray 2.60's own detection, private API: pinned in
     pyproject.toml, and the check after ``ray.init`` still catches what this misses."""
     from ray._private.accelerators import get_accelerator_manager_for_resource
     from ray._private.utils import get_num_cpus
 
+    try:
+        override = json.loads(os.environ.get(RAY_OVERRIDE_ENV) or "{}")
+    except ValueError:
+        override = {}  # ray.init says what is wrong with it
     gpus = get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
-    return {"CPU": get_num_cpus(), "GPU": gpus}
+    return {"CPU": override.get("CPU", get_num_cpus()), "GPU": override.get("GPU", gpus)}
 
 
 def _check_resources(job: JobConfig, have: dict[str, float]) -> None:

@@ -109,6 +109,23 @@ def test_more_resources_than_the_machine_fails_fast_before_ray_starts(tmp_path, 
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("metrics.jsonl"))
 
 
+@pytest.mark.ray
+def test_the_count_before_ray_starts_is_what_a_local_ray_finds(monkeypatch):
+    import ray
+
+    from raytrain.trainer import machine_resources
+
+    counted = machine_resources()
+    ray.init(address="local", include_dashboard=False)
+    try:
+        have = ray.cluster_resources()
+    finally:
+        ray.shutdown()
+    assert counted == {"CPU": have.get("CPU", 0), "GPU": have.get("GPU", 0)}
+    monkeypatch.setenv("RAY_OVERRIDE_RESOURCES", '{"CPU": 64}')  # Ray's own override counts, as in ray.init
+    assert machine_resources() == {**counted, "CPU": 64}
+
+
 def test_help_is_instant_and_lists_subcommands(tmp_path):
     proc = run_cli("--help", cwd=str(tmp_path))
     assert proc.returncode == 0 and "train" in proc.stdout and "synth" in proc.stdout
