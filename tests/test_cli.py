@@ -27,8 +27,8 @@ def good(make_h5):
         (["--data", "missing.h5"], "does not exist"),
         (["--data", "{good}", "--y-key", "labels"], "has no dataset 'labels'"),
         (["--data", "{good}", "--batch-size", "1", "--num-workers", "2"], "smaller than the 2 workers"),
-        (["--data", "{good}", "--num-workers", "3", "--batch-size", "3", "--validation-ratio", "0",
-          "--storage-path", "{tmp}/r"], None),
+        (["--data", "{good}", "--num-workers", "3", "--cpus-per-worker", "0.5", "--batch-size", "3",
+          "--validation-ratio", "0", "--storage-path", "{tmp}/r"], None),
         (["--data", "{good}", "--model", "resnet9000"], "unknown built-in model 'resnet9000'"),
         (["--data", "{good}", "--model", "nofile.py:build"], "does not exist"),
         (["--data", "{good}", "--model", "{good_dir}/m.py:nothing"], "has no function 'nothing'"),
@@ -54,7 +54,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, good, args, message):
     (tmp_path / "bad_job.yaml").write_text("training:\n  epoch: 3\n")
     (tmp_path / "m.py").write_text("def build(input_shape, num_classes):\n    pass\n")
     args = [a.format(good=good, tmp=tmp_path, good_dir=os.path.dirname(good)) for a in args]
-    if message is None:  # more workers than samples: a 2-sample file on 3 workers
+    if message is None:  # more workers than samples: a 2-sample file on 3 workers (half a CPU each)
         args[1] = write_h5(str(tmp_path / "two.h5"), np.zeros((2, 2, 2, 1)), np.array([0, 1]))
         message = "2 training samples make less than one global batch of 3"
     assert_user_error(run_cli("train", *args, cwd=str(tmp_path)), message)
