@@ -276,7 +276,7 @@ def run(job: JobConfig, resume: bool = False, verbose: bool = False, in_tune: bo
         finished = (rundir.read_status(job.run_dir) or {}).get("status") == "finished"
         if resume and finished and done >= job.training.epochs:
             return None
-        if job.scaling.address is None and not in_tune:  # a search checked its trials against the machine
+        if job.scaling.num_workers and job.scaling.address is None and not in_tune:  # a search checked its trials
             _check_resources(job, machine_resources())
         prepared = _prepare(job)  # bad input fails here, before TensorFlow's 3-4 s import
         with quiet_stderr():
