@@ -21,6 +21,7 @@ import sys
 from typing import Any, Callable
 
 from raytrain.errors import RaytrainError
+from raytrain.execution import read_metrics_per_execution
 
 
 def cnn(input_shape: tuple[int, ...], num_classes: int) -> Any:
@@ -222,7 +223,8 @@ def build_model(
     ``mixed_precision`` sets tf_keras's global policy before the builder runs (see
     :func:`precision_policy`); ``jit_compile`` compiles the train step with XLA;
     ``steps_per_execution`` (see :func:`steps_per_execution`) applies to models compiled
-    here (a builder that compiles its model keeps its own setting).
+    here (a builder that compiles its model keeps its own setting). The metrics are read
+    once per execution, not once per step (:mod:`raytrain.execution`).
     """
     import tf_keras as keras
 
@@ -269,6 +271,7 @@ def build_model(
                       steps_per_execution=steps_per_execution)
     elif jit_compile:
         model.jit_compile = True
+    read_metrics_per_execution(model)
     return model
 
 

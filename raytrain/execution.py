@@ -1,0 +1,77 @@
+"""Read a model's metrics once per call into TensorFlow, not once per step.
+
+tf_keras's ``train_step`` and ``test_step`` end by reading every metric's result, and
+under a distribution strategy that read all-reduces each metric's variables across the
+replicas (``variable_sync_on_read_context``): with a loss and one accuracy metric, 4 of
+the 7 collectives in each step of the cnn under ``MultiWorkerMirroredStrategy``. With
+``steps_per_execution`` > 1, ``fit`` runs its steps in a ``tf.range`` loop and keeps
+only the last step's values, but each step's reads stay in the graph (collectives are
+stateful, so nothing prunes them): every step waited for the other workers five times
+instead of once, for values nobody looks at.
+
+:func:`read_metrics_per_execution` gives a model its own ``make_train_function`` and
+``make_test_function``: the same loop, whose steps update the metrics without reading
+them, then one read after the loop. Callbacks and history see the same values: the
+metrics' state after the execution's last step, all-reduced.
+
+Only for models whose ``train_step`` and ``test_step`` are tf_keras's own: a model that
+overrides one returns whatever it chooses, so raytrain leaves it as it is.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+
+def read_metrics_per_execution(model: Any) -> bool:
+    """Install the per-execution metric read on ``model`` (see the module docstring).
+    Returns whether it did (False for a model with its own train or test step)."""
+    import tf_keras as keras
+
+    cls = type(model)
+    if cls.train_step is not keras.Model.train_step or cls.test_step is not keras.Model.test_step:
+        return False
+    reading = model.get_metrics_result  # tf_keras's, bound
+    skipped = threading.local()  # MirroredStrategy traces each local replica in a thread of its own
+
+    def get_metrics_result() -> dict:
+        return {} if getattr(skipped, "on", False) else reading()
+
+    model.get_metrics_result = get_metrics_result
+    model.make_train_function = _maker(model, "train_function", "train_step", "_train_counter", skipped)
+    model.make_test_function = _maker(model, "test_function", "test_step", "_test_counter", skipped)
+    return True
+
+
+def _maker(model: Any, attribute: str, step: str, counter: str, skipped: threading.local) -> Callable[..., Any]:
+    import tensorflow as tf
+    from tf_keras.src.engine.training import reduce_per_replica
+
+    def make(force: bool = False) -> Any:
+        if getattr(model, attribute) is not None and not force:
+            return getattr(model, attribute)
+        strategy = model.distribute_strategy
+
+        def run_step(data: Any) -> None:
+            skipped.on = True  # at trace time: this step's graph holds no metric reads
+            try:
+                getattr(model, step)(data)
+            finally:
+                skipped.on = False
+            getattr(model, counter).assign_add(1)
+
+        if model.jit_compile:
+            run_step = tf.function(run_step, jit_compile=True, reduce_retracing=True)
+
+        def execution(iterator: Any) -> Any:
+            for _ in tf.range(model._steps_per_execution):
+                strategy.run(run_step, args=(next(iterator),))
+            outputs = strategy.run(model.get_metrics_result)
+            return reduce_per_replica(outputs, strategy, reduction=model.distribute_reduction_method)
+
+        function = execution if model.run_eagerly else tf.function(execution, reduce_retracing=True)
+        setattr(model, attribute, function)
+        return function
+
+    return make
