@@ -217,14 +217,16 @@ def build_model(
     mixed_precision: bool = False,
     jit_compile: bool = False,
     steps_per_execution: int = 1,
+    read_metrics_once: bool = True,
 ) -> Any:
     """Build (and compile, unless the builder did) a model. Call inside the strategy's scope.
 
     ``mixed_precision`` sets tf_keras's global policy before the builder runs (see
     :func:`precision_policy`); ``jit_compile`` compiles the train step with XLA;
     ``steps_per_execution`` (see :func:`steps_per_execution`) applies to models compiled
-    here (a builder that compiles its model keeps its own setting). The metrics are read
-    once per execution, not once per step (:mod:`raytrain.execution`).
+    here (a builder that compiles its model keeps its own setting). With
+    ``read_metrics_once`` the metrics are read once per execution, not once per step
+    (:mod:`raytrain.execution`); the bench's plain tf_keras rows turn it off.
     """
     import tf_keras as keras
 
@@ -271,7 +273,8 @@ def build_model(
                       steps_per_execution=steps_per_execution)
     elif jit_compile:
         model.jit_compile = True
-    read_metrics_per_execution(model)
+    if read_metrics_once:
+        read_metrics_per_execution(model)
     return model
 
 

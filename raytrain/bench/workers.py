@@ -19,6 +19,8 @@ On one HDF5 file (yours, or a synthetic 20,000 x 64x64x3 uint8 one), the built-i
 The epoch time compared is the **marginal** one: the median gap between the ends of
 consecutive epochs (the first epoch, with graph tracing and start-up, is left out), so
 checkpoints, reports, validation set-up and the recipe's per-``fit`` pause all count.
+The in-memory and recipe rows compile the cnn as raytrain does but keep tf_keras's own
+training loop (``build_model(read_metrics_once=False)``; see :mod:`raytrain.execution`).
 Validation is off (``--validation-ratio 0``) in every row; Ray's recipe feeds uint8
 features (its guide has no scaling step), raytrain float32 in [0, 1]. The recipe's
 Ray runs with N + 1 logical CPUs: its Ray Data tasks need a CPU besides the N workers
@@ -96,7 +98,7 @@ def recipe_child(args: dict[str, Any]) -> dict[str, Any]:
 
         with strategy.scope():
             model = build_model("cnn", config["shape"], config["classes"], False, "adam", 0.001, "auto",
-                                ("accuracy",))
+                                ("accuracy",), read_metrics_once=False)  # tf_keras's own loop
         shard = ray.train.get_dataset_shard("train")
         seen: list[int] = []
 
