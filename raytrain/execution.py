@@ -16,6 +16,11 @@ metrics' state after the execution's last step, all-reduced.
 
 Only for models whose ``train_step`` and ``test_step`` are tf_keras's own: a model that
 overrides one returns whatever it chooses, so raytrain leaves it as it is.
+
+The loop mirrors tf_keras 2.21's ``make_train_function`` and uses its internals
+(``_steps_per_execution``, the step counters, ``reduce_per_replica``); tf-keras is
+pinned with TensorFlow in pyproject.toml, and ``tests/test_execution.py`` compares the
+logs with tf_keras's own loop, so an upgrade that changes them fails there.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 LAYERS = [
     ["raytrain.errors", "raytrain.env"],
     ["raytrain.config"],
-    ["raytrain.data", "raytrain.models"],
+    ["raytrain.data", "raytrain.models", "raytrain.execution"],
     ["raytrain.run", "raytrain.space"],
     ["raytrain.worker", "raytrain.cluster"],
     ["raytrain.trainer", "raytrain.evaluate"],
