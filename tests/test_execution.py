@@ -12,6 +12,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -75,7 +77,7 @@ def _assert_same_logs(result: dict) -> None:
     ours, stock = result["raytrain"]["history"], result["stock"]["history"]
     assert sorted(ours) == sorted(stock) == ["accuracy", "loss", "val_accuracy", "val_loss"]
     for key in stock:
-        assert ours[key] == __import__("pytest").approx(stock[key], rel=1e-5, abs=1e-6), key
+        assert ours[key] == pytest.approx(stock[key], rel=1e-5, abs=1e-6), key
 
 
 def test_two_replicas_log_the_same_metrics_without_reading_them_each_step():
