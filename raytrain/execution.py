@@ -2,12 +2,12 @@
 
 tf_keras's ``train_step`` and ``test_step`` end by reading every metric's result, and
 under a distribution strategy that read all-reduces each metric's variables across the
-replicas (``variable_sync_on_read_context``): with a loss and one accuracy metric, 4 of
-the 7 collectives in each step of the cnn under ``MultiWorkerMirroredStrategy``. With
-``steps_per_execution`` > 1, ``fit`` runs its steps in a ``tf.range`` loop and keeps
-only the last step's values, but each step's reads stay in the graph (collectives are
-stateful, so nothing prunes them): every step waited for the other workers five times
-instead of once, for values nobody looks at.
+replicas (``variable_sync_on_read_context``): with a loss and one accuracy metric, 6 of
+the 7 collectives in each step of the cnn under ``MultiWorkerMirroredStrategy`` (the
+7th is the gradients). With ``steps_per_execution`` > 1, ``fit`` runs its steps in a
+``tf.range`` loop and keeps only the last step's values, but each step's reads stay in
+the graph (collectives are stateful, so nothing prunes them): every step waited for the
+other workers seven times instead of once, for values nobody looks at.
 
 :func:`read_metrics_per_execution` gives a model its own ``make_train_function`` and
 ``make_test_function``: the same loop, whose steps update the metrics without reading
@@ -29,14 +29,14 @@ import threading
 from typing import Any, Callable
 
 
-def read_metrics_per_execution(model: Any) -> bool:
-    """Install the per-execution metric read on ``model`` (see the module docstring).
-    Returns whether it did (False for a model with its own train or test step)."""
+def read_metrics_per_execution(model: Any) -> None:
+    """Install the per-execution metric read on ``model`` (see the module docstring);
+    a model with its own train or test step is left as it is."""
     import tf_keras as keras
 
     cls = type(model)
     if cls.train_step is not keras.Model.train_step or cls.test_step is not keras.Model.test_step:
-        return False
+        return
     reading = model.get_metrics_result  # tf_keras's, bound
     skipped = threading.local()  # MirroredStrategy traces each local replica in a thread of its own
 
@@ -46,7 +46,6 @@ def read_metrics_per_execution(model: Any) -> bool:
     model.get_metrics_result = get_metrics_result
     model.make_train_function = _maker(model, "train_function", "train_step", "_train_counter", skipped)
     model.make_test_function = _maker(model, "test_function", "test_step", "_test_counter", skipped)
-    return True
 
 
 def _maker(model: Any, attribute: str, step: str, counter: str, skipped: threading.local) -> Callable[..., Any]:

@@ -75,6 +75,15 @@ def write_h5(path: str, x: np.ndarray, y: np.ndarray, sample_count: int | None =
     return path
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_cli(*args: str, cwd: str, timeout: float = 600, **env_vars: str) -> subprocess.CompletedProcess:
     """Run ``python -m raytrain ARGS`` (with ``env_vars`` added to its environment) and capture its output."""
     env = dict(os.environ, PYTHONPATH=ROOT, **env_vars)

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT, free_port
 
 
 def child(mode: str, config: dict) -> dict:
@@ -96,12 +95,7 @@ def test_two_workers_all_reduce_once_per_step():
     """Two TensorFlow workers (MultiWorkerMirroredStrategy over 127.0.0.1): each step
     all-reduces the gradients only, where tf_keras's step all-reduces each metric's
     variables too, and both workers log the same all-reduced metrics as tf_keras does."""
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(2)]}
     results = _run("mwms", [{"cluster": cluster, "task": {"type": "worker", "index": i}} for i in range(2)])
     for result in results:
         _assert_same_logs(result)

@@ -18,15 +18,10 @@ from raytrain.data.hdf5_remote import RemoteHDF5Reader
 from raytrain.data.loader import ReadSpec
 from raytrain.data.shard import Shard
 from raytrain.errors import RaytrainError
+from tests.conftest import free_port
 
 BUCKET = "raytrain-test"
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class S3:
@@ -55,7 +50,7 @@ def s3():
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     saved = {k: os.environ.get(k) for k in [*AWS_ENV, "AWS_ENDPOINT_URL"]}
@@ -174,7 +169,7 @@ def test_an_object_that_is_not_hdf5_is_named(s3):
 
 
 def test_an_unreachable_endpoint_is_one_line_after_a_bounded_retry(tmp_path):
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", **AWS_ENV)
     proc = run_cli_env(env, "train", "--data", "s3://bucket-x/a.h5", "--local", cwd=str(tmp_path))
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -346,7 +341,7 @@ def test_credentials_the_store_refuses_are_one_line(tmp_path):
     import sys
     import time
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="0"),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
