@@ -5,6 +5,9 @@ A leaf module: it imports nothing from raytrain, so every layer may use it.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator, MutableMapping
+
 VERBOSE_ENV = "RAYTRAIN_VERBOSE"  # "1" (set by --verbose, for the driver and the workers): show every output
 HOME_ENV = "RAYTRAIN_HOME"  # where raytrain keeps state about simulated clusters
 DEFAULT_HOME = "~/.raytrain"
@@ -56,10 +59,32 @@ GROUP_START_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 ELASTIC_GROUP_START_S = "10"
 
 
-def set_worker_env(environ: dict, elastic: bool = False) -> None:
-    """Put :data:`WORKER_ENV` and Ray Train's poll interval (:data:`TRAIN_POLL_ENV`; with
-    ``elastic``, also its group start timeout, :data:`GROUP_START_ENV`) into ``environ``
-    where the user has not set the variable."""
-    ours = {**WORKER_ENV, TRAIN_POLL_ENV: TRAIN_POLL_S, **({GROUP_START_ENV: ELASTIC_GROUP_START_S} if elastic else {})}
-    for key, value in ours.items():
+def set_worker_env(environ: MutableMapping[str, str]) -> None:
+    """Put :data:`WORKER_ENV` and Ray Train's poll interval (:data:`TRAIN_POLL_ENV`) into
+    ``environ`` where the user has not set the variable. They are the same for every run,
+    so they stay: TensorFlow reads its variables once, when it loads."""
+    for key, value in {**WORKER_ENV, TRAIN_POLL_ENV: TRAIN_POLL_S}.items():
         environ.setdefault(key, value)
+
+
+@contextlib.contextmanager
+def run_env(environ: MutableMapping[str, str], elastic: bool = False, verbose: bool = False) -> Iterator[None]:
+    """:func:`set_worker_env`, plus for the length of one run the settings that belong to
+    it alone: with ``elastic``, Ray Train's group start timeout (:data:`GROUP_START_ENV`),
+    with ``verbose``, :data:`VERBOSE_ENV`. Those two are put back as they were when the
+    run ends, so a later run in the same process (a test, a notebook) does not inherit
+    them; the user's own group start timeout is kept."""
+    set_worker_env(environ)
+    before = {key: environ.get(key) for key in (GROUP_START_ENV, VERBOSE_ENV)}
+    if elastic:
+        environ.setdefault(GROUP_START_ENV, ELASTIC_GROUP_START_S)
+    if verbose:
+        environ[VERBOSE_ENV] = "1"
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                environ.pop(key, None)
+            else:
+                environ[key] = value

@@ -30,7 +30,7 @@ from raytrain.data.loader import ReadSpec, reading_threads
 from raytrain.data.plan import StepPlan, plan_steps
 from raytrain.data.schema import SampleIndex
 from raytrain.data.split import split_index
-from raytrain.env import RAY_OVERRIDE_ENV, VERBOSE_ENV, WORKER_ENV, set_worker_env
+from raytrain.env import RAY_OVERRIDE_ENV, VERBOSE_ENV, WORKER_ENV, run_env
 from raytrain.errors import LossNotFinite, RaytrainError, TrainingFailed, find_error, find_user_error
 from raytrain.models import build_model, resolve_builder
 from raytrain.run import checkpoint, rundir, runs, storage
@@ -262,9 +262,11 @@ def run(job: JobConfig, resume: bool = False, verbose: bool = False, in_tune: bo
         RaytrainError: Bad input, found on the driver or raised by a worker.
         TrainingFailed: The workers failed more often than ``run.max_failures`` allows.
     """
-    set_worker_env(os.environ, job.scaling.elastic)
-    if verbose:
-        os.environ[VERBOSE_ENV] = "1"
+    with run_env(os.environ, job.scaling.elastic, verbose):
+        return _run(job, resume, verbose, in_tune)
+
+
+def _run(job: JobConfig, resume: bool, verbose: bool, in_tune: bool) -> Optional[RunSummary]:
     started = time.perf_counter()
     problem = storage.writable(job.run.storage_path)
     if problem:

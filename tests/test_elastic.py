@@ -13,7 +13,7 @@ import yaml
 from raytrain.cluster.files import load_cluster
 from raytrain.cluster.launch import read_state
 from raytrain.cluster.processes import cluster_pids, descendants
-from raytrain.env import GROUP_START_ENV, set_worker_env
+from raytrain.env import GROUP_START_ENV, VERBOSE_ENV, run_env
 from raytrain.run import rundir
 from tests.conftest import ROOT, _ray_pids, run_cli
 from tests.test_failures import start
@@ -40,13 +40,18 @@ def test_an_elastic_run_starts_with_the_workers_that_fit(tmp_path, ids_data):  #
 def test_an_elastic_run_retries_an_unplaceable_group_after_10_s_unless_told_otherwise():
     """After a lost node Ray Train first tries the old size (its view of ready nodes is up
     to 20 s old): an elastic run waits 10 s for that group, not Ray's 60 s, before
-    deciding again; a fixed-size run and the user's own value are left alone."""
-    elastic, fixed, mine = {}, {}, {GROUP_START_ENV: "45"}
-    set_worker_env(elastic, elastic=True)
-    set_worker_env(fixed)
-    set_worker_env(mine, elastic=True)
-    assert elastic[GROUP_START_ENV] == "10" and GROUP_START_ENV not in fixed and mine[GROUP_START_ENV] == "45"
-    assert elastic["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == fixed["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.1"
+    deciding again; a fixed-size run and the user's own value are left alone, and a later
+    run in the same process does not inherit the elastic run's value or its --verbose."""
+    environ, mine = {}, {GROUP_START_ENV: "45"}
+    with run_env(environ, elastic=True, verbose=True):
+        assert environ[GROUP_START_ENV] == "10" and environ[VERBOSE_ENV] == "1"
+    assert GROUP_START_ENV not in environ and VERBOSE_ENV not in environ
+    assert environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.1"  # the same for every run: it stays
+    with run_env(environ):
+        assert GROUP_START_ENV not in environ
+    with run_env(mine, elastic=True):
+        assert mine[GROUP_START_ENV] == "45"
+    assert mine[GROUP_START_ENV] == "45"
 
 
 def _per_step(per_process, first_pids):
