@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from raytrain.data.synth import make_hdf5
 from tests.conftest import run_cli
 
 ROWS = [
@@ -42,6 +43,22 @@ def test_bench_prints_every_row_and_writes_json(tmp_path):
     assert e["raytrain_epoch_s"] > 0 and e["in_memory_epoch_s"] > 0
     assert 0 <= e["raytrain_data_wait_fraction"] <= 1
     assert set(result["bars"]) == {"loader_vs_sequential", "loader_vs_tutorial", "epoch_vs_in_memory", "rss_growth"}
+
+
+def test_workers_bench_times_the_in_memory_fit_between_epoch_ends(tmp_path):
+    """bench --workers compares marginal epochs, the gaps between consecutive epoch ends,
+    in every row: the in-memory fit's gaps hold its epochs and what fit does between them."""
+    from raytrain.bench.hdf5 import in_memory_child
+    from raytrain.bench.workers import _marginal
+
+    path = str(tmp_path / "tiny.h5")
+    make_hdf5(path, 64, (8, 8, 1), classes=2)
+    got = in_memory_child({"path": path, "x_key": "X", "y_key": "Y", "batch": 16, "epochs": 3})
+    ends, times = got["epoch_ends"], got["epoch_times_s"]
+    assert len(ends) == len(times) == 3
+    gaps = [b - a for a, b in zip(ends, ends[1:])]
+    assert all(gap >= own for gap, own in zip(gaps, times[1:]))
+    assert _marginal(ends) == pytest.approx(sum(gaps) / 2)
 
 
 @pytest.mark.parametrize(

@@ -127,6 +127,7 @@ def in_memory_child(args: dict[str, Any]) -> dict[str, Any]:
     model = build_model("cnn", x.shape[1:], classes, one_hot, "adam", 0.001, "auto", ("accuracy",),
                         read_metrics_once=False)  # tf_keras's own loop
     times: list[float] = []
+    ends: list[float] = []  # for the marginal epoch (bench --workers), measured as raytrain's
 
     class Timer(tf_keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
@@ -134,10 +135,11 @@ def in_memory_child(args: dict[str, Any]) -> dict[str, Any]:
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             times.append(time.perf_counter() - self.start)
+            ends.append(time.perf_counter())
 
     model.fit(x, y, batch_size=args["batch"], epochs=args["epochs"], verbose=0, callbacks=[Timer()])
     steps = -(-len(x) // args["batch"])
-    return {"epoch_times_s": times, "samples_per_s": len(x) / times[-1], "steps": steps}
+    return {"epoch_times_s": times, "epoch_ends": ends, "samples_per_s": len(x) / times[-1], "steps": steps}
 
 
 def _raytrain_train(path: str, x_key: str, y_key: str, batch: int, epochs: int, workdir: str, timeout: float) -> dict[str, Any]:
