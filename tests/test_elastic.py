@@ -13,7 +13,7 @@ import yaml
 from raytrain.cluster.files import load_cluster
 from raytrain.cluster.launch import read_state
 from raytrain.cluster.processes import cluster_pids, descendants
-from raytrain.env import GROUP_START_ENV, VERBOSE_ENV, run_env
+from raytrain.env import GROUP_START_ENV, PREEMPTION_WATCHER_ENV, VERBOSE_ENV, run_env
 from raytrain.run import rundir
 from tests.conftest import ROOT, _ray_pids, run_cli
 from tests.test_failures import start
@@ -47,10 +47,12 @@ def test_an_elastic_run_retries_an_unplaceable_group_after_10_s_unless_told_othe
         assert environ[GROUP_START_ENV] == "10" and environ[VERBOSE_ENV] == "1"
     assert GROUP_START_ENV not in environ and VERBOSE_ENV not in environ
     assert environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.1"  # the same for every run: it stays
+    assert environ[PREEMPTION_WATCHER_ENV] == "0"  # ... as does the preemption watcher's switch
     with run_env(environ):
         assert GROUP_START_ENV not in environ
+    mine[PREEMPTION_WATCHER_ENV] = "1"
     with run_env(mine, elastic=True):
-        assert mine[GROUP_START_ENV] == "45"
+        assert mine[GROUP_START_ENV] == "45" and mine[PREEMPTION_WATCHER_ENV] == "1"
     assert mine[GROUP_START_ENV] == "45"
 
 

@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -105,8 +106,21 @@ def test_uneven_three_workers_train_each_sample_at_most_once(tmp_path):
     check_epochs(evaluated, steps=3, worker_batch=3, epochs=2, population=val_ids)
 
 
+def ray_actors_of_newest_session(since):
+    """Actor class names of the newest Ray session on this machine, from its workers' log
+    files (each begins with ``:actor_name:NAME``); the session must have begun ``since``."""
+    session = os.path.realpath(os.path.join(os.environ.get("RAY_TMPDIR", "/tmp/ray"), "session_latest"))
+    assert os.path.getmtime(session) >= since - 1, f"no Ray session began during the test ({session})"
+    names = []
+    for path in glob.glob(os.path.join(session, "logs", "worker-*.out")):
+        with open(path, errors="replace") as f:
+            names += [line.split(":actor_name:", 1)[1].strip() for line in f if line.startswith(":actor_name:")]
+    return names
+
+
 def test_two_workers_learn_and_end_with_identical_weights(tmp_path, make_h5):
     data = make_h5("train.h5", samples=480, shape=(16, 16, 3), classes=3)
+    began = time.time()
     proc = run_cli("train", "--data", data, "--num-workers", "2", "--batch-size", "32", "--epochs", "3",
                    "--name", "two", "--storage-path", str(tmp_path / "runs"), cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -125,6 +139,9 @@ def test_two_workers_learn_and_end_with_identical_weights(tmp_path, make_h5):
         assert sum(line.startswith(f"epoch {epoch}/3  ") for line in proc.stdout.splitlines()) == 1
     assert "\r" not in proc.stdout and "ETA" not in proc.stdout
     assert "RayTrainWorker" not in proc.stdout + proc.stderr and "cuInit" not in proc.stderr
+    # Ray Train's preemption watcher is off (raytrain.env.PREEMPTION_WATCHER_ENV): one actor process fewer.
+    actors = ray_actors_of_newest_session(began)
+    assert actors.count("RayTrainWorker") == 2 and "PreemptionWatcher" not in actors, actors
 
     import tf_keras
 
