@@ -67,17 +67,7 @@ def test_a_relative_builder_file_is_made_absolute(tmp_path, monkeypatch):
     assert job.model.builder == f"{tmp_path}/models/net.py:build"
     assert validated(model={"builder": "cnn"}).model.builder == "cnn"
     assert validated(model={"builder": "pkg.mod:build"}).model.builder == "pkg.mod:build"
-
-
-@pytest.mark.ray
-def test_two_workers_train_with_a_relative_builder(tmp_path, make_h5):
-    data = make_h5("d.h5", samples=128, shape=(8, 8, 3))
-    write_builder(tmp_path / "net.py")
-    proc = run_cli("train", "--data", data, "--model", "net.py:build", "--num-workers", "2", "--epochs", "1",
-                   "--batch-size", "16", "--storage-path", "runs", "--name", "rel", cwd=str(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    saved = rundir.read_job(str(tmp_path / "runs" / "rel"))
-    assert saved.model.builder == f"{tmp_path}/net.py:build"
+    # Ray workers training with a relative builder: test_train.py, uneven three workers.
 
 
 # --- 12, 13: files and models that fail on the driver, with one line -------------------------

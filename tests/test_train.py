@@ -75,7 +75,9 @@ def check_epochs(per_worker, steps, worker_batch, epochs, population):
 
 
 def test_uneven_three_workers_train_each_sample_at_most_once(tmp_path):
-    """101 samples on 3 workers with a global batch of 9: must finish, not hang."""
+    """101 samples on 3 workers with a global batch of 9: must finish, not hang. The
+    builder is given relative to the working directory, as a user types it: the driver
+    makes it absolute, so the workers (started elsewhere) find it."""
     n = 101
     ids = np.arange(n, dtype=np.float32)
     data = write_h5(str(tmp_path / "ids.h5"), np.broadcast_to(ids[:, None, None, None], (n, 2, 2, 1)).copy(),
@@ -83,10 +85,13 @@ def test_uneven_three_workers_train_each_sample_at_most_once(tmp_path):
     record_dir = tmp_path / "records"
     record_dir.mkdir()
     (tmp_path / "recording.py").write_text(RECORDING_MODEL.format(record_dir=str(record_dir)))
-    proc = run_cli("train", "--data", data, "--model", f"{tmp_path}/recording.py:build", "--num-workers", "3",
+    proc = run_cli("train", "--data", data, "--model", "recording.py:build", "--num-workers", "3",
                    "--cpus-per-worker", "0.5", "--batch-size", "9", "--epochs", "2", "--validation-ratio", "0.3",
                    "--name", "uneven", "--storage-path", str(tmp_path / "runs"), cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    from raytrain.run import rundir
+
+    assert rundir.read_job(str(tmp_path / "runs" / "uneven")).model.builder == f"{tmp_path}/recording.py:build"
     plan = json.loads((tmp_path / "runs/uneven/dataset.json").read_text())["plan"]
     assert (plan["train_steps"], plan["val_steps"], plan["worker_batch"]) == (7, 3, 3)
 
