@@ -65,6 +65,16 @@ def make_h5(tmp_path) -> Callable[..., str]:
     return make
 
 
+@pytest.fixture(scope="session")
+def ids_order(tmp_path_factory):
+    """(path, samples, {global step: sample ids}): 960 samples whose features are their ids,
+    and what a ``--local`` run trains at each step (tests/test_spot.py: ``local_order``).
+    One run serves every test that compares a multi-worker run's order to it."""
+    from tests.test_spot import local_order
+
+    return local_order(tmp_path_factory.mktemp("ids"))
+
+
 def write_h5(path: str, x: np.ndarray, y: np.ndarray, sample_count: int | None = None, x_key="X", y_key="Y") -> str:
     """Write given arrays as an HDF5 dataset file."""
     with h5py.File(path, "w") as f:

@@ -17,14 +17,14 @@ from raytrain.env import GROUP_START_ENV, PREEMPTION_WATCHER_ENV, VERBOSE_ENV, r
 from raytrain.run import rundir
 from tests.conftest import ROOT, _ray_pids, run_cli
 from tests.test_failures import start
-from tests.test_spot import ids_data, recording, steps_trained  # noqa: F401 (ids_data is a fixture)
+from tests.test_spot import ORDER_ARGS, recording, steps_trained
 
 pytestmark = pytest.mark.ray
 
 
-def test_an_elastic_run_starts_with_the_workers_that_fit(tmp_path, ids_data):  # noqa: F811
+def test_an_elastic_run_starts_with_the_workers_that_fit(tmp_path, ids_order):
     """2 CPUs, --num-workers 1..3: Ray Train starts 2 workers; metrics and `raytrain runs` say so."""
-    data, _ = ids_data
+    data, _, _ = ids_order
     _, model = recording(tmp_path, "el")
     proc = run_cli("train", "--data", data, "--model", model, "--num-workers", "1..3", "--batch-size", "24",
                    "--epochs", "2", "--name", "el", "--storage-path", str(tmp_path / "runs"), cwd=str(tmp_path))
@@ -67,12 +67,12 @@ def _per_step(per_process, first_pids):
     return {**first, **later}
 
 
-def test_a_lost_node_shrinks_the_run_which_finishes_with_the_workers_left(tmp_path, ids_data):  # noqa: F811
+def test_a_lost_node_shrinks_the_run_which_finishes_with_the_workers_left(tmp_path, ids_order):
     """clusters/local-sim.yaml capped at 3 CPU nodes; --num-workers 2..3 trains on 3; one
     simulated node's processes are ended by PID mid-epoch; Ray Train restarts from the
     newest step checkpoint with 2 workers; every epoch trains every sample exactly once, and
     the global batches are those of a --local run (1, 3 and 2 workers: one order)."""
-    data, n = ids_data
+    data, n, one = ids_order
     os.environ["RAYTRAIN_HOME"] = str(tmp_path / "home")
     config = yaml.safe_load(open(os.path.join(ROOT, "clusters", "local-sim.yaml")))
     config["max_workers"] = config["available_node_types"]["ray.worker.cpu"]["max_workers"] = 3  # no 4th node
@@ -83,8 +83,7 @@ def test_a_lost_node_shrinks_the_run_which_finishes_with_the_workers_left(tmp_pa
     state = read_state(load_cluster(str(sim)))
     record_dir, model = recording(tmp_path, "shrink")
     run = tmp_path / "runs" / "shrink"
-    args = ("--data", data, "--model", model, "--batch-size", "24", "--validation-ratio", "0", "--epochs", "3",
-            "--steps-per-execution", "1", "--checkpoint-every", "5")
+    args = ("--data", data, "--model", model, *ORDER_ARGS, "--checkpoint-every", "5")
     try:
         assert up.returncode == 0, up.stderr[-3000:]
         proc = start("submit", *args, "--address", "http://127.0.0.1:8265", "--num-workers", "2..3",
@@ -142,10 +141,5 @@ def test_a_lost_node_shrinks_the_run_which_finishes_with_the_workers_left(tmp_pa
     lost = max(s for pid in first_pids & set(records) for s in records[pid]) + 1 - at
     assert 0 <= lost <= 5 + 1, lost  # steps re-done: at most the checkpoint interval (+ the one in flight)
 
-    local_dir, local_model = recording(tmp_path, "one")
-    alone = run_cli("train", *args[:3], local_model, *args[4:], "--local", "--name", "one",
-                    "--storage-path", str(tmp_path / "runs"), cwd=str(tmp_path))
-    assert alone.returncode == 0, alone.stderr[-3000:]
-    (one,) = steps_trained(local_dir)
-    for s in range(3 * steps):
+    for s in range(3 * steps):  # the global batches of the session's --local run (conftest: ids_order)
         assert set(one[s]) == set(per_step[s]), s
