@@ -184,8 +184,14 @@ def init_ray(job: JobConfig, verbose: bool) -> None:
     env_vars = {**store.worker_env(os.environ), **WORKER_ENV, **({VERBOSE_ENV: "1"} if verbose else {})}
     runtime_env = {"env_vars": env_vars}
     if job.scaling.address is None:
-        # Ray Train's placement-group cleaner needs the dashboard's state API; keep it on loopback.
-        ray.init(address="local", dashboard_host="127.0.0.1", runtime_env=runtime_env, **quiet)
+        # Ray Train's placement-group cleaner needs the dashboard's state API; keep it on
+        # loopback. A --local run starts no worker group, hence no cleaner, and nothing else
+        # it starts asks the dashboard: Ray then runs a minimal one (no head modules, no
+        # port 8265). A one-epoch --local run on 2 cores was faster in each of 7
+        # interleaved pairs (median 19.5 s against 24.9 s for the whole command), with
+        # ~3.5 CPU seconds less over all its processes (3 pairs).
+        ray.init(address="local", dashboard_host="127.0.0.1", include_dashboard=job.scaling.num_workers > 0,
+                 runtime_env=runtime_env, **quiet)
         node = getattr(ray._private.worker, "_global_node", None)  # the local Ray this driver started
         if node is not None:
             reaper.start(node.get_session_dir_path())  # ends it if this driver is killed

@@ -412,6 +412,10 @@ def test_a_killed_local_driver_leaves_no_ray_process(tmp_path, make_h5):
 
     ray_processes = [p for p in descendants(driver.pid) if "reaper" not in open(f"/proc/{p}/cmdline").read()]
     assert len(ray_processes) >= 3  # GCS, raylet, dashboard, agents, the worker
+    # A --local run has no use for the dashboard: Ray starts its minimal one (trainer.init_ray).
+    dashboards = [open(f"/proc/{p}/cmdline").read() for p in ray_processes]
+    dashboards = [cmd for cmd in dashboards if "dashboard/dashboard.py" in cmd]
+    assert len(dashboards) == 1 and "--disable-frontend" in dashboards[0], dashboards
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     deadline = time.time() + 15
