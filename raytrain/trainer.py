@@ -6,6 +6,8 @@ workers, hands the index to Ray Train, and summarises the run.
 
 Without ``scaling.address`` raytrain starts a private Ray instance with
 ``ray.init(address="local")``; it never attaches to a cluster it was not told about.
+A ``--local`` run starts no Ray: Ray Train's local mode runs the loop in this process
+and is handed the index tables themselves (:func:`_fit`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from raytrain.env import RAY_OVERRIDE_ENV, VERBOSE_ENV, WORKER_ENV, run_env
 from raytrain.errors import LossNotFinite, RaytrainError, TrainingFailed, find_error, find_user_error
 from raytrain.models import build_model, resolve_builder
 from raytrain.run import checkpoint, rundir, runs, storage
-from raytrain.run.progress import ProgressPrinter, quiet_stderr, start_sink
+from raytrain.run.progress import ProgressPrinter, local_sink, quiet_stderr, start_sink
 from raytrain.worker import WorkerSpec, train_loop
 
 # Ray and Ray Train are imported where they are used: ~2 s (measured) that `raytrain
@@ -185,13 +187,8 @@ def init_ray(job: JobConfig, verbose: bool) -> None:
     runtime_env = {"env_vars": env_vars}
     if job.scaling.address is None:
         # Ray Train's placement-group cleaner needs the dashboard's state API; keep it on
-        # loopback. A --local run starts no worker group, hence no cleaner, and nothing else
-        # it starts asks the dashboard: Ray then runs a minimal one (no head modules, no
-        # port 8265). A one-epoch --local run on 2 cores was faster in each of 7
-        # interleaved pairs (median 19.5 s against 24.9 s for the whole command), with
-        # ~3.5 CPU seconds less over all its processes (3 pairs).
-        ray.init(address="local", dashboard_host="127.0.0.1", include_dashboard=job.scaling.num_workers > 0,
-                 runtime_env=runtime_env, **quiet)
+        # loopback. (A --local run starts no Ray at all: see _fit.)
+        ray.init(address="local", dashboard_host="127.0.0.1", include_dashboard=True, runtime_env=runtime_env, **quiet)
         node = getattr(ray._private.worker, "_global_node", None)  # the local Ray this driver started
         if node is not None:
             reaper.start(node.get_session_dir_path())  # ends it if this driver is killed
@@ -202,11 +199,16 @@ def init_ray(job: JobConfig, verbose: bool) -> None:
     )
 
     if not verbose:
-        # Ray sets levels on some of its own loggers (ray._private.worker relays the raylet's
-        # warnings): quiet every one that exists now; later ones inherit "ray"'s level.
-        for name in ["ray", *[n for n in logging.root.manager.loggerDict if n.startswith("ray.")]]:
-            logging.getLogger(name).setLevel(logging.ERROR)
+        quiet_ray_loggers()
     DataContext.get_current().enable_progress_bars = False
+
+
+def quiet_ray_loggers() -> None:
+    """Ray sets levels on some of its own loggers (ray._private.worker relays the raylet's
+    warnings, Ray Train's local mode logs every report): quiet every one that exists now;
+    later ones inherit "ray"'s level."""
+    for name in ["ray", *[n for n in logging.root.manager.loggerDict if n.startswith("ray.")]]:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
@@ -312,7 +314,18 @@ def _check_same_data(job: JobConfig, index: SampleIndex) -> None:
 
 
 def _run_prepared(job: JobConfig, prepared: _Prepared, resume: bool, verbose: bool, started: float) -> RunSummary:
-    """Start Ray, train, and summarize."""
+    """Start Ray (not for a ``--local`` run: see :func:`_fit`), train, and summarize."""
+    if job.scaling.num_workers == 0:
+        import ray.train.tensorflow  # noqa: F401  (sets up Ray Train's loggers: quiet them after)
+
+        if not verbose:
+            quiet_ray_loggers()
+        printer = ProgressPrinter(local_sink()).start()
+        try:
+            _train(dataclasses.replace(prepared.spec, sink=printer.sink), prepared, resume)
+        finally:
+            printer.stop()
+        return _finish(job, prepared, started)
     import ray
 
     init_ray(job, verbose)
@@ -379,9 +392,15 @@ def _fit(spec: Any, train_table: Any, val_table: Any, callbacks: Sequence[Any] =
     if s.gpus_per_worker:
         resources["GPU"] = s.gpus_per_worker
     block_rows = max(spec.read.rows_per_block.values(), default=1)
-    # Local mode hands the loop the datasets themselves (not FixedShards' cuts): they carry the partitions too.
+    # Local mode hands the loop the whole tables (not FixedShards' cuts): they carry the partitions too.
     train_table, val_table = (partition_index(t, job.data.partitions, block_rows) for t in (train_table, val_table))
     tables = {"train": train_table, "validation": val_table}
+    local = s.num_workers == 0
+    if local:
+        # Ray Train's local mode runs the loop in this process and needs no Ray; the tables
+        # go to it as they are. As Ray Datasets they would start Ray (GCS, raylet, Ray Data's
+        # actors) only to hand the same rows back to this process.
+        spec = dataclasses.replace(spec, tables={name: t for name, t in tables.items() if t.num_rows})
     trainer = TensorflowTrainer(
         train_loop_per_worker=train_loop,
         train_loop_config={"spec": spec},
@@ -395,8 +414,8 @@ def _fit(spec: Any, train_table: Any, val_table: Any, callbacks: Sequence[Any] =
             checkpoint_config=CheckpointConfig(num_to_keep=job.run.keep_checkpoints),
             callbacks=list(callbacks),
         ),
-        datasets=to_ray_datasets(train_table, val_table),
-        dataset_config=FixedShards(tables, s.worker_range, job.data.partitions, block_rows),
+        datasets=None if local else to_ray_datasets(train_table, val_table),
+        dataset_config=None if local else FixedShards(tables, s.worker_range, job.data.partitions, block_rows),
     )
     try:
         return trainer.fit()

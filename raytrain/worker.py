@@ -51,7 +51,10 @@ class WorkerSpec:
     read: ReadSpec  # how the worker reads its shard
     num_classes: int
     one_hot: bool
-    sink: Any = None  # the driver's raytrain.run.progress.ProgressSink actor (None: print instead)
+    sink: Any = None  # the driver's raytrain.run.progress.ProgressSink (None: print instead)
+    # Local mode only: each dataset's index table itself, handed to the loop in this process
+    # instead of as a Ray Dataset (a --local run starts no Ray; trainer._fit).
+    tables: Optional[dict[str, Any]] = None
 
 
 def make_strategy(world_size: int, threads: int = 0) -> Any:
@@ -134,10 +137,14 @@ def _local_replicas(strategy: Any, plan: StepPlan, rank: int, world: int) -> int
 
 
 def _open_loader(spec: WorkerSpec, name: str, rank: int, stream: int) -> BatchLoader:
-    """The loader of this worker's shard of the dataset ``name`` that Ray Train handed it."""
+    """The loader of this worker's shard of the dataset ``name`` that Ray Train handed it
+    (in local mode, the whole index table the driver put in ``spec.tables``)."""
     import ray.train
 
-    shard = Shard.from_rows(ray.train.get_dataset_shard(name), spec.read.rows_per_block, spec.job.data.partitions)
+    if spec.tables is not None:
+        shard = Shard(spec.tables[name], spec.read.rows_per_block, spec.job.data.partitions)
+    else:
+        shard = Shard.from_rows(ray.train.get_dataset_shard(name), spec.read.rows_per_block, spec.job.data.partitions)
     return make_loader(spec.read, shard, rank, stream, notify=lambda text: progress.note(spec.sink, text))
 
 

@@ -381,41 +381,50 @@ def test_a_model_with_rescaling_gets_0_255_and_says_so(tmp_path, make_h5):
     assert "the model scales its own inputs (data.scale: auto)" in proc.stdout + proc.stderr
 
 
+def _descendants(pid):
+    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout.split()
+    children = {}
+    for child, parent in zip(out[::2], out[1::2]):
+        children.setdefault(int(parent), []).append(int(child))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _start_training(tmp_path, data, name, *flags):
+    """A driver training for long enough to be killed while it trains."""
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "raytrain", "train", "--data", data, "--epochs", "50", "--batch-size", "16", *flags,
+         "--storage-path", "runs", "--name", name], cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=ROOT),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "runs" / name / "metrics.jsonl"
+    deadline = time.time() + 180
+    while not metrics.exists() and time.time() < deadline:  # an epoch is done: everything is up
+        assert driver.poll() is None
+        time.sleep(0.2)
+    return driver
+
+
 @pytest.mark.ray
-def test_a_killed_local_driver_leaves_no_ray_process(tmp_path, make_h5):
-    """Smaller item: after SIGKILL of a local driver its dashboard and agents outlived it by
-    a minute or more; the reaper ends them within seconds."""
+def test_a_local_run_starts_no_process_and_a_killed_driver_leaves_no_ray_process(tmp_path, make_h5):
+    """A --local run trains in the driver alone: no Ray, no child process (trainer._fit).
+    Smaller item: after SIGKILL of a driver with Ray workers, its dashboard and agents
+    outlived it by a minute or more; the reaper ends them within seconds."""
     from raytrain.cluster.processes import alive
 
     data = make_h5("d.h5", samples=2048, shape=(16, 16, 3))
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "raytrain", "train", "--data", data, "--epochs", "50", "--batch-size", "16", "--local",
-         "--storage-path", "runs", "--name", "k"], cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=ROOT),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = tmp_path / "runs" / "k" / "metrics.jsonl"
-    deadline = time.time() + 180
-    while not metrics.exists() and time.time() < deadline:  # training: Ray is fully up
-        assert driver.poll() is None
-        time.sleep(0.2)
+    driver = _start_training(tmp_path, data, "local", "--local")
+    assert _descendants(driver.pid) == []
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
 
-    def descendants(pid):
-        out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout.split()
-        children = {}
-        for child, parent in zip(out[::2], out[1::2]):
-            children.setdefault(int(parent), []).append(int(child))
-        found, todo = [], [pid]
-        while todo:
-            for child in children.get(todo.pop(), []):
-                found.append(child)
-                todo.append(child)
-        return found
-
-    ray_processes = [p for p in descendants(driver.pid) if "reaper" not in open(f"/proc/{p}/cmdline").read()]
-    assert len(ray_processes) >= 3  # GCS, raylet, dashboard, agents, the worker
-    # A --local run has no use for the dashboard: Ray starts its minimal one (trainer.init_ray).
-    dashboards = [open(f"/proc/{p}/cmdline").read() for p in ray_processes]
-    dashboards = [cmd for cmd in dashboards if "dashboard/dashboard.py" in cmd]
-    assert len(dashboards) == 1 and "--disable-frontend" in dashboards[0], dashboards
+    driver = _start_training(tmp_path, data, "workers", "--num-workers", "1", "--cpus-per-worker", "1")
+    ray_processes = [p for p in _descendants(driver.pid) if "reaper" not in open(f"/proc/{p}/cmdline").read()]
+    commands = [open(f"/proc/{p}/cmdline").read() for p in ray_processes]
+    assert any("RayTrainWorker" in cmd for cmd in commands) and any("gcs_server" in cmd for cmd in commands), commands
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     deadline = time.time() + 15
@@ -440,9 +449,12 @@ def test_loaders_are_closed_when_training_fails(tmp_path):
         "training": {"epochs": 1, "batch_size": 4},
         "run": {"storage_path": str(tmp_path / "runs"), "name": "fails"},
     }))
+    import ray
+
     with pytest.raises(RaytrainError, match="cannot be decoded"):
         trainer.run(job)
     assert [t.name for t in threading.enumerate() if t.name.startswith("raytrain-decode")] == []
+    assert not ray.is_initialized()  # a local run starts no Ray (trainer._fit)
 
 
 CUSTOM_LAYER_MODEL = '''

@@ -12,6 +12,10 @@ draws it:
 
 Any rank may send a note (a restored checkpoint, a skipped file); the driver prints it
 once, above the bar.
+
+A ``--local`` run trains in the driver's own process and starts no Ray: its sink is a
+plain :class:`ProgressSink` object, which the loop fills and the printer's thread
+empties directly (:func:`local_sink`).
 """
 
 from __future__ import annotations
@@ -30,16 +34,20 @@ BAR_WIDTH = 24
 
 
 class ProgressSink:
-    """Collects messages from the workers until the driver takes them (a Ray actor)."""
+    """Collects messages from the workers until the driver takes them (a Ray actor, or in
+    a ``--local`` run an object of the driver's process, filled and emptied by two threads)."""
 
     def __init__(self) -> None:
         self._messages: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
 
     def put(self, message: dict[str, Any]) -> None:
-        self._messages.append(message)
+        with self._lock:
+            self._messages.append(message)
 
     def take(self) -> list[dict[str, Any]]:
-        taken, self._messages = self._messages, []
+        with self._lock:
+            taken, self._messages = self._messages, []
         return taken
 
 
@@ -50,10 +58,17 @@ def start_sink() -> Any:
     return ray.remote(num_cpus=0)(ProgressSink).remote()
 
 
+def local_sink() -> ProgressSink:
+    """The sink of a ``--local`` run: an object in this process (no actor, no Ray)."""
+    return ProgressSink()
+
+
 def sender(sink: Any) -> Callable[[dict[str, Any]], None]:
     """A function that sends a message to ``sink`` without waiting (None: drop messages)."""
     if sink is None:
         return lambda message: None
+    if isinstance(sink, ProgressSink):
+        return sink.put
     return lambda message: sink.put.remote(message)
 
 
@@ -62,7 +77,7 @@ def note(sink: Any, text: str) -> None:
     if sink is None:
         sys.stderr.write(text + "\n")
         return
-    sink.put.remote({"kind": "note", "text": text})
+    sender(sink)({"kind": "note", "text": text})
 
 
 def _clock(seconds: float) -> str:
@@ -86,7 +101,7 @@ class ProgressPrinter:
     """Draws what the workers send, from a background thread of the driver.
 
     Args:
-        sink: The :class:`ProgressSink` actor.
+        sink: The :class:`ProgressSink` (an actor, or the object of a ``--local`` run).
         out: Where to draw (the driver's stdout).
         tty: Draw a live bar (a terminal) or only one line per epoch.
     """
@@ -123,6 +138,8 @@ class ProgressPrinter:
         self.out.flush()
 
     def _take(self) -> list[dict[str, Any]]:
+        if isinstance(self.sink, ProgressSink):
+            return self.sink.take()
         import ray
 
         try:
