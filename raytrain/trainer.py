@@ -36,7 +36,7 @@ from raytrain.env import RAY_OVERRIDE_ENV, VERBOSE_ENV, WORKER_ENV, run_env
 from raytrain.errors import LossNotFinite, RaytrainError, TrainingFailed, find_error, find_user_error
 from raytrain.models import build_model, resolve_builder
 from raytrain.run import checkpoint, rundir, runs, storage
-from raytrain.run.progress import ProgressPrinter, local_sink, quiet_stderr, start_sink
+from raytrain.run.progress import ProgressPrinter, ProgressSink, quiet_stderr, start_sink
 from raytrain.worker import WorkerSpec, train_loop
 
 # Ray and Ray Train are imported where they are used: ~2 s (measured) that `raytrain
@@ -188,7 +188,7 @@ def init_ray(job: JobConfig, verbose: bool) -> None:
     if job.scaling.address is None:
         # Ray Train's placement-group cleaner needs the dashboard's state API; keep it on
         # loopback. (A --local run starts no Ray at all: see _fit.)
-        ray.init(address="local", dashboard_host="127.0.0.1", include_dashboard=True, runtime_env=runtime_env, **quiet)
+        ray.init(address="local", dashboard_host="127.0.0.1", runtime_env=runtime_env, **quiet)
         node = getattr(ray._private.worker, "_global_node", None)  # the local Ray this driver started
         if node is not None:
             reaper.start(node.get_session_dir_path())  # ends it if this driver is killed
@@ -315,30 +315,28 @@ def _check_same_data(job: JobConfig, index: SampleIndex) -> None:
 
 def _run_prepared(job: JobConfig, prepared: _Prepared, resume: bool, verbose: bool, started: float) -> RunSummary:
     """Start Ray (not for a ``--local`` run: see :func:`_fit`), train, and summarize."""
-    if job.scaling.num_workers == 0:
+    import ray
+
+    local = job.scaling.num_workers == 0
+    if local:
         import ray.train.tensorflow  # noqa: F401  (sets up Ray Train's loggers: quiet them after)
 
         if not verbose:
             quiet_ray_loggers()
-        printer = ProgressPrinter(local_sink()).start()
-        try:
-            _train(dataclasses.replace(prepared.spec, sink=printer.sink), prepared, resume)
-        finally:
-            printer.stop()
-        return _finish(job, prepared, started)
-    import ray
-
-    init_ray(job, verbose)
+    else:
+        init_ray(job, verbose)
     printer = None
     try:
-        spec = dataclasses.replace(prepared.spec, sink=start_sink())
+        spec = dataclasses.replace(prepared.spec, sink=ProgressSink() if local else start_sink())
         printer = ProgressPrinter(spec.sink).start()
-        _check_resources(job, ray.cluster_resources())
+        if not local:
+            _check_resources(job, ray.cluster_resources())
         _train(spec, prepared, resume)
     finally:
         if printer is not None:
             printer.stop()
-        ray.shutdown()
+        if not local:
+            ray.shutdown()
     return _finish(job, prepared, started)
 
 

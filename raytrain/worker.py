@@ -139,11 +139,11 @@ def _local_replicas(strategy: Any, plan: StepPlan, rank: int, world: int) -> int
 def _open_loader(spec: WorkerSpec, name: str, rank: int, stream: int) -> BatchLoader:
     """The loader of this worker's shard of the dataset ``name`` that Ray Train handed it
     (in local mode, the whole index table the driver put in ``spec.tables``)."""
-    import ray.train
-
     if spec.tables is not None:
         shard = Shard(spec.tables[name], spec.read.rows_per_block, spec.job.data.partitions)
     else:
+        import ray.train
+
         shard = Shard.from_rows(ray.train.get_dataset_shard(name), spec.read.rows_per_block, spec.job.data.partitions)
     return make_loader(spec.read, shard, rank, stream, notify=lambda text: progress.note(spec.sink, text))
 

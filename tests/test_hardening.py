@@ -381,19 +381,6 @@ def test_a_model_with_rescaling_gets_0_255_and_says_so(tmp_path, make_h5):
     assert "the model scales its own inputs (data.scale: auto)" in proc.stdout + proc.stderr
 
 
-def _descendants(pid):
-    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout.split()
-    children = {}
-    for child, parent in zip(out[::2], out[1::2]):
-        children.setdefault(int(parent), []).append(int(child))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def _start_training(tmp_path, data, name, *flags):
     """A driver training for long enough to be killed while it trains."""
     driver = subprocess.Popen(
@@ -413,16 +400,16 @@ def test_a_local_run_starts_no_process_and_a_killed_driver_leaves_no_ray_process
     """A --local run trains in the driver alone: no Ray, no child process (trainer._fit).
     Smaller item: after SIGKILL of a driver with Ray workers, its dashboard and agents
     outlived it by a minute or more; the reaper ends them within seconds."""
-    from raytrain.cluster.processes import alive
+    from raytrain.cluster.processes import alive, descendants
 
     data = make_h5("d.h5", samples=2048, shape=(16, 16, 3))
     driver = _start_training(tmp_path, data, "local", "--local")
-    assert _descendants(driver.pid) == []
+    assert descendants([driver.pid]) == []
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
 
     driver = _start_training(tmp_path, data, "workers", "--num-workers", "1", "--cpus-per-worker", "1")
-    ray_processes = [p for p in _descendants(driver.pid) if "reaper" not in open(f"/proc/{p}/cmdline").read()]
+    ray_processes = [p for p in descendants([driver.pid]) if "reaper" not in open(f"/proc/{p}/cmdline").read()]
     commands = [open(f"/proc/{p}/cmdline").read() for p in ray_processes]
     assert any("RayTrainWorker" in cmd for cmd in commands) and any("gcs_server" in cmd for cmd in commands), commands
     os.kill(driver.pid, signal.SIGKILL)

@@ -15,7 +15,7 @@ once, above the bar.
 
 A ``--local`` run trains in the driver's own process and starts no Ray: its sink is a
 plain :class:`ProgressSink` object, which the loop fills and the printer's thread
-empties directly (:func:`local_sink`).
+empties directly.
 """
 
 from __future__ import annotations
@@ -56,11 +56,6 @@ def start_sink() -> Any:
     import ray
 
     return ray.remote(num_cpus=0)(ProgressSink).remote()
-
-
-def local_sink() -> ProgressSink:
-    """The sink of a ``--local`` run: an object in this process (no actor, no Ray)."""
-    return ProgressSink()
 
 
 def sender(sink: Any) -> Callable[[dict[str, Any]], None]:
