@@ -381,6 +381,7 @@ def _fit(spec: Any, train_table: Any, val_table: Any, callbacks: Sequence[Any] =
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
+    from raytrain.backend import RaytrainTensorflowConfig
     from raytrain.data.ray_datasets import FixedShards, to_ray_datasets
     from raytrain.data.split import partition_index
 
@@ -402,6 +403,7 @@ def _fit(spec: Any, train_table: Any, val_table: Any, callbacks: Sequence[Any] =
     trainer = TensorflowTrainer(
         train_loop_per_worker=train_loop,
         train_loop_config={"spec": spec},
+        tensorflow_config=RaytrainTensorflowConfig(),
         scaling_config=ScalingConfig(
             num_workers=s.ray_num_workers, use_gpu=s.gpus_per_worker > 0, resources_per_worker=resources,
             placement_strategy=PLACEMENTS[s.placement],
