@@ -144,3 +144,17 @@ def test_store_bench_prints_every_row_and_writes_json(tmp_path):
     assert 1 <= rows["loader"]["requests_per_window"] <= rows["loader"]["blocks_per_window"]
     assert set(result["bars"]) == {"loader_vs_download", "requests_over_blocks", "delay_vs_no_delay",
                                    "cache_vs_local_disk"}
+
+
+def test_the_recipe_rows_split_each_epoch_into_steps_and_boundary(tmp_path):
+    """Ray Train's recipe, run for real with 2 workers on a tiny file: every epoch's steps
+    fit inside its gap; fit splits to_tf's batch of 32 over the 2 replicas, so each
+    worker's 64 samples take 4 steps."""
+    from raytrain.bench.workers import recipe_child
+
+    path = str(tmp_path / "tiny.h5")
+    make_hdf5(path, 128, (8, 8, 1), classes=2)
+    got = recipe_child({"path": path, "workers": 2, "to_tf_batch": 32, "epochs": 3, "storage": str(tmp_path / "ray")})
+    ends = got["epoch_ends"]
+    assert len(ends) == 3 and got["steps_per_epoch"] == 128 // 32
+    assert 0 < got["steps_s"] <= min(b - a for a, b in zip(ends, ends[1:]))

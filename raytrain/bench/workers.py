@@ -19,7 +19,11 @@ On one HDF5 file (yours, or a synthetic 20,000 x 64x64x3 uint8 one), the built-i
 The epoch time compared is the **marginal** one, in every row: the median gap between
 the ends of consecutive epochs (the first epoch, with graph tracing and start-up, is left
 out), so checkpoints, reports, validation set-up, the in-memory fit's new iterator each
-epoch and the recipe's per-``fit`` pause all count.
+epoch and the recipe's per-``fit`` pause all count. Each row splits it in two: **the
+steps** (median over the epochs after the first of the time from ``fit``'s epoch begin to
+the last step's end, as raytrain's ``samples_per_s`` counts it; shown as the samples an
+epoch trains on per second of it) and **between epochs** (the marginal epoch minus the
+steps: what the epoch boundary costs).
 The in-memory and recipe rows compile the cnn as raytrain does but keep tf_keras's own
 training loop (``build_model(read_metrics_once=False)``; see :mod:`raytrain.execution`).
 Validation is off (``--validation-ratio 0``) in every row; Ray's recipe feeds uint8
@@ -101,20 +105,26 @@ def recipe_child(args: dict[str, Any]) -> dict[str, Any]:
             model = build_model("cnn", config["shape"], config["classes"], False, "adam", 0.001, "auto",
                                 ("accuracy",), read_metrics_once=False)  # tf_keras's own loop
         shard = ray.train.get_dataset_shard("train")
-        seen: list[int] = []
+        steps: dict[str, Any] = {}
 
-        class Count(tf_keras.callbacks.Callback):
+        class Steps(tf_keras.callbacks.Callback):
+            """The epoch's steps, timed as raytrain times its own: from ``fit``'s epoch
+            begin to the last step's end."""
+
+            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+                steps.update(count=0, begin=time.perf_counter())
+
             def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-                seen.append(1)
+                steps.update(count=steps["count"] + 1, end=time.perf_counter())
 
         for epoch in range(config["epochs"]):
             data = shard.to_tf(feature_columns="x", label_columns="y", batch_size=config["batch"])
-            model.fit(data, verbose=0, callbacks=[Count()])
+            model.fit(data, verbose=0, callbacks=[Steps()])
             if ray.train.get_context().get_world_rank() == 0:
                 with open(config["log"], "a") as log:
-                    log.write(json.dumps({"epoch": epoch + 1, "time": time.time(), "steps": len(seen)}) + "\n")
+                    log.write(json.dumps({"epoch": epoch + 1, "time": time.time(), "steps": steps["count"],
+                                          "steps_s": steps["end"] - steps["begin"]}) + "\n")
             ray.train.report({"epoch": epoch + 1})
-            seen.clear()
 
     ray.init(address="local", num_cpus=workers + 1, include_dashboard=False, log_to_driver=False)
     try:
@@ -133,8 +143,8 @@ def recipe_child(args: dict[str, Any]) -> dict[str, Any]:
     with open(log_path) as log:
         history = [json.loads(line) for line in log]
     ends = [h["time"] for h in history]
-    steps = history[-1]["steps"]
-    return {"epoch_ends": ends, "steps_per_epoch": steps, "marginal_epoch_s": _marginal(ends)}
+    return {"epoch_ends": ends, "steps_per_epoch": history[-1]["steps"], "marginal_epoch_s": _marginal(ends),
+            "steps_s": statistics.median(h["steps_s"] for h in history[1:])}
 
 
 def _file(path: Optional[str], samples: int, shape: tuple[int, ...], workdir: str, progress: Any) -> tuple[str, int]:
@@ -157,18 +167,21 @@ def run_bench(path: Optional[str] = None, samples: int = 20_000, shape: tuple[in
         rows: dict[str, dict[str, Any]] = {}
         progress(f"in-memory tf_keras fit ({epochs} epochs)")
         got = child("in_memory", {"path": path, "x_key": "X", "y_key": "Y", "batch": batch, "epochs": epochs}, timeout)
-        rows["in_memory"] = {"marginal_epoch_s": _marginal(got["epoch_ends"]),
+        rows["in_memory"] = {"marginal_epoch_s": _marginal(got["epoch_ends"]), "trained": n,
+                             "steps_s": statistics.median(got["epoch_times_s"][1:]),
                              "steps_per_epoch": got["steps"], "replica_batch": batch}
         for key, count in (("local", 0), ("workers", workers)):
             progress(f"raytrain train --num-workers {count} ({epochs} epochs)")
             records, trained = _train(path, count, batch, epochs, 0, workdir, timeout)
-            rows[key] = {"marginal_epoch_s": _marginal([e["time"] for e in records]),
+            rows[key] = {"marginal_epoch_s": _marginal([e["time"] for e in records]), "trained": trained,
+                         "steps_s": statistics.median(trained / e["samples_per_s"] for e in records[1:]),
                          "steps_per_epoch": trained // batch, "replica_batch": batch // max(count, 1)}
         for key, to_tf_batch in (("recipe_documented", batch // workers), ("recipe_corrected", batch)):
             progress(f"Ray Train's TF recipe, to_tf(batch_size={to_tf_batch}) ({epochs} epochs)")
             got = child("recipe", {"path": path, "workers": workers, "to_tf_batch": to_tf_batch, "epochs": epochs,
                                    "storage": os.path.join(workdir, "ray")}, timeout)
-            rows[key] = dict(got, replica_batch=to_tf_batch // workers)
+            rows[key] = dict(got, replica_batch=to_tf_batch // workers,
+                             trained=got["steps_per_epoch"] * to_tf_batch)
         small_path = os.path.join(workdir, "small.h5")
         make_hdf5(small_path, SMALL["samples"], SMALL["shape"], classes=SMALL["classes"])
         fixed = {}
@@ -180,6 +193,8 @@ def run_bench(path: Optional[str] = None, samples: int = 20_000, shape: tuple[in
             fixed[key] = {"marginal_epoch_s": marginal, "steps_s": steps_s, "fixed_s": marginal - steps_s}
     for row in rows.values():
         row["samples_per_s"] = n / row["marginal_epoch_s"]
+        row["steps_samples_per_s"] = row["trained"] / row["steps_s"]
+        row["between_epochs_s"] = row["marginal_epoch_s"] - row["steps_s"]
     ratios = {
         "workers_vs_local": rows["workers"]["samples_per_s"] / rows["local"]["samples_per_s"],
         "raytrain_vs_recipe": rows["workers"]["samples_per_s"] / rows["recipe_corrected"]["samples_per_s"],
@@ -203,7 +218,8 @@ def render(result: dict[str, Any]) -> str:
         ("recipe_corrected", f"Ray's recipe corrected: `to_tf(batch_size={w})`"),
     ]
     rows = [[name, f"{r[k]['marginal_epoch_s']:.2f}", f"{r[k]['samples_per_s']:,.0f}", str(r[k]["steps_per_epoch"]),
-             str(r[k]["replica_batch"]), f"{r['workers']['samples_per_s'] / r[k]['samples_per_s']:.2f}x"]
+             str(r[k]["replica_batch"]), f"{r['workers']['samples_per_s'] / r[k]['samples_per_s']:.2f}x",
+             f"{r[k]['steps_samples_per_s']:,.0f}", f"{r[k]['between_epochs_s']:.2f}"]
             for k, name in names]
     small = result["small"]
     fixed = [[f"`--num-workers {count}`" if count else "`--local`", f"{f[k]['marginal_epoch_s']:.2f}",
@@ -214,7 +230,8 @@ def render(result: dict[str, Any]) -> str:
         "median gap between epoch ends after the first)",
         "",
         *table(["path", "marginal epoch s", "samples/s", "steps/epoch", "batch per replica",
-                f"raytrain {n} workers is"], rows, right=(1, 2, 3, 4, 5)),
+                f"raytrain {n} workers is", "samples/s in the steps", "between epochs s"], rows,
+               right=(1, 2, 3, 4, 5, 6, 7)),
         "",
         f"per-epoch fixed cost: {small['samples']:,} samples of {tuple(small['shape'])}, 20% validation, "
         f"batch {small['batch']}, {small['epochs']} epochs",
