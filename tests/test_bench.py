@@ -61,6 +61,15 @@ def test_workers_bench_times_the_in_memory_fit_between_epoch_ends(tmp_path):
     assert _marginal(ends) == pytest.approx(sum(gaps) / 2)
 
 
+def test_a_row_of_several_rounds_shows_the_median_of_each_timing():
+    from raytrain.bench.workers import _median_row
+
+    rounds = [{"marginal_epoch_s": m, "steps_s": s, "steps_per_epoch": 312} for m, s in ((12.0, 11.0), (30.0, 9.0),
+                                                                                           (11.0, 10.5))]
+    assert _median_row(rounds) == {"marginal_epoch_s": 12.0, "steps_s": 10.5, "steps_per_epoch": 312}
+    assert rounds[0]["marginal_epoch_s"] == 12.0  # the rounds stay as they were (they go to the JSON)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -70,6 +79,7 @@ def test_workers_bench_times_the_in_memory_fit_between_epoch_ends(tmp_path):
         (["--workers", "0"], "bench --workers needs --workers >= 1"),
         (["--workers", "2", "--epochs", "2"], "--epochs >= 3 (marginal epochs need two gaps after the first)"),
         (["--workers", "2", "--batch-size", "33"], "a --batch-size that divides over the workers"),
+        (["--workers", "2", "--repeats", "0"], "--repeats >= 1. Received: workers=2, epochs=4, batch_size=64"),
         (["--store", "ftp://host/x"], "bench --store takes local"),
         (["--store", "--shards", "0"], "1 <= --shards <= samples / batch size"),
     ],

@@ -24,6 +24,13 @@ steps** (median over the epochs after the first of the time from ``fit``'s epoch
 the last step's end, as raytrain's ``samples_per_s`` counts it; shown as the samples an
 epoch trains on per second of it) and **between epochs** (the marginal epoch minus the
 steps: what the epoch boundary costs).
+
+**Rounds.** This machine's epochs swing by 10-40 % from one run to the next, more than
+the bars' margins, so the in-memory, ``--local`` and N-worker rows run ``repeats`` times
+(default 3), interleaved (in memory, local, N workers, then again). A row shows the
+median of its rounds; the ratios the bars judge are medians over the rounds of the
+ratio within a round, whose rows ran minutes apart. The recipe rows (minutes each) and
+the fixed cost run once.
 The in-memory and recipe rows compile the cnn as raytrain does but keep tf_keras's own
 training loop (``build_model(read_metrics_once=False)``; see :mod:`raytrain.execution`).
 Validation is off (``--validation-ratio 0``) in every row; Ray's recipe feeds uint8
@@ -66,6 +73,12 @@ def _marginal(times: list[float]) -> float:
     """The median gap between consecutive epoch ends, the first epoch left out."""
     gaps = [b - a for a, b in zip(times[:-1], times[1:])]
     return statistics.median(gaps)
+
+
+def _median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from its rounds: the median of each timing, the rest as in the first."""
+    timings = ("marginal_epoch_s", "steps_s")
+    return dict(runs[0], **{key: statistics.median(run[key] for run in runs) for key in timings})
 
 
 def _train(path: str, workers: int, batch: int, epochs: int, validation: float, workdir: str,
@@ -159,23 +172,28 @@ def _file(path: Optional[str], samples: int, shape: tuple[int, ...], workdir: st
 
 
 def run_bench(path: Optional[str] = None, samples: int = 20_000, shape: tuple[int, ...] = (64, 64, 3),
-              workers: int = 2, batch: int = 64, epochs: int = 4, workdir: Optional[str] = None,
+              workers: int = 2, batch: int = 64, epochs: int = 4, repeats: int = 3, workdir: Optional[str] = None,
               timeout: float = 3600, progress: Any = print) -> dict[str, Any]:
     """Run every measurement once and return the results (see the module docstring)."""
     with workspace(workdir) as workdir:
         path, n = _file(path, samples, shape, workdir, progress)
-        rows: dict[str, dict[str, Any]] = {}
-        progress(f"in-memory tf_keras fit ({epochs} epochs)")
-        got = child("in_memory", {"path": path, "x_key": "X", "y_key": "Y", "batch": batch, "epochs": epochs}, timeout)
-        rows["in_memory"] = {"marginal_epoch_s": _marginal(got["epoch_ends"]), "trained": n,
-                             "steps_s": statistics.median(got["epoch_times_s"][1:]),
-                             "steps_per_epoch": got["steps"], "replica_batch": batch}
-        for key, count in (("local", 0), ("workers", workers)):
-            progress(f"raytrain train --num-workers {count} ({epochs} epochs)")
-            records, trained = _train(path, count, batch, epochs, 0, workdir, timeout)
-            rows[key] = {"marginal_epoch_s": _marginal([e["time"] for e in records]), "trained": trained,
-                         "steps_s": statistics.median(trained / e["samples_per_s"] for e in records[1:]),
-                         "steps_per_epoch": trained // batch, "replica_batch": batch // max(count, 1)}
+        rounds: list[dict[str, dict[str, Any]]] = []
+        for r in range(repeats):
+            one: dict[str, dict[str, Any]] = {}
+            progress(f"round {r + 1}/{repeats}: in-memory tf_keras fit ({epochs} epochs)")
+            got = child("in_memory", {"path": path, "x_key": "X", "y_key": "Y", "batch": batch, "epochs": epochs},
+                        timeout)
+            one["in_memory"] = {"marginal_epoch_s": _marginal(got["epoch_ends"]), "trained": n,
+                                "steps_s": statistics.median(got["epoch_times_s"][1:]),
+                                "steps_per_epoch": got["steps"], "replica_batch": batch}
+            for key, count in (("local", 0), ("workers", workers)):
+                progress(f"round {r + 1}/{repeats}: raytrain train --num-workers {count} ({epochs} epochs)")
+                records, trained = _train(path, count, batch, epochs, 0, workdir, timeout)
+                one[key] = {"marginal_epoch_s": _marginal([e["time"] for e in records]), "trained": trained,
+                            "steps_s": statistics.median(trained / e["samples_per_s"] for e in records[1:]),
+                            "steps_per_epoch": trained // batch, "replica_batch": batch // max(count, 1)}
+            rounds.append(one)
+        rows = {key: _median_row([one[key] for one in rounds]) for key in rounds[0]}
         for key, to_tf_batch in (("recipe_documented", batch // workers), ("recipe_corrected", batch)):
             progress(f"Ray Train's TF recipe, to_tf(batch_size={to_tf_batch}) ({epochs} epochs)")
             got = child("recipe", {"path": path, "workers": workers, "to_tf_batch": to_tf_batch, "epochs": epochs,
@@ -195,15 +213,21 @@ def run_bench(path: Optional[str] = None, samples: int = 20_000, shape: tuple[in
         row["samples_per_s"] = n / row["marginal_epoch_s"]
         row["steps_samples_per_s"] = row["trained"] / row["steps_s"]
         row["between_epochs_s"] = row["marginal_epoch_s"] - row["steps_s"]
+    def paired(a: str, b: str) -> float:
+        """The median over the rounds of row a's marginal epoch over row b's, run minutes apart."""
+        return statistics.median(one[a]["marginal_epoch_s"] / one[b]["marginal_epoch_s"] for one in rounds)
+
     ratios = {
-        "workers_vs_local": rows["workers"]["samples_per_s"] / rows["local"]["samples_per_s"],
+        "workers_vs_local": paired("local", "workers"),
         "raytrain_vs_recipe": rows["workers"]["samples_per_s"] / rows["recipe_corrected"]["samples_per_s"],
         "raytrain_vs_documented": rows["workers"]["samples_per_s"] / rows["recipe_documented"]["samples_per_s"],
         "fixed_cost_s": fixed["workers"]["fixed_s"],
-        "local_vs_memory": rows["local"]["marginal_epoch_s"] / rows["in_memory"]["marginal_epoch_s"],
+        "local_vs_memory": paired("local", "in_memory"),
     }
     return {"date": datetime.date.today().isoformat(), "machine": machine(), "samples": n, "shape": list(shape),
-            "workers": workers, "batch": batch, "epochs": epochs, "rows": rows, "fixed_cost": fixed,
+            "workers": workers, "batch": batch, "epochs": epochs, "repeats": repeats, "rows": rows,
+            "rounds": [{key: row["marginal_epoch_s"] for key, row in one.items()} for one in rounds],
+            "fixed_cost": fixed,
             "small": dict(SMALL, shape=list(SMALL["shape"])), "ratios": ratios, "bars": judge(BARS, ratios)}
 
 
@@ -227,7 +251,8 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join([
         f"raytrain bench --workers {n}, {result['date']}, {result['machine']['cpus']} cores: {result['samples']:,} "
         f"samples of {tuple(result['shape'])}, cnn, global batch {w}, {result['epochs']} epochs (marginal epoch: "
-        "median gap between epoch ends after the first)",
+        f"median gap between epoch ends after the first; the first three rows: median of {result['repeats']} "
+        "interleaved rounds)",
         "",
         *table(["path", "marginal epoch s", "samples/s", "steps/epoch", "batch per replica",
                 f"raytrain {n} workers is", "samples/s in the steps", "between epochs s"], rows,
@@ -242,11 +267,11 @@ def render(result: dict[str, Any]) -> str:
     ])
 
 
-def check_args(samples: int, workers: int, batch: int, epochs: int) -> None:
+def check_args(samples: int, workers: int, batch: int, epochs: int, repeats: int = 3) -> None:
     """Reject impossible settings with one line."""
-    if workers < 1 or epochs < 3 or batch < workers or batch % workers or samples < 2 * batch:
+    if workers < 1 or epochs < 3 or batch < workers or batch % workers or samples < 2 * batch or repeats < 1:
         raise RaytrainError(
             "bench --workers needs --workers >= 1, --epochs >= 3 (marginal epochs need two gaps after the first), "
-            "a --batch-size that divides over the workers and --samples >= 2 x batch size. Received: "
-            f"workers={workers}, epochs={epochs}, batch_size={batch}, samples={samples}"
+            "a --batch-size that divides over the workers, --samples >= 2 x batch size and --repeats >= 1. "
+            f"Received: workers={workers}, epochs={epochs}, batch_size={batch}, samples={samples}, repeats={repeats}"
         )

@@ -38,6 +38,8 @@ def command_parser(sub: Any) -> None:
                    help="samples per batch, for every reader (default 32; --workers: the global batch, default 64)")
     p.add_argument("--epochs", type=int, default=None,
                    help="end-to-end epochs; the last one is compared (default 2; --workers: 4)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="--workers: interleaved rounds of the in-memory, --local and N-worker rows (median shown)")
     p.add_argument("--budget", type=float, default=15.0, help="seconds after which a slow reader stops")
     p.add_argument("--shuffle-window", type=int, default=0, help="the loader's data.shuffle_window (0 = auto)")
     p.add_argument("--prefetch-batches", type=int, default=8, help="the loader's data.prefetch_batches")
@@ -72,11 +74,11 @@ def bench_command(args: argparse.Namespace) -> int:
         bench = workers
         samples, shape = args.samples or 20_000, args.shape or (64, 64, 3)
         batch, epochs = given(args.batch_size, 64), given(args.epochs, 4)
-        bench.check_args(samples, args.workers, batch, epochs)
+        bench.check_args(samples, args.workers, batch, epochs, args.repeats)
         if args.file is not None and not os.path.isfile(args.file):
             raise RaytrainError(f"bench file {args.file} does not exist; pass an HDF5 file or no file for a synthetic one")
-        result = bench.run_bench(args.file, samples, shape, args.workers, batch, epochs, args.workdir,
-                                 progress=progress)
+        result = bench.run_bench(args.file, samples, shape, args.workers, batch, epochs, args.repeats,
+                                 args.workdir, progress=progress)
     elif args.images:
         bench: Any = images
         samples, shape = args.samples or 3000, args.shape or (256, 256)
