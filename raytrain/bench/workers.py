@@ -25,12 +25,13 @@ the last step's end, as raytrain's ``samples_per_s`` counts it; shown as the sam
 epoch trains on per second of it) and **between epochs** (the marginal epoch minus the
 steps: what the epoch boundary costs).
 
-**Rounds.** This machine's epochs swing by 10-40 % from one run to the next, more than
+**Rounds.** This machine's epochs swing by 10-40% from one run to the next, more than
 the bars' margins, so the in-memory, ``--local`` and N-worker rows run ``repeats`` times
 (default 3), interleaved (in memory, local, N workers, then again). A row shows the
 median of its rounds; the ratios the bars judge are medians over the rounds of the
 ratio within a round, whose rows ran minutes apart. The recipe rows (minutes each) and
 the fixed cost run once.
+
 The in-memory and recipe rows compile the cnn as raytrain does but keep tf_keras's own
 training loop (``build_model(read_metrics_once=False)``; see :mod:`raytrain.execution`).
 Validation is off (``--validation-ratio 0``) in every row; Ray's recipe feeds uint8
@@ -174,7 +175,8 @@ def _file(path: Optional[str], samples: int, shape: tuple[int, ...], workdir: st
 def run_bench(path: Optional[str] = None, samples: int = 20_000, shape: tuple[int, ...] = (64, 64, 3),
               workers: int = 2, batch: int = 64, epochs: int = 4, repeats: int = 3, workdir: Optional[str] = None,
               timeout: float = 3600, progress: Any = print) -> dict[str, Any]:
-    """Run every measurement once and return the results (see the module docstring)."""
+    """Run the measurements (the first three rows ``repeats`` times, interleaved) and
+    return the results (see the module docstring)."""
     with workspace(workdir) as workdir:
         path, n = _file(path, samples, shape, workdir, progress)
         rounds: list[dict[str, dict[str, Any]]] = []
@@ -213,6 +215,7 @@ def run_bench(path: Optional[str] = None, samples: int = 20_000, shape: tuple[in
         row["samples_per_s"] = n / row["marginal_epoch_s"]
         row["steps_samples_per_s"] = row["trained"] / row["steps_s"]
         row["between_epochs_s"] = row["marginal_epoch_s"] - row["steps_s"]
+
     def paired(a: str, b: str) -> float:
         """The median over the rounds of row a's marginal epoch over row b's, run minutes apart."""
         return statistics.median(one[a]["marginal_epoch_s"] / one[b]["marginal_epoch_s"] for one in rounds)
