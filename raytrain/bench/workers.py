@@ -76,6 +76,12 @@ def _marginal(times: list[float]) -> float:
     return statistics.median(gaps)
 
 
+def _row(ends: list[float], steps_s: list[float], trained: int, steps: int, replica_batch: int) -> dict[str, Any]:
+    """A row from its epochs' ends and each epoch's steps time (the first epoch left out)."""
+    return {"marginal_epoch_s": _marginal(ends), "steps_s": statistics.median(steps_s[1:]), "trained": trained,
+            "steps_per_epoch": steps, "replica_batch": replica_batch}
+
+
 def _median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One row from its rounds: the median of each timing, the rest as in the first."""
     timings = ("marginal_epoch_s", "steps_s")
@@ -185,15 +191,12 @@ def run_bench(path: Optional[str] = None, samples: int = 20_000, shape: tuple[in
             progress(f"round {r + 1}/{repeats}: in-memory tf_keras fit ({epochs} epochs)")
             got = child("in_memory", {"path": path, "x_key": "X", "y_key": "Y", "batch": batch, "epochs": epochs},
                         timeout)
-            one["in_memory"] = {"marginal_epoch_s": _marginal(got["epoch_ends"]), "trained": n,
-                                "steps_s": statistics.median(got["epoch_times_s"][1:]),
-                                "steps_per_epoch": got["steps"], "replica_batch": batch}
+            one["in_memory"] = _row(got["epoch_ends"], got["epoch_times_s"], n, got["steps"], batch)
             for key, count in (("local", 0), ("workers", workers)):
                 progress(f"round {r + 1}/{repeats}: raytrain train --num-workers {count} ({epochs} epochs)")
                 records, trained = _train(path, count, batch, epochs, 0, workdir, timeout)
-                one[key] = {"marginal_epoch_s": _marginal([e["time"] for e in records]), "trained": trained,
-                            "steps_s": statistics.median(trained / e["samples_per_s"] for e in records[1:]),
-                            "steps_per_epoch": trained // batch, "replica_batch": batch // max(count, 1)}
+                one[key] = _row([e["time"] for e in records], [trained / e["samples_per_s"] for e in records], trained,
+                                trained // batch, batch // max(count, 1))
             rounds.append(one)
         rows = {key: _median_row([one[key] for one in rounds]) for key in rounds[0]}
         for key, to_tf_batch in (("recipe_documented", batch // workers), ("recipe_corrected", batch)):
