@@ -129,3 +129,27 @@ def test_the_count_before_ray_starts_is_what_a_local_ray_finds(monkeypatch):
 def test_help_is_instant_and_lists_subcommands(tmp_path):
     proc = run_cli("--help", cwd=str(tmp_path))
     assert proc.returncode == 0 and "train" in proc.stdout and "synth" in proc.stdout
+
+
+HEAVY = ("tensorflow", "tf_keras", "ray", "h5py", "pyarrow", "cv2", "simplejpeg", "matplotlib")
+
+
+def test_help_loads_no_heavy_library():
+    """Building the parser and printing every command's --help imports none of the frameworks or readers."""
+    import subprocess
+    import sys
+
+    code = (
+        "import contextlib, io, sys\n"
+        "from raytrain.cli import build_parser\n"
+        "parser = build_parser()\n"
+        "commands = next(a for a in parser._actions if a.dest == 'command').choices\n"
+        "assert len(commands) >= 10, sorted(commands)\n"
+        "for name in ['', *commands]:\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        parser.parse_args([name, '--help'] if name else ['--help'])\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", f"--help loaded {proc.stdout.strip()}"

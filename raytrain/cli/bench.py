@@ -7,14 +7,14 @@ import os
 import sys
 from typing import Any
 
-from raytrain.bench import hdf5, images, store, workers, write_json
 from raytrain.cli.jobflags import parse_shape
+from raytrain.cli.lazy import module_doc
 from raytrain.errors import RaytrainError
 
 
 def command_parser(sub: Any) -> None:
     p = sub.add_parser("bench", help="measure raytrain's loaders against other ways of reading, in one run",
-                       description=f"{hdf5.__doc__}\n{images.__doc__}\n{workers.__doc__}\n{store.__doc__}",
+                       description="\n".join(module_doc(f"raytrain.bench.{m}") for m in ("hdf5", "images", "workers", "store")),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", nargs="?", help="HDF5 file, or with --images a class-per-folder tree of JPEGs "
                    "(default: write a synthetic one); an s3:// or gs:// HDF5 object runs the --store rows on it")
@@ -51,6 +51,8 @@ def command_parser(sub: Any) -> None:
 
 
 def bench_command(args: argparse.Namespace) -> int:
+    from raytrain.bench import hdf5, images, store, workers, write_json
+
     progress = lambda text: print(f"raytrain bench: {text}", file=sys.stderr, flush=True)  # noqa: E731
     def given(value: Any, default: int) -> int:
         return default if value is None else value

@@ -6,13 +6,13 @@ import argparse
 import os
 from typing import Any
 
-from raytrain import evaluate as evaluation
 from raytrain.cli.jobflags import parse_list
+from raytrain.cli.lazy import module_doc
 
 
 def command_parser(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="evaluate a run's exported model on a dataset, with raytrain's loaders",
-                       description=evaluation.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=module_doc("raytrain.evaluate"), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a finished run: <storage_path>/<name>")
     p.add_argument("--data", action="append", help="HDF5 files or globs (repeat or comma-separate)")
     p.add_argument("--directory", help="a class-per-folder image tree")
@@ -26,6 +26,8 @@ def command_parser(sub: Any) -> None:
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
+    from raytrain import evaluate as evaluation
+
     data: dict[str, Any] = {}
     if args.data:
         data["paths"] = [os.path.abspath(p) for part in args.data for p in parse_list(part)]

@@ -8,7 +8,6 @@ import sys
 import time
 from typing import Any
 
-from raytrain.data.image_index import MANIFEST_EXTENSIONS, read_manifest, scan_directory, verify_images, write_index
 from raytrain.errors import RaytrainError
 
 
@@ -31,6 +30,8 @@ def command_parser(sub: Any) -> None:
 
 
 def index_command(args: argparse.Namespace) -> int:
+    from raytrain.data.image_index import MANIFEST_EXTENSIONS, read_manifest, scan_directory, verify_images, write_index
+
     if os.path.exists(args.out):
         raise RaytrainError(f"index file {args.out} already exists; remove it or choose another --out")
     started = time.perf_counter()

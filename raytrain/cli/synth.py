@@ -7,7 +7,6 @@ import os
 from typing import Any
 
 from raytrain.cli.jobflags import parse_list, parse_shape
-from raytrain.data.synth import IMAGE_FORMATS, make_hdf5, make_image_tree
 from raytrain.errors import RaytrainError
 
 
@@ -28,6 +27,8 @@ def command_parser(sub: Any) -> None:
 
 
 def synth_command(args: argparse.Namespace) -> int:
+    from raytrain.data.synth import IMAGE_FORMATS, make_hdf5, make_image_tree
+
     shape = args.shape or ((64, 64) if args.images else (32, 32, 3))
     shapes = (2,) if args.images else (3, 4)
     if args.samples < 1 or args.classes < 2 or len(shape) not in shapes or args.chunk_rows < 1 or min(shape) < 1:

@@ -15,7 +15,6 @@ import shutil
 import tempfile
 from typing import Any, Optional
 
-import pyarrow.fs
 
 
 def is_uri(path: str) -> bool:
@@ -29,17 +28,24 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
 
 
+def _pafs() -> Any:
+    """pyarrow's filesystems, imported on first use: commands that only parse flags do not load pyarrow."""
+    import pyarrow.fs
+
+    return pyarrow.fs
+
+
 def _fs(path: str) -> tuple[Any, str]:
     if is_uri(path):
-        return pyarrow.fs.FileSystem.from_uri(path)
-    return pyarrow.fs.LocalFileSystem(), os.path.abspath(path)
+        return _pafs().FileSystem.from_uri(path)
+    return _pafs().LocalFileSystem(), os.path.abspath(path)
 
 
 def exists(path: str) -> bool:
     if not is_uri(path):
         return os.path.exists(path)
     fs, p = _fs(path)
-    return fs.get_file_info(p).type != pyarrow.fs.FileType.NotFound
+    return fs.get_file_info(p).type != _pafs().FileType.NotFound
 
 
 def listdir(path: str) -> list[str]:
@@ -47,7 +53,7 @@ def listdir(path: str) -> list[str]:
     if not is_uri(path):
         return sorted(os.listdir(path)) if os.path.isdir(path) else []
     fs, p = _fs(path)
-    infos = fs.get_file_info(pyarrow.fs.FileSelector(p, allow_not_found=True))
+    infos = fs.get_file_info(_pafs().FileSelector(p, allow_not_found=True))
     return sorted(info.base_name for info in infos)
 
 
@@ -58,8 +64,8 @@ def sizes(path: str) -> dict[str, int]:
             return {}
         return {e.name: e.stat().st_size for e in os.scandir(path) if e.is_file()}
     fs, p = _fs(path)
-    infos = fs.get_file_info(pyarrow.fs.FileSelector(p, allow_not_found=True))
-    return {i.base_name: i.size for i in infos if i.type == pyarrow.fs.FileType.File}
+    infos = fs.get_file_info(_pafs().FileSelector(p, allow_not_found=True))
+    return {i.base_name: i.size for i in infos if i.type == _pafs().FileType.File}
 
 
 def makedirs(path: str) -> None:
@@ -135,7 +141,7 @@ def upload_file(local_file: str, dest: str) -> None:
         return
     fs, p = _fs(dest)
     fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
-    pyarrow.fs.copy_files(local_file, p, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs)
+    _pafs().copy_files(local_file, p, source_filesystem=_pafs().LocalFileSystem(), destination_filesystem=fs)
 
 
 def writable(path: str) -> Optional[str]:
@@ -169,13 +175,13 @@ def upload_dir(local_dir: str, dest: str) -> None:
         return
     fs, p = _fs(dest)
     fs.create_dir(p, recursive=True)
-    pyarrow.fs.copy_files(local_dir, p, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs)
+    _pafs().copy_files(local_dir, p, source_filesystem=_pafs().LocalFileSystem(), destination_filesystem=fs)
 
 
 def download_file(path: str, local: str) -> None:
     """Copy the file or folder at a URI to the local path ``local``."""
     fs, p = _fs(path)
-    pyarrow.fs.copy_files(p, local, source_filesystem=fs)
+    _pafs().copy_files(p, local, source_filesystem=fs)
 
 
 def delete_file(path: str) -> None:
@@ -185,7 +191,7 @@ def delete_file(path: str) -> None:
             os.remove(path)
         return
     fs, p = _fs(path)
-    if fs.get_file_info(p).type != pyarrow.fs.FileType.NotFound:
+    if fs.get_file_info(p).type != _pafs().FileType.NotFound:
         fs.delete_file(p)
 
 
