@@ -17,16 +17,17 @@ metrics' state after the execution's last step, all-reduced.
 Only for models whose ``train_step`` and ``test_step`` are tf_keras's own: a model that
 overrides one returns whatever it chooses, so raytrain leaves it as it is.
 
-The loop mirrors tf_keras 2.21's ``make_train_function`` and uses its internals
-(``_steps_per_execution``, the step counters, ``reduce_per_replica``); tf-keras is
-pinned with TensorFlow in pyproject.toml, and ``tests/test_execution.py`` compares the
-logs with tf_keras's own loop, so an upgrade that changes them fails there.
+The loop mirrors tf_keras's ``make_train_function`` and uses its internals through
+:mod:`raytrain.compat`; ``tests/test_execution.py`` compares the logs with tf_keras's own
+loop, so an upgrade that changes them fails there.
 """
 
 from __future__ import annotations
 
 import threading
 from typing import Any, Callable
+
+from raytrain import compat
 
 
 def read_metrics_per_execution(model: Any) -> None:
@@ -44,13 +45,13 @@ def read_metrics_per_execution(model: Any) -> None:
         return {} if getattr(skipped, "on", False) else reading()
 
     model.get_metrics_result = get_metrics_result
-    model.make_train_function = _maker(model, "train_function", "train_step", "_train_counter", skipped)
-    model.make_test_function = _maker(model, "test_function", "test_step", "_test_counter", skipped)
+    model.make_train_function = _maker(model, "train_function", "train_step", "train", skipped)
+    model.make_test_function = _maker(model, "test_function", "test_step", "test", skipped)
 
 
 def _maker(model: Any, attribute: str, step: str, counter: str, skipped: threading.local) -> Callable[..., Any]:
     import tensorflow as tf
-    from tf_keras.src.engine.training import reduce_per_replica
+    reduce_per_replica = compat.reduce_per_replica()
 
     def make(force: bool = False) -> Any:
         if getattr(model, attribute) is not None and not force:
@@ -63,13 +64,13 @@ def _maker(model: Any, attribute: str, step: str, counter: str, skipped: threadi
                 getattr(model, step)(data)
             finally:
                 skipped.on = False
-            getattr(model, counter).assign_add(1)
+            compat.step_counter(model, counter).assign_add(1)
 
         if model.jit_compile:
             run_step = tf.function(run_step, jit_compile=True, reduce_retracing=True)
 
         def execution(iterator: Any) -> Any:
-            for _ in tf.range(model._steps_per_execution):
+            for _ in tf.range(compat.steps_per_execution(model)):
                 strategy.run(run_step, args=(next(iterator),))
             outputs = strategy.run(model.get_metrics_result)
             return reduce_per_replica(outputs, strategy, reduction=model.distribute_reduction_method)

@@ -256,7 +256,7 @@ def build_model(
             f"model '{spec}' outputs {out[-1]} values per sample but the labels have {num_classes} classes; "
             "end the model with Dense(num_classes, activation='softmax')"
         )
-    if not getattr(model, "_is_compiled", False):
+    if model.optimizer is None:  # not compiled by the builder
         try:
             opt = keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": learning_rate}})
         except ValueError:

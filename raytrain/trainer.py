@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -23,6 +24,7 @@ from typing import Any, Optional, Sequence
 
 import pyarrow as pa
 
+from raytrain import compat
 from raytrain.cluster import reaper
 from raytrain.config import PLACEMENTS, JobConfig
 from raytrain.data.hdf5_loader import auto_window
@@ -107,21 +109,40 @@ def _check_run_dir(job: JobConfig, resume: bool) -> int:
 
 
 def machine_resources() -> dict[str, float]:
-    """The CPUs and GPUs a local Ray would find on this machine, worked out as Ray does
-    (cgroup limits; CUDA_VISIBLE_DEVICES and the other GPU kinds Ray knows), without
-    starting it: a run that cannot fit fails in ~2 s instead of after Ray's and
-    TensorFlow's start-up (~12 s). Ray's own counts override both, as in ``ray.init``
-    (``RAY_OVERRIDE_RESOURCES``). Ray 2.60's own detection, private API: pinned in
-    pyproject.toml, and the check after ``ray.init`` still catches what this misses."""
-    from ray._private.accelerators import get_accelerator_manager_for_resource
-    from ray._private.utils import get_num_cpus
-
+    """The CPUs and GPUs a local Ray would find on this machine, without starting it, so a
+    run that cannot fit fails before Ray's and TensorFlow's start-up. Ray's own counts
+    override both, as in ``ray.init`` (``RAY_OVERRIDE_RESOURCES``); the check after
+    ``ray.init`` still catches what this misses."""
     try:
         override = json.loads(os.environ.get(RAY_OVERRIDE_ENV) or "{}")
     except ValueError:
         override = {}  # ray.init says what is wrong with it
-    gpus = get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
-    return {"CPU": override.get("CPU", get_num_cpus()), "GPU": override.get("GPU", gpus)}
+    cpus = override["CPU"] if "CPU" in override else cpu_count()
+    return {"CPU": cpus, "GPU": override["GPU"] if "GPU" in override else compat.gpu_count()}
+
+
+def cpu_count() -> float:
+    """The CPUs this process may use: its affinity mask, capped by a cgroup CPU quota
+    (containers), as Ray counts them."""
+    count: float = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_cpu_quota()
+    return count if quota is None else max(1, min(count, math.floor(quota)))
+
+
+def _cgroup_cpu_quota() -> Optional[float]:
+    """The cgroup's CPU limit in CPUs (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), or None."""
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as q, open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as p:
+            quota_us, period_us = int(q.read()), int(p.read())
+        return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
 
 
 def _check_resources(job: JobConfig, have: dict[str, float]) -> None:
@@ -188,10 +209,8 @@ def init_ray(job: JobConfig, verbose: bool) -> None:
     if job.scaling.address is None:
         # Ray Train's placement-group cleaner needs the dashboard's state API; keep it on
         # loopback. (A --local run starts no Ray at all: see _fit.)
-        ray.init(address="local", dashboard_host="127.0.0.1", runtime_env=runtime_env, **quiet)
-        node = getattr(ray._private.worker, "_global_node", None)  # the local Ray this driver started
-        if node is not None:
-            reaper.start(node.get_session_dir_path())  # ends it if this driver is killed
+        context = ray.init(address="local", dashboard_host="127.0.0.1", runtime_env=runtime_env, **quiet)
+        reaper.start(context.address_info["session_dir"])  # ends the local Ray if this driver is killed
     else:
         ray.init(address=job.scaling.address, runtime_env=runtime_env, **quiet)
     from ray.data import (
@@ -204,7 +223,7 @@ def init_ray(job: JobConfig, verbose: bool) -> None:
 
 
 def quiet_ray_loggers() -> None:
-    """Ray sets levels on some of its own loggers (ray._private.worker relays the raylet's
+    """Ray sets levels on some of its own loggers (its worker module relays the raylet's
     warnings, Ray Train's local mode logs every report): quiet every one that exists now;
     later ones inherit "ray"'s level."""
     for name in ["ray", *[n for n in logging.root.manager.loggerDict if n.startswith("ray.")]]:

@@ -52,7 +52,7 @@ from typing import Any, Callable, Optional
 
 from ray import tune
 
-from raytrain import trainer
+from raytrain import compat, trainer
 from raytrain.config import JobConfig, from_dict, to_dict, validate
 from raytrain.data.kinds import build_index
 from raytrain.errors import RaytrainError, TrainingFailed, find_error
@@ -88,12 +88,10 @@ def _end_when_stopped(done: threading.Event) -> None:
     10 s later, and the workers train on meanwhile. Tune signals the stop through its
     function session's ``stop_event`` (the session Ray Train's ``TuneReportCallback`` also
     uses); it is also set after a trial returns, hence ``done``."""
-    from ray.train._internal.session import get_session
-
-    session = get_session()
-    if session is None:
+    stop = compat.tune_stop_event()
+    if stop is None:
         return
-    session.stop_event.wait()
+    stop.wait()
     if not done.is_set():
         os._exit(0)
 
@@ -214,17 +212,24 @@ class TrialLines(tune.Callback):
 
 
 def _error_line(trial: Any) -> str:
-    """The first line of raytrain's own message if a trial raised one, else the last line
-    of the error's text (a traceback ends with the exception)."""
+    """The trial's error as one line (see :func:`_error_text`), from Tune's ``Trial``."""
     try:
         error = trial.get_pickled_error()
     except Exception:  # an error that cannot be unpickled here: its text instead
         error = None
-    found = None if error is None else (find_error(error, RaytrainError) or find_error(error, TrainingFailed))
+    return _error_text(error if error is not None else trial.get_error())
+
+
+def _error_text(error: Any) -> str:
+    """The first line of raytrain's own message if a trial raised one, else the last line
+    of the error's text (a traceback ends with the exception)."""
+    found = None
+    if isinstance(error, BaseException):
+        found = find_error(error, RaytrainError) or find_error(error, TrainingFailed)
     if found is not None:
         text, pick = str(found), 0
     else:
-        text, pick = str(error if error is not None else trial.get_error() or "unknown error"), -1
+        text, pick = str(error or "unknown error"), -1
     lines = [line.strip() for line in text.splitlines() if line.strip()] or ["unknown error"]
     return lines[pick][:300]
 
@@ -426,49 +431,36 @@ def _quiet_raylet() -> Callable[[], None]:
     """Stop printing the raylet's messages on this driver; returns what undoes it.
 
     Ray's driver prints every message the raylet publishes, whatever ``log_to_driver``
-    and the loggers say (``ray._private.worker.listen_error_messages``). A search makes
+    and the loggers say (:func:`raytrain.compat.quiet_raylet_messages`). A search makes
     two kinds on purpose: "A worker died or was killed" for each trial process a stop
     ends (:func:`_end_when_stopped`), and "N PYTHON worker processes have been started"
     for its many short-lived processes. ``--verbose`` shows them."""
-    import ray._private.worker as ray_worker
-
-    shown = ray_worker.print_to_stdstream
-
-    def printer(data: dict[str, Any], ignore_prefix: bool) -> None:
-        if data.get("pid") != "raylet":
-            shown(data, ignore_prefix)
-
-    ray_worker.print_to_stdstream = printer
-
-    def undo() -> None:
-        ray_worker.print_to_stdstream = shown
-
-    return undo
+    return compat.quiet_raylet_messages()
 
 
 def _summarize(job: JobConfig, options: TuneOptions, search_dir: str, grid: Any, started: float,
                interrupted: bool) -> SearchSummary:
     """Rows of every trial from Tune's trials and their run directories; the best trial,
     its model, the report picture and the table written into the search folder."""
-    trials = grid._experiment_analysis.trials  # Tune's Trial objects: status, config, last result
     epochs = job.training.epochs
     rows = []
-    for trial in sorted(trials, key=lambda t: t.trial_id):
-        name = trial_name(trial.trial_id)
+    # Tune's ResultGrid: one Result per trial; its folder is named by trial_dirname_creator.
+    for result in sorted(grid, key=lambda r: os.path.basename(r.path.rstrip("/"))):
+        name = os.path.basename(result.path.rstrip("/"))
         run_dir = storage.join(search_dir, name)
         metrics = rundir.read_metrics(run_dir) if rundir.is_run(run_dir) else []
         run_status = (rundir.read_status(run_dir) or {}).get("status")
         error = None
-        if trial.status == "ERROR":
-            status, error = "failed", _error_line(trial)
+        if result.error is not None:
+            status, error = "failed", _error_text(result.error)
         elif run_status == "finished":
             status = "finished"
         elif run_status == "stopped":  # written when the scheduler stopped it (TrialLines)
             status = "stopped early"
         else:  # the search was interrupted while it ran
             status = "not finished"
-        wall = (trial.last_result or {}).get("time_total_s")
-        rows.append(TrialRow(name, dict(trial.config), status, _best_of(metrics, options.metric, options.mode),
+        wall = (result.metrics or {}).get("time_total_s")
+        rows.append(TrialRow(name, result.config or _params_of(run_dir, options), status, _best_of(metrics, options.metric, options.mode),
                              len(metrics), wall, error))
     finished = [r for r in rows if r.status == "finished" and r.best is not None]
     candidates = finished or [r for r in rows if r.best is not None]
@@ -484,6 +476,15 @@ def _summarize(job: JobConfig, options: TuneOptions, search_dir: str, grid: Any,
         report.report(drawn, out=files["report"])
     return SearchSummary(search_dir, options.metric, options.mode, rows, epochs, best, time.time() - started,
                          interrupted, files)
+
+
+def _params_of(run_dir: str, options: TuneOptions) -> dict[str, Any]:
+    """A trial's values of the searched keys from its saved job, for a trial that reported
+    nothing (Tune's ``Result.config`` comes with the first report); {} if it never started."""
+    if not rundir.is_run(run_dir):
+        return {}
+    job = rundir.read_job(run_dir)
+    return {s.name: getattr(getattr(job, s.name.split(".")[0]), s.name.split(".")[1]) for s in options.search}
 
 
 def _write_best(search_dir: str, best: TrialRow, options: TuneOptions) -> dict[str, str]:

@@ -7,7 +7,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 # Lowest first. A module may import its own layer and the ones before it.
 LAYERS = [
-    ["raytrain.errors", "raytrain.env"],
+    ["raytrain.errors", "raytrain.env", "raytrain.compat"],
     ["raytrain.config"],
     ["raytrain.data", "raytrain.models", "raytrain.execution"],
     ["raytrain.run", "raytrain.space"],

@@ -26,6 +26,7 @@ import os
 import re
 from typing import Any, Optional
 
+from raytrain import compat
 from raytrain.run import storage
 from raytrain.run.rundir import CHECKPOINT_PREFIX as PREFIX
 
@@ -70,7 +71,7 @@ def restore(model: Any, folder: str) -> dict[str, Any]:
     if callable(getattr(optimizer, "build", None)):  # tf_keras optimizers
         optimizer.build(model.trainable_variables)
     else:  # tf_keras.optimizers.legacy (what optimizers.get(name, config) returns)
-        optimizer._create_all_weights(model.trainable_variables)
+        compat.create_optimizer_slots(optimizer, model.trainable_variables)
     status = tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(os.path.join(folder, WEIGHTS))
     status.assert_existing_objects_matched()
     return read_state(folder)
