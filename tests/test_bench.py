@@ -3,7 +3,7 @@ import json
 import pytest
 
 from raytrain.data.synth import make_hdf5
-from tests.conftest import run_cli
+from tests.common import run_cli
 
 ROWS = [
     "raytrain loader: shuffled epoch",

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli, write_h5
+from tests.common import run_cli, write_h5
 
 
 def assert_user_error(proc, message):

@@ -3,7 +3,7 @@
 import os
 import re
 
-from tests.conftest import ROOT
+from tests.common import ROOT
 
 PRIVATE = re.compile(r"ray\._private|ray\.train\._internal|tf_keras\.src|keras\.src|_experiment_analysis|"
                      r"_is_compiled|_create_all_weights|_steps_per_execution|_train_counter|_test_counter|_global_node")

@@ -15,9 +15,7 @@ from raytrain.cluster.launch import read_state
 from raytrain.cluster.processes import cluster_pids, descendants
 from raytrain.env import GROUP_START_ENV, PREEMPTION_WATCHER_ENV, VERBOSE_ENV, run_env
 from raytrain.run import rundir
-from tests.conftest import ROOT, _ray_pids, run_cli
-from tests.test_failures import start
-from tests.test_spot import ORDER_ARGS, recording, steps_trained
+from tests.common import ORDER_ARGS, ROOT, ray_pids, recording, run_cli, start, steps_trained
 
 pytestmark = pytest.mark.ray
 
@@ -78,7 +76,7 @@ def test_a_lost_node_shrinks_the_run_which_finishes_with_the_workers_left(tmp_pa
     config["max_workers"] = config["available_node_types"]["ray.worker.cpu"]["max_workers"] = 3  # no 4th node
     sim = tmp_path / "sim.yaml"
     sim.write_text(yaml.safe_dump(config))
-    before = _ray_pids()
+    before = ray_pids()
     up = run_cli("up", str(sim), cwd=str(tmp_path))
     state = read_state(load_cluster(str(sim)))
     record_dir, model = recording(tmp_path, "shrink")
@@ -112,7 +110,7 @@ def test_a_lost_node_shrinks_the_run_which_finishes_with_the_workers_left(tmp_pa
         down = run_cli("down", str(sim), cwd=str(tmp_path))
         os.environ.pop("RAYTRAIN_HOME", None)
     assert down.returncode == 0, down.stderr[-2000:]
-    assert not cluster_pids(state["temp_dir"]) and not (_ray_pids() - before), "a Ray process is still running"
+    assert not cluster_pids(state["temp_dir"]) and not (ray_pids() - before), "a Ray process is still running"
 
     events = rundir.read_events(str(run))
     starts = [e["world_size"] for e in events if e["event"] == "start"]

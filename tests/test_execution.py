@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.common import ROOT, free_port
 
 
 def child(mode: str, config: dict) -> dict:

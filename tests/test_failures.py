@@ -4,23 +4,15 @@ checkpoints are kept as asked, and the exported model is evaluated."""
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
 from raytrain.run import checkpoint
-from tests.conftest import ROOT
+from tests.common import start
 
 pytestmark = pytest.mark.ray
-
-
-def start(*args, cwd):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.Popen([sys.executable, "-m", "raytrain", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_checkpoint(run, epoch, proc, timeout=300):

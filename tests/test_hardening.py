@@ -20,7 +20,7 @@ from raytrain.errors import RaytrainError
 from raytrain.models import build_model
 from raytrain.run import rundir
 from raytrain.run.runs import _best
-from tests.conftest import ROOT, run_cli, write_h5
+from tests.common import ROOT, run_cli, write_h5
 
 
 def write_builder(path, *layers):

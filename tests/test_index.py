@@ -4,7 +4,7 @@ import pytest
 from raytrain.data.hdf5_index import build_hdf5_index
 from raytrain.data.split import split_index
 from raytrain.errors import RaytrainError
-from tests.conftest import write_h5
+from tests.common import write_h5
 
 
 def test_index_spans_files_in_order(make_h5, tmp_path):

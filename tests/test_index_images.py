@@ -10,7 +10,7 @@ import pytest
 from raytrain.data.image_index import build_image_index, read_manifest, scan_directory
 from raytrain.data.synth import make_image_tree
 from raytrain.errors import RaytrainError
-from tests.conftest import run_cli, write_image
+from tests.common import run_cli, write_image
 
 
 def make_awkward_tree(root):

@@ -8,7 +8,7 @@ from raytrain.data.order import TRAIN
 from raytrain.data.plan import plan_steps
 from raytrain.data.shard import Shard
 from raytrain.data.split import cut_shards
-from tests.test_readers import numbered
+from tests.common import numbered
 
 
 class CountingReader(HDF5Reader):

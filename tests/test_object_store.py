@@ -18,7 +18,7 @@ from raytrain.data.hdf5_remote import RemoteHDF5Reader
 from raytrain.data.loader import ReadSpec
 from raytrain.data.shard import Shard
 from raytrain.errors import RaytrainError
-from tests.conftest import free_port
+from tests.common import free_port
 
 BUCKET = "raytrain-test"
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
@@ -181,7 +181,7 @@ def run_cli_env(env, *args, cwd):
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.common import ROOT
     return subprocess.run([sys.executable, "-m", "raytrain", *args], cwd=cwd, env=dict(env, PYTHONPATH=ROOT),
                           capture_output=True, text=True, timeout=300)
 
@@ -196,7 +196,7 @@ def _train_and_check(tmp_path, source_flags, population_of, epochs=2, extra=(), 
     batch left out."""
     from raytrain.data.kinds import build_index
     from raytrain.data.split import split_index
-    from tests.conftest import run_cli
+    from tests.common import run_cli
     from tests.test_train import RECORDING_MODEL, check_epochs, read_records
 
     record_dir = tmp_path / "records"
@@ -240,7 +240,7 @@ def test_two_workers_train_5d_clips_in_two_hdf5_files_from_s3_exactly_once_with_
 
 
 def test_local_mode_trains_from_s3_and_evaluate_reads_it_again(s3, tmp_path, make_h5):
-    from tests.conftest import run_cli
+    from tests.common import run_cli
 
     uri = s3.put(make_h5("small.h5", samples=96, shape=(8, 8, 3)), "local/small.h5")
     proc = run_cli("train", "--data", uri, "--local", "--epochs", "1", "--batch-size", "16", "--name", "loc",
@@ -252,7 +252,7 @@ def test_local_mode_trains_from_s3_and_evaluate_reads_it_again(s3, tmp_path, mak
 
 def _upload_image_tree(s3, tmp_path, prefix, n=60):
     """PNG images whose first pixel is their sample id, in 2 class folders, sorted as the index sorts them."""
-    from tests.conftest import write_image
+    from tests.common import write_image
 
     local = tmp_path / "tree"
     for i in range(n):
@@ -291,7 +291,7 @@ def test_local_mode_trains_a_parquet_manifest_in_s3(s3, tmp_path):
 
 
 def test_index_a_folder_in_s3_and_bad_image_sources_are_one_line(s3, tmp_path):
-    from tests.conftest import run_cli
+    from tests.common import run_cli
 
     _upload_image_tree(s3, tmp_path, "small", n=6)
     proc = run_cli("index", f"s3://{BUCKET}/small/", "--out", str(tmp_path / "idx.parquet"), cwd=str(tmp_path))
@@ -360,7 +360,7 @@ def test_credentials_the_store_refuses_are_one_line(tmp_path):
 def test_bench_reads_an_object_already_in_the_store(s3, tmp_path, make_h5):
     import json
 
-    from tests.conftest import run_cli
+    from tests.common import run_cli
 
     uri = s3.put(make_h5("b.h5", samples=128, shape=(8, 8, 3)), "bench/b.h5")
     out = tmp_path / "b.json"
@@ -391,7 +391,7 @@ def test_cache_keeps_its_cap_while_two_processes_write(tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.common import ROOT
 
     script = (
         "import sys\nfrom raytrain.data import cache as c\nc.CHECK_EVERY_BYTES = 1 << 16\n"

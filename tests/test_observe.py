@@ -13,7 +13,7 @@ import pytest
 
 from raytrain.data.synth import make_image_tree
 from raytrain.run.progress import ProgressPrinter, render_bar, step_message
-from tests.conftest import ROOT, run_cli
+from tests.common import ROOT, run_cli
 
 
 def run_in_terminal(*args, cwd):

@@ -2,15 +2,7 @@ import h5py
 import numpy as np
 
 from raytrain.data.hdf5_reader import MIN_BLOCK_BYTES, HDF5Reader, block_rows
-
-
-def numbered(path: str, n: int, shape=(4, 4, 3), chunks=None) -> str:
-    """Samples whose every value encodes their row (mod 256), so reads can be checked."""
-    x = (np.arange(n, dtype=np.int64)[:, None] % 256 * np.ones(int(np.prod(shape)), np.int64)).reshape(n, *shape)
-    with h5py.File(path, "w") as f:
-        f.create_dataset("X", data=x.astype(np.uint8), chunks=chunks)
-        f.create_dataset("Y", data=np.arange(n) % 3)
-    return path
+from tests.common import numbered
 
 
 def test_read_sorted_fills_rows_in_file_order_in_their_stored_dtype(tmp_path):

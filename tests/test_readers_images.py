@@ -11,7 +11,7 @@ from raytrain.data.image_reader import ImageDecoder
 from raytrain.data.order import TRAIN
 from raytrain.data.shard import Shard
 from raytrain.errors import RaytrainError
-from tests.conftest import write_image
+from tests.common import write_image
 
 
 def gradient(h, w):

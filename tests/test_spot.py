@@ -7,112 +7,12 @@ import os
 import signal
 import time
 
-import numpy as np
 import pytest
 
-from tests.conftest import run_cli, write_h5
-from tests.test_failures import start
+from tests.common import ORDER_ARGS, global_batches, recording, start, steps_trained
 
 pytestmark = pytest.mark.ray
 
-STEP_RECORDING_MODEL = '''
-import os
-import time
-
-import numpy as np
-import tensorflow as tf
-import tf_keras as keras
-
-RECORD_DIR = {record_dir!r}
-STEP_SECONDS = {step_seconds!r}
-
-
-class RecordSteps(keras.layers.Layer):
-    """Appends "global step: sample ids" for every training batch. The step counter is a
-    weight, so it is saved in checkpoints and restored with them."""
-
-    def build(self, input_shape):
-        self.step = self.add_weight(name="step", shape=(), dtype=tf.int64, trainable=False, initializer="zeros",
-                                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-
-    def call(self, x, training=None):
-        if not training:
-            return x
-
-        def record(step, ids):
-            time.sleep(STEP_SECONDS)
-            with open(os.path.join(RECORD_DIR, f"train-{{os.getpid()}}.txt"), "a") as f:
-                f.write(f"{{int(step)}}:" + ",".join(str(int(round(float(i)))) for i in ids.numpy()) + "\\n")
-            return np.int32(0)
-
-        done = tf.py_function(record, [self.step.read_value(), tf.reshape(x, [tf.shape(x)[0], -1])[:, 0]],
-                              Tout=tf.int32)
-        with tf.control_dependencies([done]):
-            self.step.assign_add(1)
-        return x
-
-
-def build(input_shape, num_classes):
-    return keras.Sequential([
-        keras.Input(input_shape), RecordSteps(), keras.layers.Flatten(),
-        keras.layers.Dense(num_classes, activation="softmax"),
-    ])
-'''
-
-
-def steps_trained(record_dir):
-    """{global step: [sample ids of every worker's batch]}, the last record of a step winning
-    per process; and {step: number of processes that trained it} (re-done steps count twice)."""
-    per_process = []
-    for name in sorted(os.listdir(record_dir)):
-        seen = {}
-        for line in open(os.path.join(record_dir, name)):
-            step, ids = line.strip().split(":")
-            seen[int(step)] = [int(i) for i in ids.split(",")]
-        per_process.append(seen)
-    return per_process
-
-
-# How the 960-sample ids data is trained wherever its order is compared: 40 global batches
-# of 24 an epoch (24: every count of an elastic 2..3 run divides it), one step per execution.
-ORDER_ARGS = ("--batch-size", "24", "--validation-ratio", "0", "--epochs", "3", "--steps-per-execution", "1")
-
-
-def local_order(root):
-    """960 samples whose features are their ids, in ``root``, and the global batches a
-    ``--local`` run of :data:`ORDER_ARGS` trains on them, step by step: the one order every
-    worker count must train (conftest's ``ids_order`` runs this once for the session)."""
-    n = 960
-    ids = np.arange(n, dtype=np.float32)
-    data = write_h5(str(root / "ids.h5"), np.broadcast_to(ids[:, None, None, None], (n, 2, 2, 1)).copy(),
-                    np.arange(n) % 3)
-    record_dir, model = recording(root, "one")
-    proc = run_cli("train", "--data", data, "--model", model, *ORDER_ARGS, "--local", "--name", "one",
-                   "--storage-path", str(root / "runs"), cwd=str(root))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (alone,) = steps_trained(record_dir)
-    return data, n, alone
-
-
-def recording(tmp_path, name, step_seconds=0.0):
-    """A model that records its steps in ``records-<name>/``; each step takes at least
-    ``step_seconds`` (a run must outlast the workers' next stop check, about 2 s of training
-    after a SIGTERM: this machine's 14 ms steps finished 180 of them in under 3 s)."""
-    record_dir = tmp_path / f"records-{name}"
-    record_dir.mkdir()
-    (tmp_path / f"{name}.py").write_text(STEP_RECORDING_MODEL.format(record_dir=str(record_dir),
-                                                                      step_seconds=step_seconds))
-    return record_dir, f"{tmp_path}/{name}.py:build"
-
-
-def global_batches(per_process):
-    """Per global step, every process's batch at that step, in process (pid) order: a
-    step re-done after the restart has more than two, the newest processes' last."""
-    out = {}
-    for seen in per_process:
-        for step, ids in seen.items():
-            out.setdefault(step, []).append(ids)
-    return out
 
 
 def test_sigterm_checkpoints_at_a_step_and_the_restart_resumes_there_exactly(tmp_path, ids_order):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from raytrain.run import storage
-from tests.conftest import run_cli
+from tests.common import run_cli
 
 
 @pytest.fixture(params=["path", "uri"])

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli, write_h5
+from tests.common import run_cli, write_h5
 
 pytestmark = pytest.mark.ray
 

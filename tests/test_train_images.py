@@ -6,7 +6,7 @@ import os
 import pytest
 
 from raytrain.data.synth import make_image_tree
-from tests.conftest import run_cli
+from tests.common import run_cli
 
 pytestmark = pytest.mark.ray
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from raytrain.cli import main
-from tests.conftest import ROOT, run_cli, write_h5
+from tests.common import ROOT, run_cli, write_h5
 
 NET = '''
 import tf_keras as keras
