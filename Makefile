@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO_DATA := data/train.h5
 DEMO_IMAGES := data/images
 
-.PHONY: install demo demo-images demo-tune test clean-demo
+.PHONY: install demo demo-images demo-tune test test-fast docs clean-demo
 
 install: $(STAMP)
 
@@ -41,5 +41,13 @@ demo-tune: $(DEMO_DATA)
 demo-images: $(DEMO_IMAGES)
 	$(BIN)/raytrain train examples/images.yaml --local
 
-test: $(STAMP)
+# The docs are part of the suite: a broken link or a page missing from the navigation fails it.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+test: docs
 	$(BIN)/python -m pytest
+
+# The tests that start no Ray and no extra processes: for iterating on a change.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not ray and not slow"
