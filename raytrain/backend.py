@@ -29,6 +29,8 @@ from typing import Callable
 from ray.train.backend import Backend
 from ray.train.tensorflow import TensorflowConfig
 
+from raytrain.env import LEGACY_KERAS_ENV
+
 LOWEST_PORT = 20000  # above Ray's worker ports (ray start --max-worker-port, 19999 by default)
 TRIES = 200
 
@@ -73,7 +75,7 @@ def _address(taken: frozenset[int] = frozenset()) -> tuple[str, int]:
 
 def _set_tf_config(addresses: list[str], index: int) -> None:
     os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"  # as Ray Train's backend sets it
+    os.environ.update(LEGACY_KERAS_ENV)  # as Ray Train's own backend does
 
 
 def assign(picked: list[tuple[str, int]], redraw: Callable[[int, frozenset[int]], tuple[str, int]]) -> list[str]:

@@ -37,7 +37,7 @@ def option(default: Any = None, help: str = "", choices: Optional[tuple[str, ...
     return field(default=default, metadata=metadata)
 
 
-KINDS = ("hdf5", "images")  # data.kind; the loaders' registry (raytrain.data.loaders) has one entry each
+KINDS = ("hdf5", "images")  # data.kind; the loaders' registry (raytrain.data.kinds) has one entry each
 COLOR_MODES = {"rgb": 3, "grayscale": 1}  # data.color_mode -> channels
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
 BAD_SAMPLE_POLICIES = ("error", "skip")
@@ -231,7 +231,7 @@ def options() -> list[Option]:
     return out
 
 
-def _coerce(value: Any, kind: Any, where: str) -> Any:
+def coerce(value: Any, kind: Any, where: str) -> Any:
     """Check ``value`` against a field type; ints are accepted for floats."""
     origin = typing.get_origin(kind)
     if origin is typing.Union:  # Optional[X]
@@ -299,7 +299,7 @@ def from_dict(raw: Any, source: str = "job file") -> JobConfig:
         if name == "scaling" and isinstance(values.get("num_workers"), str):  # num_workers: 2..8
             low, high = parse_workers(values["num_workers"])
             values = {**values, "num_workers": high, **({"min_workers": low} if low else {})}
-        sections[name] = cls(**{k: _coerce(v, hints[k], f"{name}.{k}") for k, v in values.items()})
+        sections[name] = cls(**{k: coerce(v, hints[k], f"{name}.{k}") for k, v in values.items()})
     return JobConfig(**sections)
 
 
@@ -478,9 +478,9 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
         )
     _positive("data.shuffle_window", d.shuffle_window, "shuffle-window", allow_zero=True)
     _positive("data.prefetch_batches", d.prefetch_batches, "prefetch-batches")
-    _positive("data.seed", d.seed, "seed", allow_zero=True)
+    _positive("data.seed", d.seed, "seed", allow_zero=True)  # numpy's generators take no negative seed
     if d.scale not in SCALES:
-        raise RaytrainError(f"data.scale must be one of {list(SCALES)}. Received: {d.scale!r} (set it with --scale)")  # numpy's generators take no negative seed
+        raise RaytrainError(f"data.scale must be one of {list(SCALES)}. Received: {d.scale!r} (set it with --scale)")
     if not m.builder:
         raise RaytrainError("model.builder is empty; name a built-in model (e.g. cnn) or file.py:function")
     m.builder = absolute_builder(m.builder)

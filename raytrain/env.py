@@ -27,32 +27,29 @@ RAY_OVERRIDE_ENV = "RAY_OVERRIDE_RESOURCES"
 # - TF_CPP_MIN_LOG_LEVEL quiets TensorFlow's C++ start-up messages;
 # - TF_USE_LEGACY_KERAS makes tf.keras resolve to tf_keras (raytrain imports tf_keras itself);
 # - TF_CPU_ALLOCATOR_USE_BFC keeps freed tensor memory in TensorFlow's own pool. With the
-#   default allocator, feeding batches from Python made every step fault its ~100 MB of
-#   activations back in from the kernel (5M page faults, +40 ms per step of system time
-#   on the cnn at 64x64x3, batch 32; README, "Input pipeline speed");
+#   default allocator, feeding batches from Python made every step fault its activations
+#   back in from the kernel (docs/decisions.md);
 # - PYTHONUNBUFFERED: a worker's lines reach its log file as they are written.
+LEGACY_KERAS_ENV = {"TF_USE_LEGACY_KERAS": "1"}  # also set by raytrain.backend where TF_CONFIG is
 WORKER_ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "2",
-    "TF_USE_LEGACY_KERAS": "1",
+    **LEGACY_KERAS_ENV,
     "TF_CPU_ALLOCATOR_USE_BFC": "true",
     "PYTHONUNBUFFERED": "1",
 }
 
 # How often Ray Train's controller polls its workers (Ray's default: 2 s). A worker's
 # ray.train.report puts into a queue of one result that only a poll empties, so from the
-# third epoch on every epoch waited for the next poll: on 1,437 samples of 8x8 with 2
-# workers each epoch took exactly 2.0 s, 0.8 s of it blocked in report. Ray Train passes
-# the driver's value on to the controller. Set in the driver by raytrain train/tune.
+# third epoch on every epoch waited for the next poll. Ray Train passes the driver's value
+# on to the controller. Set in the driver by raytrain train/tune.
 TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_POLL_S = "0.1"
 
 # Ray Train's preemption watcher (on by default in Ray 2.60): one more actor, a Python
 # process of its own, at every worker group start, that polls Ray for draining nodes so a
 # training function can call ray.train.get_preemption_info(). raytrain does not call it: a
-# preempted node's workers get SIGTERM and checkpoint at their next step (README, "When
-# things fail"). Off, a 2-worker run of one tiny epoch took 39.0 s instead of 41.4 s of wall
-# time and 47.2 instead of 52.9 CPU seconds over all its processes (means of 4 interleaved
-# pairs, 2 cores): the test suite, which starts ~40 worker groups, is CPU-bound.
+# preempted node's workers get SIGTERM and checkpoint at their next step
+# (docs/guides/spot-elastic.md), so the watcher only costs a process per group start.
 # Ray Train passes the driver's value on to the controller; a user's own value is kept.
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 PREEMPTION_WATCHER = "0"

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from raytrain.config import validate_source
 from raytrain.data.feed import read_ahead, to_model
-from raytrain.data.hdf5_loader import AUTO_WINDOW_MAX
+from raytrain.data.loader import AUTO_WINDOW_MAX
 from raytrain.data.kinds import build_index, make_loader
 from raytrain.data.loader import ReadSpec, reading_threads
 from raytrain.data.order import VALIDATION
@@ -30,8 +30,8 @@ from raytrain.models import resolve_builder, scales_uint8
 from raytrain.run import rundir, storage
 from raytrain.run.progress import quiet_stderr
 
-# TensorFlow and tf_keras are imported in the functions that use them: ~4 s (measured),
-# and their C++ start-up lines are silenced around the import.
+# TensorFlow and tf_keras are imported in the functions that use them, and their C++
+# start-up lines are silenced around the import.
 
 
 def _load_model(run_dir: str, builder: str) -> Any:

@@ -194,9 +194,8 @@ def steps_per_execution(setting: int, log_every_steps: int) -> int:
     its multiples.
 
     Each call into TensorFlow runs that many steps: the per-step Python work of ``fit``
-    and the read of the (all-reduced) metrics happen once per call. Measured with 2
-    workers on 8,000 samples of 64x64x3, batch 64: 5.8 s per epoch with 1, 5.1 s with
-    16; in-process (local) 4.0-4.2 s either way.
+    and the read of the (all-reduced) metrics happen once per call, which matters most
+    with several workers (docs/benchmarks.md).
     """
     if setting:
         return setting

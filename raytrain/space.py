@@ -171,7 +171,7 @@ def parse(text: str) -> Search:
     if distribution in ("choice", "grid"):
         if not args:
             raise RaytrainError(f"{where}: {distribution} needs at least one value, such as {distribution}(32,64)")
-        args = [cfg._coerce(v, option.kind, f"{section}.{key}") for v in args]
+        args = [cfg.coerce(v, option.kind, f"{section}.{key}") for v in args]
         if option.choices:
             bad = [v for v in args if v not in option.choices]
             if bad:

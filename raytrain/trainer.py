@@ -27,7 +27,7 @@ import pyarrow as pa
 from raytrain import compat
 from raytrain.cluster import reaper
 from raytrain.config import PLACEMENTS, JobConfig
-from raytrain.data.hdf5_loader import auto_window
+from raytrain.data.loader import auto_window
 from raytrain.data import store
 from raytrain.data.kinds import build_index
 from raytrain.data.loader import ReadSpec, reading_threads
@@ -41,8 +41,7 @@ from raytrain.run import checkpoint, rundir, runs, storage
 from raytrain.run.progress import ProgressPrinter, ProgressSink, quiet_stderr, start_sink
 from raytrain.worker import WorkerSpec, train_loop
 
-# Ray and Ray Train are imported where they are used: ~2 s (measured) that `raytrain
-# --help` and the commands that do not train must not pay.
+# Ray and Ray Train are imported where they are used, so commands that do not train never load them.
 
 
 @dataclass

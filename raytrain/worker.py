@@ -4,15 +4,12 @@ Order matters: the strategy is created first, before any other TensorFlow op
 ("collective ops must be configured at program startup"); the model is built and
 compiled in its scope. Each epoch's batches reach ``fit`` through
 ``strategy.distribute_datasets_from_function``: every local replica pulls its own
-per-replica batches, so every sample of a worker's batch is trained on. (Measured with
-a layer that records the sample ids each step trains on: handing a ``Sequence`` to
-``fit`` silently trains on 1 of every N samples; ``from_generator`` with auto-sharding
-off splits each batch N ways.)
+per-replica batches, so every sample of a worker's batch is trained on (a ``Sequence``
+handed to ``fit`` under the strategy silently trains on 1 of every N samples).
 
 TensorFlow, tf_keras and Ray Train are imported inside the functions that run on the
-worker: importing them costs ~5 s (measured), which ``raytrain --help`` and every
-command that does not train must not pay, and TensorFlow's C++ start-up lines are
-silenced around its import (:func:`raytrain.run.progress.quiet_stderr`).
+worker, so commands that do not train never load them, and TensorFlow's C++ start-up
+lines are silenced around its import (:func:`raytrain.run.progress.quiet_stderr`).
 """
 
 from __future__ import annotations

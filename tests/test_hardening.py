@@ -320,7 +320,7 @@ def test_a_second_command_on_a_running_run_is_refused(tmp_path, make_h5):
 @pytest.mark.parametrize("world", [2, 3])
 @pytest.mark.parametrize("kind", ["hdf5", "images"])
 def test_each_worker_trains_on_every_class_in_proportion(tmp_path, kind, world):
-    from raytrain.data.hdf5_loader import auto_window
+    from raytrain.data.loader import auto_window
     from raytrain.data.kinds import build_index, make_loader
     from raytrain.data.loader import ReadSpec
     from raytrain.data.order import TRAIN

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from raytrain.data.hdf5_index import build_hdf5_index
-from raytrain.data.hdf5_loader import HDF5Loader, auto_window
+from raytrain.data.hdf5_loader import HDF5Loader
+from raytrain.data.loader import auto_window
 from raytrain.data.hdf5_reader import HDF5Reader
 from raytrain.data.order import TRAIN
 from raytrain.data.plan import plan_steps

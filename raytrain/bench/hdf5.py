@@ -22,8 +22,7 @@ batches of ``--batch-size`` samples in the stored dtype; the slow patterns stop 
 ``--budget`` seconds (their rate is steady). Results are printed as a table and written
 as JSON (``--out``).
 
-Run it as ``raytrain bench`` (20,000 samples of 64x64x3 uint8 in 32-row chunks, the
-file of the issue that asked for it) or ``raytrain bench data.h5``. Image files:
+Run it as ``raytrain bench`` (20,000 samples of 64x64x3 uint8 in 32-row chunks) or ``raytrain bench data.h5``. Image files:
 ``raytrain bench --images`` (:mod:`raytrain.bench.images`).
 """
 
@@ -51,7 +50,8 @@ from raytrain.bench import (
     workspace,
 )
 from raytrain.data.hdf5_index import build_hdf5_index
-from raytrain.data.hdf5_loader import HDF5Loader, auto_window, window_cache_bytes
+from raytrain.data.hdf5_loader import HDF5Loader, window_cache_bytes
+from raytrain.data.loader import auto_window
 from raytrain.data.hdf5_reader import HDF5Reader
 from raytrain.data.order import TRAIN
 from raytrain.data.shard import Shard
@@ -266,7 +266,7 @@ def run_bench(
 
 
 def render(result: dict[str, Any]) -> str:
-    """The results as Markdown tables (pasted into the README as they are)."""
+    """The results as Markdown tables (as the docs show them: docs/benchmarks.md)."""
     d, r, e, q = result["data"], result["readers"], result["end_to_end"], result["ratios"]
     loader = r["loader"]
     mb = 1 << 20

@@ -220,7 +220,7 @@ def run_bench(
 
 
 def render(result: dict[str, Any]) -> str:
-    """The results as Markdown tables (pasted into the README as they are)."""
+    """The results as Markdown tables (as the docs show them: docs/benchmarks.md)."""
     d, r = result["data"], result["readers"]
     loader = r["loader"]
     h, w = d["image_size"]

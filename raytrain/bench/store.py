@@ -48,7 +48,8 @@ from raytrain.bench import bars_table, judge, machine, python_env, table, worksp
 from raytrain.data import store
 from raytrain.data.cache import NodeCache
 from raytrain.data.hdf5_index import build_hdf5_index
-from raytrain.data.hdf5_loader import HDF5Loader, auto_window
+from raytrain.data.hdf5_loader import HDF5Loader
+from raytrain.data.loader import auto_window
 from raytrain.data.hdf5_reader import HDF5Reader
 from raytrain.data.hdf5_remote import FETCH_THREADS, RemoteHDF5Reader
 from raytrain.data.image_index import scan_directory, to_table

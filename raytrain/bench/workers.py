@@ -40,7 +40,7 @@ Ray runs with N + 1 logical CPUs: its Ray Data tasks need a CPU besides the N wo
 (with N they wait forever, see the project notes), which changes nothing physical.
 
 **Per-epoch fixed cost**: on a small dataset (1,796 samples of 8x8x1, 20 % held out for
-validation: 1,437 to train, batch 32, 20 epochs, as in the issue that asked for it)
+validation: 1,437 to train, batch 32, 20 epochs)
 with N workers and locally, the marginal epoch minus its training steps' own time
 (``metrics.jsonl``: samples / samples_per_s): what every epoch pays besides its steps.
 """
@@ -238,7 +238,7 @@ def run_bench(path: Optional[str] = None, samples: int = 20_000, shape: tuple[in
 
 
 def render(result: dict[str, Any]) -> str:
-    """The results as Markdown tables (pasted into the README as they are)."""
+    """The results as Markdown tables (as the docs show them: docs/benchmarks.md)."""
     r, f, n, w = result["rows"], result["fixed_cost"], result["workers"], result["batch"]
     names = [
         ("in_memory", "plain `tf_keras` fit of float32 arrays in memory (one process)"),

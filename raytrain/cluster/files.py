@@ -16,7 +16,7 @@ from raytrain.errors import RaytrainError
 
 def schema() -> dict[str, Any]:
     use_token_auth()  # before Ray is imported: it reads RAY_AUTH_MODE once
-    import ray  # ~0.5 s (measured): only when a cluster file is read
+    import ray  # only when a cluster file is read
 
     with open(os.path.join(os.path.dirname(ray.__file__), "autoscaler", "ray-schema.json")) as f:
         return json.load(f)

@@ -50,7 +50,7 @@ def has_token() -> bool:
 
 def job_client(address: str) -> Any:
     use_token_auth()
-    from ray.job_submission import JobSubmissionClient  # imports Ray (~0.5 s, measured)
+    from ray.job_submission import JobSubmissionClient  # imports Ray: only when submitting
 
     try:
         return JobSubmissionClient(address)

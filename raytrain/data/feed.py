@@ -4,9 +4,8 @@ A background thread takes batches from the worker's loader and enqueues them, on
 local replica, into a ``tf.queue.FIFOQueue`` of ``data.prefetch_batches`` entries (it
 blocks while the queue is full). The training dataset is ``range(n).map(dequeue)``:
 taking a batch is a C++ op that needs no Python, so the training step never waits for
-the Python interpreter. Measured on the built-in cnn (64x64x3, batch 32, 2 cores):
-44 ms per step this way, 49 ms with ``tf.data.Dataset.from_generator`` plus a prefetch
-(whose Python call sits in TensorFlow's thread), 41-44 ms for ``fit`` on in-memory arrays.
+the Python interpreter (``from_generator`` would put a Python call in TensorFlow's thread
+at every step).
 
 The dequeue is timed inside the pipeline, so ``waited_s`` is the time the training step
 itself spent waiting for a batch (TensorFlow's automatic prefetch is switched off for

@@ -24,15 +24,6 @@ from raytrain.data.hdf5_remote import RemoteHDF5Reader
 from raytrain.data.loader import Batch, ReadSpec, node_cache
 from raytrain.data.shard import Shard
 
-AUTO_WINDOW_BYTES = 64 << 20  # data.shuffle_window = 0: as many samples as fit in this
-AUTO_WINDOW_MAX = 4096  # ... but no more samples than this
-
-
-def auto_window(sample_bytes: int) -> int:
-    """The shuffle window (samples) used when ``data.shuffle_window`` is 0."""
-    return max(1, min(AUTO_WINDOW_MAX, AUTO_WINDOW_BYTES // max(sample_bytes, 1)))
-
-
 def window_cache_bytes(window: int, rows_per_block: dict[str, int], sample_bytes: int) -> int:
     """The HDF5 chunk cache for compressed files: what one window and one more block touch."""
     return (window + max(rows_per_block.values())) * sample_bytes

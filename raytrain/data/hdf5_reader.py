@@ -4,8 +4,8 @@ Files are opened lazily, in the process that reads (an open h5py file must not c
 a fork or be pickled); see :class:`HDF5Reader` for the chunk cache. A read of many
 rows (sorted by file and row) merges rows that lie close together in one file into
 runs and reads each run with one slice; it never uses h5py's fancy indexing
-(``X[sorted_idx]``), which is ~25x slower than reading rows one at a time
-(measured on this project's machines). Samples come back in their stored dtype (uint8 images stay
+(``X[sorted_idx]``), which is far slower than reading rows one at a time
+(docs/benchmarks.md). Samples come back in their stored dtype (uint8 images stay
 uint8: four times less to copy; TensorFlow converts them to float32).
 """
 
@@ -52,8 +52,7 @@ class HDF5Reader:
     """Reads the features of index rows from a fixed list of HDF5 files.
 
     The HDF5 chunk cache is off for unfiltered datasets: raytrain reads whole chunks,
-    each once per epoch, so a cache would only add a copy (measured: 32-row slices at
-    565,000 samples/s without, 320,000/s with a window-sized cache). A filtered
+    each once per epoch, so a cache would only add a copy (docs/decisions.md). A filtered
     (compressed) dataset gets a cache of ``cache_bytes``, what one window touches, so
     a chunk is decompressed once per window even when a read covers part of it.
 

@@ -20,6 +20,15 @@ from raytrain.data.shard import Shard
 
 Batch = tuple[np.ndarray, np.ndarray]  # (features as stored, class indices)
 
+AUTO_WINDOW_BYTES = 64 << 20  # data.shuffle_window = 0: as many samples as fit in this
+AUTO_WINDOW_MAX = 4096  # ... but no more samples than this
+
+
+def auto_window(sample_bytes: int) -> int:
+    """The shuffle window (samples) used when ``data.shuffle_window`` is 0."""
+    return max(1, min(AUTO_WINDOW_MAX, AUTO_WINDOW_BYTES // max(sample_bytes, 1)))
+
+
 
 @dataclass(frozen=True)
 class ReadSpec:

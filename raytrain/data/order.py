@@ -45,7 +45,6 @@ from typing import Optional, Sequence
 import numpy as np
 
 TRAIN, VALIDATION = 0, 1  # streams: training and validation orders never coincide
-PARTITIONS = 24  # data.partitions' default: 1, 2, 3, 4, 6, 8, 12 and 24 workers divide it
 
 
 def block_starts(file_codes: np.ndarray, rows: np.ndarray, rows_per_block: np.ndarray) -> np.ndarray:

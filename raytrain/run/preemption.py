@@ -12,7 +12,7 @@ it; local mode ends the run as interrupted (exit 130).
 
 The handler returns at once: a Ray worker's main thread, where it runs, also serves
 Ray Train's calls that each epoch's report waits on (a handler that waited there for the
-checkpoint stalled training until it gave up: measured). A second SIGTERM, or one
+checkpoint stalled training until it gave up). A second SIGTERM, or one
 outside ``fit``, does what the replaced handler did (Ray's: the process exits).
 """
 

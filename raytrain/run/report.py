@@ -45,7 +45,7 @@ def panels(runs: dict[str, list[dict[str, Any]]]) -> list[tuple[str, str]]:
 
 def draw(runs: dict[str, list[dict[str, Any]]], out: str) -> None:
     """Write the report picture of ``{name: metrics records}`` to the local file ``out``."""
-    import matplotlib  # ~0.5 s with pyplot (measured), and the backend must be chosen before pyplot loads
+    import matplotlib  # only when drawing; the backend must be chosen before pyplot loads
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
