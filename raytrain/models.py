@@ -20,6 +20,7 @@ import os
 import sys
 from typing import Any, Callable
 
+from raytrain.config import ModelSection, TrainingSection
 from raytrain.errors import RaytrainError
 from raytrain.execution import read_metrics_per_execution
 
@@ -205,23 +206,18 @@ def steps_per_execution(setting: int, log_every_steps: int) -> int:
 
 
 def build_model(
-    spec: str,
+    model: ModelSection,
+    training: TrainingSection,
     input_shape: tuple[int, ...],
     num_classes: int,
     one_hot: bool,
-    optimizer: str = "adam",
-    learning_rate: float = 1e-3,
-    loss: str = "auto",
-    metrics: tuple[str, ...] = ("accuracy",),
-    mixed_precision: bool = False,
-    jit_compile: bool = False,
     steps_per_execution: int = 1,
     read_metrics_once: bool = True,
 ) -> Any:
-    """Build (and compile, unless the builder did) a model. Call inside the strategy's scope.
+    """Build (and compile, unless the builder did) the job's model. Call inside the strategy's scope.
 
-    ``mixed_precision`` sets tf_keras's global policy before the builder runs (see
-    :func:`precision_policy`); ``jit_compile`` compiles the train step with XLA;
+    ``training.mixed_precision`` sets tf_keras's global policy before the builder runs (see
+    :func:`precision_policy`); ``training.jit_compile`` compiles the train step with XLA;
     ``steps_per_execution`` (see :func:`steps_per_execution`) applies to models compiled
     here (a builder that compiles its model keeps its own setting). With
     ``read_metrics_once`` the metrics are read once per execution, not once per step
@@ -229,15 +225,29 @@ def build_model(
     """
     import tf_keras as keras
 
-    keras.mixed_precision.set_global_policy(precision_policy(mixed_precision))
+    keras.mixed_precision.set_global_policy(precision_policy(training.mixed_precision))
+    built = _built(model.builder, tuple(input_shape), num_classes)
+    if built.optimizer is None:  # not compiled by the builder
+        _compile(built, model, one_hot, training.jit_compile, steps_per_execution)
+    elif training.jit_compile:
+        built.jit_compile = True
+    if read_metrics_once:
+        read_metrics_per_execution(built)
+    return built
+
+
+def _built(spec: str, input_shape: tuple[int, ...], num_classes: int) -> Any:
+    """The builder's model, checked against the data's sample shape and classes."""
+    import tf_keras as keras
+
     builder = resolve_builder(spec)
     try:
-        model = builder(tuple(input_shape), num_classes)
+        model = builder(input_shape, num_classes)
     except RaytrainError:
         raise
     except Exception as e:
         raise RaytrainError(
-            f"model builder '{spec}' failed for input_shape={tuple(input_shape)}, num_classes={num_classes}: "
+            f"model builder '{spec}' failed for input_shape={input_shape}, num_classes={num_classes}: "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         ) from None
     if not isinstance(model, keras.Model):
@@ -248,33 +258,36 @@ def build_model(
             else ""
         )
         raise RaytrainError(f"model builder '{spec}' returned {type(model).__name__}, not a tf_keras.Model{hint}")
-    _check_input(model, spec, tuple(input_shape))
+    _check_input(model, spec, input_shape)
     out = model.output_shape
     if isinstance(out, tuple) and out[-1] != num_classes:
         raise RaytrainError(
             f"model '{spec}' outputs {out[-1]} values per sample but the labels have {num_classes} classes; "
             "end the model with Dense(num_classes, activation='softmax')"
         )
-    if model.optimizer is None:  # not compiled by the builder
-        try:
-            opt = keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": learning_rate}})
-        except ValueError:
-            raise RaytrainError(
-                f"unknown optimizer '{optimizer}' (model.optimizer); use a tf_keras optimizer name such as adam, sgd, rmsprop"
-            ) from None
-        _check_metrics(metrics)
-        loss_name = default_loss(one_hot) if loss == "auto" else loss
-        try:
-            keras.losses.get(loss_name)
-        except ValueError:
-            raise RaytrainError(f"unknown loss '{loss_name}' (model.loss); use auto or a tf_keras loss name") from None
-        model.compile(optimizer=opt, loss=loss_name, metrics=list(metrics), jit_compile=jit_compile,
-                      steps_per_execution=steps_per_execution)
-    elif jit_compile:
-        model.jit_compile = True
-    if read_metrics_once:
-        read_metrics_per_execution(model)
     return model
+
+
+def _compile(model: Any, section: ModelSection, one_hot: bool, jit_compile: bool, steps_per_execution: int) -> None:
+    """Compile with the job's optimizer, learning rate, loss and metrics, each checked by name."""
+    import tf_keras as keras
+
+    try:
+        opt = keras.optimizers.get({"class_name": section.optimizer, "config": {"learning_rate": section.learning_rate}})
+    except ValueError:
+        raise RaytrainError(
+            f"unknown optimizer '{section.optimizer}' (model.optimizer); use a tf_keras optimizer name such as adam, "
+            "sgd, rmsprop"
+        ) from None
+    metrics = tuple(section.metrics)
+    _check_metrics(metrics)
+    loss_name = default_loss(one_hot) if section.loss == "auto" else section.loss
+    try:
+        keras.losses.get(loss_name)
+    except ValueError:
+        raise RaytrainError(f"unknown loss '{loss_name}' (model.loss); use auto or a tf_keras loss name") from None
+    model.compile(optimizer=opt, loss=loss_name, metrics=list(metrics), jit_compile=jit_compile,
+                  steps_per_execution=steps_per_execution)
 
 
 def precision_policy(mixed: bool) -> str:

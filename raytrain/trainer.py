@@ -173,8 +173,7 @@ def _check_model(spec: Any) -> None:
     mode, where the loop runs in this process and must create its strategy before any
     other TensorFlow op."""
     m, t = spec.job.model, spec.job.training
-    build_model(m.builder, spec.read.sample_shape, spec.num_classes, spec.one_hot,
-                m.optimizer, m.learning_rate, m.loss, tuple(m.metrics), t.mixed_precision, t.jit_compile)
+    build_model(m, t, spec.read.sample_shape, spec.num_classes, spec.one_hot)
 
 
 def hide_gpus() -> None:

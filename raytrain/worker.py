@@ -151,8 +151,7 @@ def _build(spec: WorkerSpec, strategy: Any, rank: int) -> tuple[Any, int]:
     m = spec.job.model
     with strategy.scope():
         t = spec.job.training
-        model = build_model(m.builder, spec.read.sample_shape, spec.num_classes, spec.one_hot,
-                            m.optimizer, m.learning_rate, m.loss, tuple(m.metrics), t.mixed_precision, t.jit_compile,
+        model = build_model(m, t, spec.read.sample_shape, spec.num_classes, spec.one_hot,
                             steps_per_execution(t.steps_per_execution, spec.job.run.log_every_steps))
         epochs, steps = _restore(model, spec, rank)
         return model, epochs * spec.plan.train_steps + steps

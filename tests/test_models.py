@@ -1,19 +1,20 @@
 import pytest
 
 from raytrain.errors import RaytrainError
+from raytrain.config import ModelSection, TrainingSection
 from raytrain.models import build_model, resolve_builder
 
 
 def test_builtins_build_compiled_models():
-    cnn = build_model("cnn", (16, 16, 3), 5, one_hot=False)
+    cnn = build_model(ModelSection(), TrainingSection(), (16, 16, 3), 5, one_hot=False)
     assert cnn.output_shape == (None, 5) and cnn.loss == "sparse_categorical_crossentropy"
-    video = build_model("video3d", (4, 3, 8, 8), 3, one_hot=True)
+    video = build_model(ModelSection(builder="video3d"), TrainingSection(), (4, 3, 8, 8), 3, one_hot=True)
     assert video.output_shape == (None, 3) and video.loss == "categorical_crossentropy"
 
 
 def test_builtin_rejects_wrong_sample_rank():
     with pytest.raises(RaytrainError, match="video3d"):
-        build_model("cnn", (4, 3, 8, 8), 3, one_hot=False)
+        build_model(ModelSection(), TrainingSection(), (4, 3, 8, 8), 3, one_hot=False)
 
 
 def test_user_builder_from_file_is_compiled_unless_it_compiles_itself(tmp_path):

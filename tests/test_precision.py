@@ -7,6 +7,7 @@ from raytrain import config as cfg
 from raytrain.cli import build_parser
 from raytrain.cli.jobflags import job_from_args
 from raytrain.errors import RaytrainError
+from raytrain.config import ModelSection, TrainingSection
 from raytrain.models import build_model, precision_policy
 
 
@@ -28,7 +29,8 @@ def float32_after():
 @pytest.mark.parametrize("mixed, jit", [(True, False), (False, True), (True, True)])
 def test_the_model_trains_and_its_loss_falls(mixed, jit):
     x, y = learnable()
-    model = build_model("cnn", x.shape[1:], 2, False, "adam", 0.01, mixed_precision=mixed, jit_compile=jit)
+    model = build_model(ModelSection(learning_rate=0.01), TrainingSection(mixed_precision=mixed, jit_compile=jit),
+                        x.shape[1:], 2, False)
     if mixed:  # computed in bfloat16 on a CPU, variables and the softmax in float32
         assert model.layers[0].compute_dtype == "bfloat16" and model.layers[0].variable_dtype == "float32"
         assert model.layers[-1].compute_dtype == "float32"

@@ -116,6 +116,7 @@ def in_memory_child(args: dict[str, Any]) -> dict[str, Any]:
     """A plain tf_keras fit of the built-in cnn on the whole file held in memory."""
     import tf_keras
 
+    from raytrain.config import ModelSection, TrainingSection
     from raytrain.models import build_model
 
     with h5py.File(args["path"], "r") as f:
@@ -124,8 +125,8 @@ def in_memory_child(args: dict[str, Any]) -> dict[str, Any]:
     x = x.astype(np.float32) * np.float32(1 / 255) if x.dtype == np.uint8 else x.astype(np.float32)
     one_hot = y.ndim == 2 and y.shape[1] > 1
     classes = y.shape[1] if one_hot else int(y.max()) + 1
-    model = build_model("cnn", x.shape[1:], classes, one_hot, "adam", 0.001, "auto", ("accuracy",),
-                        read_metrics_once=False)  # tf_keras's own loop
+    model = build_model(ModelSection(), TrainingSection(), x.shape[1:], classes, one_hot,
+                        read_metrics_once=False)  # the built-in cnn, tf_keras's own loop
     times: list[float] = []
     ends: list[float] = []  # for the marginal epoch (bench --workers), measured as raytrain's
 

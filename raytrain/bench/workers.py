@@ -119,11 +119,12 @@ def recipe_child(args: dict[str, Any]) -> dict[str, Any]:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         import tf_keras
 
+        from raytrain.config import ModelSection, TrainingSection
         from raytrain.models import build_model
 
         with strategy.scope():
-            model = build_model("cnn", config["shape"], config["classes"], False, "adam", 0.001, "auto",
-                                ("accuracy",), read_metrics_once=False)  # tf_keras's own loop
+            model = build_model(ModelSection(), TrainingSection(), config["shape"], config["classes"], False,
+                                read_metrics_once=False)  # the built-in cnn, tf_keras's own loop
         shard = ray.train.get_dataset_shard("train")
         steps: dict[str, Any] = {}
 
