@@ -24,6 +24,16 @@ def gpu_count() -> int:
     return get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
 
 
+def run_in_worker_main_thread(function: Callable[[], Any]) -> Any:
+    """Run ``function`` in the main thread of the Ray Train worker whose training thread calls
+    this (only the main thread can install a signal handler). Ray Train's worker actor has an
+    ``execute`` method for it, internal to Train V2 (``RayTrainWorker.execute``, Ray 2.60)."""
+    import ray
+
+    actor = ray.get_runtime_context().current_actor
+    return ray.get(actor.execute.remote(function))
+
+
 def quiet_raylet_messages() -> Callable[[], None]:
     """Stop the driver printing the raylet's messages; returns what undoes it.
 
@@ -89,6 +99,7 @@ def check() -> list[str]:
         ("ray._private.accelerators", "get_accelerator_manager_for_resource"),
         ("ray._private.worker", "print_to_stdstream"),
         ("ray.train._internal.session", "get_session"),
+        ("ray.train.v2._internal.execution.worker_group.worker", "RayTrainWorker.execute"),
         ("tf_keras.src.engine.training", "reduce_per_replica"),
         ("tf_keras.src.optimizers.legacy.optimizer_v2", "OptimizerV2._create_all_weights"),
     ]

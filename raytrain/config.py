@@ -469,8 +469,16 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
         A new, validated JobConfig.
     """
     job = apply_overrides(job, {})
-    d, m, t, s, r = job.data, job.model, job.training, job.scaling, job.run
     _finite(job)
+    _validate_data(job.data)
+    _validate_model_and_training(job.model, job.training)
+    _validate_scaling(job)
+    validate_locations(job.data)
+    _validate_run(job.run, job.scaling, default_name)
+    return job
+
+
+def _validate_data(d: DataSection) -> None:
     validate_source(d)
     if not 0 <= d.validation_ratio < 1:
         raise RaytrainError(
@@ -481,6 +489,10 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
     _positive("data.seed", d.seed, "seed", allow_zero=True)  # numpy's generators take no negative seed
     if d.scale not in SCALES:
         raise RaytrainError(f"data.scale must be one of {list(SCALES)}. Received: {d.scale!r} (set it with --scale)")
+    _positive("data.partitions", d.partitions, "partitions", allow_zero=True)
+
+
+def _validate_model_and_training(m: ModelSection, t: TrainingSection) -> None:
     if not m.builder:
         raise RaytrainError("model.builder is empty; name a built-in model (e.g. cnn) or file.py:function")
     m.builder = absolute_builder(m.builder)
@@ -488,6 +500,11 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
     _positive("training.epochs", t.epochs, "epochs")
     _positive("training.batch_size", t.batch_size, "batch-size")
     _positive("training.steps_per_execution", t.steps_per_execution, "steps-per-execution", allow_zero=True)
+
+
+def _validate_scaling(job: JobConfig) -> None:
+    """The worker counts and resources, and that every count fits the order and the batch."""
+    d, t, s = job.data, job.training, job.scaling
     _positive("scaling.num_workers", s.num_workers, "num-workers", allow_zero=True)
     _positive("scaling.gpus_per_worker", s.gpus_per_worker, "gpus-per-worker", allow_zero=True)
     _positive("scaling.cpus_per_worker", s.cpus_per_worker, "cpus-per-worker")
@@ -499,7 +516,6 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
         raise RaytrainError(
             f"scaling.placement must be one of {list(PLACEMENTS)}. Received: {s.placement!r} (set it with --placement)"
         )
-    _positive("data.partitions", d.partitions, "partitions", allow_zero=True)
     _positive("scaling.min_workers", s.min_workers, "min-workers", allow_zero=True)
     if s.min_workers > s.num_workers:
         raise RaytrainError(
@@ -509,7 +525,9 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
     counts = s.worker_range
     d.partitions = d.partitions or auto_partitions(counts)
     _check_counts(counts, d.partitions, t.batch_size, s.replicas_per_worker)
-    validate_locations(d)
+
+
+def _validate_run(r: RunSection, s: ScalingSection, default_name: str) -> None:
     r.storage_path = validate_storage_path(r.storage_path)
     if not r.name:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -525,9 +543,6 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
         )
     if "/" in r.name or r.name in (".", ".."):
         raise RaytrainError(f"run.name must be a plain name without '/'. Received: {r.name!r}")
-    return job
-
-
 
 
 def validate_source(d: DataSection) -> None:

@@ -97,9 +97,8 @@ def evaluate(run_dir: str, data: Optional[dict[str, Any]] = None, batch_size: in
     _check_like_training(index, meta, str(where), run_dir)
     with quiet_stderr():
         model = _load_model(run_dir, job.model.builder)
-    local = dataclasses.replace(job.scaling, num_workers=0)  # this process reads with all its CPUs
     read = ReadSpec(d, index.sample_shape, index.dtype, index.rows_per_block,
-                    meta.get("shuffle_window") or AUTO_WINDOW_MAX, reading_threads(d, local))
+                    meta.get("shuffle_window") or AUTO_WINDOW_MAX, reading_threads(d, None))  # all this process's CPUs
     loader = make_loader(read, Shard(index.table, index.rows_per_block), 0, VALIDATION)
     steps = math.ceil(len(index) / batch_size)
     convert = to_model(index.dtype, meta.get("num_classes", index.num_classes), bool(meta.get("one_hot", index.one_hot)),

@@ -4,41 +4,36 @@
 any worker starts), starts or joins Ray, checks that the cluster can hold the
 workers, hands the index to Ray Train, and summarises the run.
 
-Without ``scaling.address`` raytrain starts a private Ray instance with
-``ray.init(address="local")``; it never attaches to a cluster it was not told about.
-A ``--local`` run starts no Ray: Ray Train's local mode runs the loop in this process
-and is handed the index tables themselves (:func:`_fit`).
+How the run executes (in this process, on Ray workers, as a Tune trial) is chosen once,
+by :func:`raytrain.modes.choose`. Without ``scaling.address`` raytrain starts a private
+Ray instance with ``ray.init(address="local")``; it never attaches to a cluster it was
+not told about.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
-import math
 import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import pyarrow as pa
 
-from raytrain import compat
-from raytrain.cluster import reaper
+from raytrain import modes
 from raytrain.config import PLACEMENTS, JobConfig
-from raytrain.data.loader import auto_window
-from raytrain.data import store
 from raytrain.data.kinds import build_index
-from raytrain.data.loader import ReadSpec, reading_threads
+from raytrain.data.loader import ReadSpec, auto_window, reading_threads
 from raytrain.data.plan import StepPlan, plan_steps
 from raytrain.data.schema import SampleIndex
 from raytrain.data.split import split_index
-from raytrain.env import RAY_OVERRIDE_ENV, VERBOSE_ENV, WORKER_ENV, run_env
+from raytrain.env import run_env
 from raytrain.errors import LossNotFinite, RaytrainError, TrainingFailed, find_error, find_user_error
-from raytrain.models import build_model, resolve_builder
+from raytrain.models import resolve_builder
+from raytrain.modes import cpu_count, hide_gpus, init_ray, machine_resources  # noqa: F401  (raytrain.trainer's API)
 from raytrain.run import checkpoint, rundir, runs, storage
-from raytrain.run.progress import ProgressPrinter, ProgressSink, quiet_stderr, start_sink
+from raytrain.run.progress import quiet_stderr
 from raytrain.worker import WorkerSpec, train_loop
 
 # Ray and Ray Train are imported where they are used, so commands that do not train never load them.
@@ -107,127 +102,6 @@ def _check_run_dir(job: JobConfig, resume: bool) -> int:
     return 0
 
 
-def machine_resources() -> dict[str, float]:
-    """The CPUs and GPUs a local Ray would find on this machine, without starting it, so a
-    run that cannot fit fails before Ray's and TensorFlow's start-up. Ray's own counts
-    override both, as in ``ray.init`` (``RAY_OVERRIDE_RESOURCES``); the check after
-    ``ray.init`` still catches what this misses."""
-    try:
-        override = json.loads(os.environ.get(RAY_OVERRIDE_ENV) or "{}")
-    except ValueError:
-        override = {}  # ray.init says what is wrong with it
-    cpus = override["CPU"] if "CPU" in override else cpu_count()
-    return {"CPU": cpus, "GPU": override["GPU"] if "GPU" in override else compat.gpu_count()}
-
-
-def cpu_count() -> float:
-    """The CPUs this process may use: its affinity mask, capped by a cgroup CPU quota
-    (containers), as Ray counts them."""
-    count: float = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    quota = _cgroup_cpu_quota()
-    return count if quota is None else max(1, min(count, math.floor(quota)))
-
-
-def _cgroup_cpu_quota() -> Optional[float]:
-    """The cgroup's CPU limit in CPUs (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), or None."""
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as f:
-            quota, period = f.read().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:
-        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as q, open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as p:
-            quota_us, period_us = int(q.read()), int(p.read())
-        return None if quota_us <= 0 else quota_us / period_us
-    except (OSError, ValueError):
-        return None
-
-
-def _check_resources(job: JobConfig, have: dict[str, float]) -> None:
-    """Fail fast locally when the workers cannot fit in ``have`` (the cluster's or this
-    machine's resources); on a cluster, say what we wait for."""
-    s = job.scaling
-    if s.num_workers == 0:
-        return
-    least = s.worker_range[0]  # an elastic run starts once its minimum fits
-    need = {"CPU": least * s.cpus_per_worker, "GPU": least * s.gpus_per_worker}
-    short = {k: v for k, v in need.items() if v > have.get(k, 0) + 1e-9}
-    if not short:
-        return
-    per = {"CPU": s.cpus_per_worker, "GPU": s.gpus_per_worker}
-    detail = ", ".join(f"{v:g} {k}s ({per[k]:g} per worker)" for k, v in short.items())
-    has = ", ".join(f"{have.get(k, 0):g} {k}s" for k in short)
-    if s.address is None:
-        flag = "--cpus-per-worker" if "CPU" in short else "--gpus-per-worker"
-        raise RaytrainError(
-            f"--num-workers {least} needs {detail} but this machine has {has}; "
-            f"lower --num-workers or {flag} (or pass --address to use a cluster)"
-        )
-    print(f"raytrain: waiting for the cluster to provide {detail} (it has {has} now; an autoscaler may add nodes)")
-
-
-def _check_model(spec: Any) -> None:
-    """Build and compile the model once on the driver, so a builder that fails for this
-    data is one line here rather than a traceback from every worker. Skipped in local
-    mode, where the loop runs in this process and must create its strategy before any
-    other TensorFlow op."""
-    m, t = spec.job.model, spec.job.training
-    build_model(m, t, spec.read.sample_shape, spec.num_classes, spec.one_hot)
-
-
-def hide_gpus() -> None:
-    """Keep this process's TensorFlow off the GPUs (the driver, when Ray workers train).
-
-    TensorFlow reserves nearly all memory of every GPU it sees when it first touches them;
-    the driver's one check build of the model (:func:`_check_model`) would then starve the
-    workers on its node. Hiding the GPUs before any device is initialized builds it on the
-    CPU. Not in local mode: there the loop trains in this process. (Reasoned from
-    TensorFlow's documented allocator behaviour; no GPU was available to measure it.)
-    """
-    import tensorflow as tf
-
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # devices already initialized in this process: nothing to change now
-        pass
-
-
-def init_ray(job: JobConfig, verbose: bool) -> None:
-    """Start a private local Ray, or join the cluster at ``scaling.address``. Unless
-    ``verbose``, workers' output stays in their log files (``/tmp/ray/session_*/logs``)
-    and Ray's own INFO/WARNING lines are not shown: progress and errors reach the
-    console through raytrain (:mod:`raytrain.run.progress`)."""
-    import ray
-
-    quiet = {} if verbose else {"log_to_driver": False, "logging_level": logging.ERROR}
-    # Workers read object storage with the driver's cloud settings (endpoint, region, profile).
-    env_vars = {**store.worker_env(os.environ), **WORKER_ENV, **({VERBOSE_ENV: "1"} if verbose else {})}
-    runtime_env = {"env_vars": env_vars}
-    if job.scaling.address is None:
-        # Ray Train's placement-group cleaner needs the dashboard's state API; keep it on
-        # loopback. (A --local run starts no Ray at all: see _fit.)
-        context = ray.init(address="local", dashboard_host="127.0.0.1", runtime_env=runtime_env, **quiet)
-        reaper.start(context.address_info["session_dir"])  # ends the local Ray if this driver is killed
-    else:
-        ray.init(address=job.scaling.address, runtime_env=runtime_env, **quiet)
-    from ray.data import (
-        DataContext,  # configures Ray Data's loggers: quiet them after this
-    )
-
-    if not verbose:
-        quiet_ray_loggers()
-    DataContext.get_current().enable_progress_bars = False
-
-
-def quiet_ray_loggers() -> None:
-    """Ray sets levels on some of its own loggers (its worker module relays the raylet's
-    warnings, Ray Train's local mode logs every report): quiet every one that exists now;
-    later ones inherit "ray"'s level."""
-    for name in ["ray", *[n for n in logging.root.manager.loggerDict if n.startswith("ray.")]]:
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 @dataclass(frozen=True)
 class _Prepared:
     """What the driver works out before Ray starts."""
@@ -238,18 +112,16 @@ class _Prepared:
     validation: pa.Table
 
 
-def _prepare(job: JobConfig) -> _Prepared:
+def _prepare(job: JobConfig, mode: modes.Mode) -> _Prepared:
     """Index, split and plan on the driver, so bad input fails before any worker starts."""
     d, s = job.data, job.scaling
     index = build_index(d)
     train_table, val_table, plan = _split_and_plan(job, index)
     read = ReadSpec(d, index.sample_shape, index.dtype, index.rows_per_block,
-                    d.shuffle_window or auto_window(index.sample_bytes), reading_threads(d, s))
-    spec = WorkerSpec(job, plan, read, index.num_classes, index.one_hot)
-    if s.num_workers > 0:
-        with quiet_stderr():
-            hide_gpus()
-            _check_model(spec)
+                    d.shuffle_window or auto_window(index.sample_bytes),
+                    reading_threads(d, None if mode.in_process else s.cpus_per_worker))
+    spec = WorkerSpec(job, plan, read, index.num_classes, index.one_hot, in_process=mode.in_process)
+    mode.check_model(spec)
     return _Prepared(spec, index, train_table, val_table)
 
 
@@ -279,19 +151,18 @@ def run(job: JobConfig, resume: bool = False, verbose: bool = False, in_tune: bo
         verbose: Show the workers' and Ray's own output (TensorFlow start-up, Ray Train's
             lines) instead of raytrain's progress only.
         in_tune: This is a trial of ``raytrain tune``, running inside Ray Tune (with Ray
-            workers: Ray Train's local mode refuses its API inside a Tune function): Ray is
-            up already, each epoch's metrics go on to Tune, and no progress is printed (the
-            search prints a line per trial).
+            workers: Ray Train's local mode refuses its API inside a Tune function); see
+            :mod:`raytrain.modes`.
 
     Raises:
         RaytrainError: Bad input, found on the driver or raised by a worker.
         TrainingFailed: The workers failed more often than ``run.max_failures`` allows.
     """
     with run_env(os.environ, job.scaling.elastic, verbose):
-        return _run(job, resume, verbose, in_tune)
+        return _run(job, resume, verbose, modes.choose(job, in_tune))
 
 
-def _run(job: JobConfig, resume: bool, verbose: bool, in_tune: bool) -> Optional[RunSummary]:
+def _run(job: JobConfig, resume: bool, verbose: bool, mode: modes.Mode) -> Optional[RunSummary]:
     started = time.perf_counter()
     problem = storage.writable(job.run.storage_path)
     if problem:
@@ -303,16 +174,16 @@ def _run(job: JobConfig, resume: bool, verbose: bool, in_tune: bool) -> Optional
         finished = (rundir.read_status(job.run_dir) or {}).get("status") == "finished"
         if resume and finished and done >= job.training.epochs:
             return None
-        if job.scaling.num_workers and job.scaling.address is None and not in_tune:  # a search checked its trials
-            _check_resources(job, machine_resources())
-        prepared = _prepare(job)  # bad input fails here, before TensorFlow's 3-4 s import
+        mode.check_machine(job)
+        prepared = _prepare(job, mode)  # bad input fails here, before TensorFlow's import
         with quiet_stderr():
             import tensorflow  # noqa: F401  (its C++ start-up lines go to /dev/null unless --verbose)
         if resume:
             _check_same_data(job, prepared.index)
-        if in_tune:
-            return _run_trial(job, prepared, resume, started)
-        return _run_prepared(job, prepared, resume, verbose, started)
+        with mode.session(job, verbose) as sink:
+            spec = prepared.spec if sink is None else dataclasses.replace(prepared.spec, sink=sink)
+            _train(spec, prepared, resume, mode)
+        return _finish(job, prepared, started)
 
 
 def _check_same_data(job: JobConfig, index: SampleIndex) -> None:
@@ -330,42 +201,6 @@ def _check_same_data(job: JobConfig, index: SampleIndex) -> None:
     )
 
 
-def _run_prepared(job: JobConfig, prepared: _Prepared, resume: bool, verbose: bool, started: float) -> RunSummary:
-    """Start Ray (not for a ``--local`` run: see :func:`_fit`), train, and summarize."""
-    import ray
-
-    local = job.scaling.num_workers == 0
-    if local:
-        import ray.train.tensorflow  # noqa: F401  (sets up Ray Train's loggers: quiet them after)
-
-        if not verbose:
-            quiet_ray_loggers()
-    else:
-        init_ray(job, verbose)
-    printer = None
-    try:
-        spec = dataclasses.replace(prepared.spec, sink=ProgressSink() if local else start_sink())
-        printer = ProgressPrinter(spec.sink).start()
-        if not local:
-            _check_resources(job, ray.cluster_resources())
-        _train(spec, prepared, resume)
-    finally:
-        if printer is not None:
-            printer.stop()
-        if not local:
-            ray.shutdown()
-    return _finish(job, prepared, started)
-
-
-def _run_trial(job: JobConfig, prepared: _Prepared, resume: bool, started: float) -> RunSummary:
-    """Train as one trial of a Ray Tune search (Ray is up; the search bounds the resources):
-    Ray Train's ``TuneReportCallback`` passes each epoch's report on to Tune."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    _train(prepared.spec, prepared, resume, [TuneReportCallback()])
-    return _finish(job, prepared, started)
-
-
 def _finish(job: JobConfig, prepared: _Prepared, started: float) -> RunSummary:
     """Summarize a finished run and mark it finished."""
     summary = _summarize(job, prepared.train.num_rows, prepared.validation.num_rows, time.perf_counter() - started)
@@ -374,7 +209,7 @@ def _finish(job: JobConfig, prepared: _Prepared, started: float) -> RunSummary:
     return summary
 
 
-def _train(spec: WorkerSpec, prepared: _Prepared, resume: bool, callbacks: Sequence[Any] = ()) -> None:
+def _train(spec: WorkerSpec, prepared: _Prepared, resume: bool, mode: modes.Mode) -> None:
     """Write the run's start, fit, and record how it ended."""
     job, workers = spec.job, spec.job.scaling.num_workers
     storage.makedirs(job.run_dir)
@@ -382,7 +217,7 @@ def _train(spec: WorkerSpec, prepared: _Prepared, resume: bool, callbacks: Seque
     rundir.write_status(job.run_dir, "running", resumed=resume, num_workers=workers,
                         driver_pid=os.getpid(), host=socket.gethostname())
     try:
-        _fit(spec, prepared.train, prepared.validation, callbacks)
+        _fit(spec, prepared.train, prepared.validation, mode)
         _prune_checkpoints(job)
     except KeyboardInterrupt:
         rundir.write_status(job.run_dir, "interrupted", num_workers=workers)
@@ -394,7 +229,7 @@ def _train(spec: WorkerSpec, prepared: _Prepared, resume: bool, callbacks: Seque
         raise
 
 
-def _fit(spec: Any, train_table: Any, val_table: Any, callbacks: Sequence[Any] = ()) -> Any:
+def _fit(spec: Any, train_table: Any, val_table: Any, mode: modes.Mode) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
@@ -411,11 +246,7 @@ def _fit(spec: Any, train_table: Any, val_table: Any, callbacks: Sequence[Any] =
     # Local mode hands the loop the whole tables (not FixedShards' cuts): they carry the partitions too.
     train_table, val_table = (partition_index(t, job.data.partitions, block_rows) for t in (train_table, val_table))
     tables = {"train": train_table, "validation": val_table}
-    local = s.num_workers == 0
-    if local:
-        # Ray Train's local mode runs the loop in this process and needs no Ray; the tables
-        # go to it as they are. As Ray Datasets they would start Ray (GCS, raylet, Ray Data's
-        # actors) only to hand the same rows back to this process.
+    if not mode.ray_datasets:  # the loop in this process gets the tables as they are
         spec = dataclasses.replace(spec, tables={name: t for name, t in tables.items() if t.num_rows})
     trainer = TensorflowTrainer(
         train_loop_per_worker=train_loop,
@@ -429,10 +260,11 @@ def _fit(spec: Any, train_table: Any, val_table: Any, callbacks: Sequence[Any] =
             name=job.run.name, storage_path=job.run.storage_path,
             failure_config=FailureConfig(max_failures=job.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=job.run.keep_checkpoints),
-            callbacks=list(callbacks),
+            callbacks=mode.callbacks(),
         ),
-        datasets=None if local else to_ray_datasets(train_table, val_table),
-        dataset_config=None if local else FixedShards(tables, s.worker_range, job.data.partitions, block_rows),
+        datasets=to_ray_datasets(train_table, val_table) if mode.ray_datasets else None,
+        dataset_config=FixedShards(tables, s.worker_range, job.data.partitions, block_rows) if mode.ray_datasets
+        else None,
     )
     try:
         return trainer.fit()
@@ -441,21 +273,29 @@ def _fit(spec: Any, train_table: Any, val_table: Any, callbacks: Sequence[Any] =
         # run was interrupted, not failed.
         raise KeyboardInterrupt from None
     except Exception as e:
-        user = find_user_error(e)
-        if user is not None:
-            raise user from None
-        diverged = find_error(e, LossNotFinite)
-        if diverged is not None:
-            raise TrainingFailed(f"{str(diverged).splitlines()[0]}; {_resume_hint(job)}") from None
-        if STORAGE_CHECK_FAILED in str(e) or any(
-            STORAGE_CHECK_FAILED in str(f) for f in (getattr(e, "worker_failures", None) or {}).values()
-        ):
-            raise RaytrainError(
-                f"run.storage_path {job.run.storage_path} is not reachable from every node of the cluster "
-                "(Ray Train's check found no marker file there); use a shared filesystem path (/mnt/nfs/runs) "
-                "or a URI (s3://bucket/runs, gs://bucket/runs) with --storage-path"
-            ) from None
-        raise TrainingFailed(_failure_line(e, job)) from e
+        failure = _one_line(e, job)
+        chained = isinstance(failure, TrainingFailed) and find_error(e, LossNotFinite) is None  # a worker's traceback
+        raise failure from (e if chained else None)
+
+
+def _one_line(e: Exception, job: JobConfig) -> Exception:
+    """What a failed fit raises for the CLI's one line: a user's error found inside Ray's
+    wrappers, a diverged loss, storage the nodes cannot reach, or a training failure."""
+    user = find_user_error(e)
+    if user is not None:
+        return user
+    diverged = find_error(e, LossNotFinite)
+    if diverged is not None:
+        return TrainingFailed(f"{str(diverged).splitlines()[0]}; {_resume_hint(job)}")
+    if STORAGE_CHECK_FAILED in str(e) or any(
+        STORAGE_CHECK_FAILED in str(f) for f in (getattr(e, "worker_failures", None) or {}).values()
+    ):
+        return RaytrainError(
+            f"run.storage_path {job.run.storage_path} is not reachable from every node of the cluster "
+            "(Ray Train's check found no marker file there); use a shared filesystem path (/mnt/nfs/runs) "
+            "or a URI (s3://bucket/runs, gs://bucket/runs) with --storage-path"
+        )
+    return TrainingFailed(_failure_line(e, job))
 
 
 STORAGE_CHECK_FAILED = "Unable to set up cluster storage"  # Ray Train's message when a node cannot see storage_path

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Optional
 import cv2
 import numpy as np
 
+from raytrain import compat
 from raytrain.config import JobConfig, checkpoint_interval
 from raytrain.data.feed import QueueFeed, to_model
 from raytrain.data.kinds import make_loader
@@ -49,8 +50,9 @@ class WorkerSpec:
     num_classes: int
     one_hot: bool
     sink: Any = None  # the driver's raytrain.run.progress.ProgressSink (None: print instead)
-    # Local mode only: each dataset's index table itself, handed to the loop in this process
-    # instead of as a Ray Dataset (a --local run starts no Ray; trainer._fit).
+    in_process: bool = False  # the loop runs in the driver's process (raytrain.modes.InProcess)
+    # In-process only: each dataset's index table itself, handed to the loop instead of as a
+    # Ray Dataset (an in-process run starts no Ray; raytrain.modes).
     tables: Optional[dict[str, Any]] = None
 
 
@@ -88,19 +90,15 @@ def make_strategy(world_size: int, threads: int = 0) -> Any:
     return strategy
 
 
-def _handle_sigterm(ray_worker: bool) -> None:
+def _handle_sigterm(in_process: bool) -> None:
     """Install :mod:`raytrain.run.preemption`'s SIGTERM handler, after the strategy: with
     several workers TensorFlow's coordination service replaces the process's SIGTERM
     handler with its own when the strategy starts. A Ray worker trains in a thread of its
-    actor, and only the main thread can install a handler: the actor's ``execute``
-    (Ray Train's worker method that runs a function there) is asked to do it."""
-    if not ray_worker:
-        preemption.install()  # local mode trains in the main thread
+    actor, and only the main thread can install a handler: its actor is asked to do it."""
+    if in_process:
+        preemption.install()  # the loop trains in the main thread
         return
-    import ray
-
-    actor = ray.get_runtime_context().current_actor
-    ray.get(actor.execute.remote(preemption.install))
+    compat.run_in_worker_main_thread(preemption.install)
 
 
 def _agree(strategy: Any, world: int) -> Callable[[list[float]], list[float]]:
@@ -157,22 +155,21 @@ def _build(spec: WorkerSpec, strategy: Any, rank: int) -> tuple[Any, int]:
         return model, epochs * spec.plan.train_steps + steps
 
 
-def _checkpoint_saver(job: JobConfig, rank: int, world: int) -> Callable[..., dict[str, Any]]:
+def _checkpoint_saver(job: JobConfig, rank: int, world: int, in_process: bool) -> Callable[..., dict[str, Any]]:
     """``save(model, epochs_done, steps_done)``: write this rank's checkpoint and return
     the checkpoint arguments for ``ray.train.report`` (rank 0's is kept)."""
     import ray.train
 
-    local = job.scaling.num_workers == 0
     state = {"seed": job.data.seed, "world_size": world, "epochs": job.training.epochs,
              "partitions": job.data.partitions, "batch_size": job.training.batch_size}
 
     def save(model: Any, done: int, step: int = 0) -> dict[str, Any]:
         folder = tempfile.mkdtemp(prefix=f"raytrain-checkpoint-rank{rank}-")
         checkpoint.write(model, folder, dict(state, epoch=done, step=step))
-        if rank == 0 and not local and not step:  # Ray Train copies it into the run directory
+        if rank == 0 and not in_process and not step:  # Ray Train copies it into the run directory
             return {"checkpoint": ray.train.Checkpoint.from_directory(folder),
                     "checkpoint_dir_name": checkpoint.dir_name(done)}
-        if rank == 0:  # local mode, and step checkpoints (not a report): raytrain keeps them itself
+        if rank == 0:  # in-process, and step checkpoints (not a report): raytrain keeps them itself
             checkpoint.persist(folder, job.run_dir, done, job.run.keep_checkpoints, step)
         shutil.rmtree(folder, ignore_errors=True)  # the other ranks' copies only completed the collective
         return {}
@@ -251,7 +248,7 @@ def train_loop(config: dict[str, Any]) -> None:
     s = spec.job.scaling
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()  # an elastic run's size varies by restart
-    strategy = make_strategy(world, max(1, int(s.cpus_per_worker)) if s.num_workers else 0)
+    strategy = make_strategy(world, 0 if spec.in_process else max(1, int(s.cpus_per_worker)))
 
     from raytrain.run.reporter import (  # imports tf_keras: after the strategy
         CHECK_SECONDS,
@@ -280,13 +277,36 @@ def train_loop(config: dict[str, Any]) -> None:
                       check_seconds=CHECK_SECONDS if world > 1 else 0)
     reporter = EpochReporter(plan, run_dir, epochs, job.run.log_every_steps, rank, spec.sink,
                              feeds.train.take_waited, feeds.start_validation if val_loader else None,
-                             _checkpoint_saver(job, rank, world), clock, first_step=first_step)
+                             _checkpoint_saver(job, rank, world, spec.in_process), clock, first_step=first_step)
     if rank == 0:
         rundir.event(run_dir, "start", from_epoch=first_epoch + 1, from_step=step, world_size=world)
         rundir.drop_worker_records(run_dir, world)
-    _handle_sigterm(s.num_workers > 0)
+    _handle_sigterm(spec.in_process)
     fit = dict(validation_data=feeds.val_ds, validation_steps=plan.val_steps if val_loader else None,
                callbacks=[reporter], verbose=0)
+    try:
+        _fit_epochs(model, feeds, plan, first_step, epochs, fit)
+    finally:
+        for each in loaders:  # files and decoding threads, also when training failed
+            each.close()
+    rundir.export_model(model, run_dir, rank)
+    skipped: dict[str, str] = {}
+    for each in loaders:
+        skipped.update(each.skipped)
+    _write_worker_record(run_dir, rank, {
+        "status": "finished",
+        "train_shard_samples": len(train_loader.shard),
+        "local_replicas": replicas,
+        "train_seconds": reporter.train_seconds,
+        "weights_sha256": _weights_digest(model),
+        "skipped_files": skipped,  # data.on_bad_sample: skip -> path: reason
+    })
+
+
+def _fit_epochs(model: Any, feeds: _Feeds, plan: StepPlan, first_step: int, epochs: int, fit: dict[str, Any]) -> None:
+    """``fit`` from global step ``first_step`` to the end: first the rest of the epoch a
+    checkpoint was taken in (if any), then whole epochs."""
+    first_epoch, step = divmod(first_step, plan.train_steps)
     try:
         if first_epoch < epochs:
             feeds.start_training()
@@ -304,20 +324,6 @@ def train_loop(config: dict[str, Any]) -> None:
         raise
     finally:
         feeds.stop()
-        for each in loaders:  # files and decoding threads, also when training failed
-            each.close()
-    rundir.export_model(model, run_dir, rank)
-    skipped: dict[str, str] = {}
-    for each in loaders:
-        skipped.update(each.skipped)
-    _write_worker_record(run_dir, rank, {
-        "status": "finished",
-        "train_shard_samples": len(train_loader.shard),
-        "local_replicas": replicas,
-        "train_seconds": reporter.train_seconds,
-        "weights_sha256": _weights_digest(model),
-        "skipped_files": skipped,  # data.on_bad_sample: skip -> path: reason
-    })
 
 
 def _restore(model: Any, spec: WorkerSpec, rank: int) -> tuple[int, int]:

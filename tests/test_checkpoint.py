@@ -5,12 +5,13 @@ import os
 import numpy as np
 import pytest
 
+from raytrain.config import ModelSection, TrainingSection
 from raytrain.models import build_model
 from raytrain.run import checkpoint
 
 
 def model(optimizer="adam"):
-    return build_model("cnn", (8, 8, 3), 3, False, optimizer, 0.01, "auto", ("accuracy",))
+    return build_model(ModelSection(optimizer=optimizer, learning_rate=0.01), TrainingSection(), (8, 8, 3), 3, False)
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])

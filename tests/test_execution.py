@@ -25,6 +25,7 @@ def child(mode: str, config: dict) -> dict:
     import numpy as np
     import tensorflow as tf
 
+    from raytrain.config import ModelSection, TrainingSection
     from raytrain.models import build_model
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -44,7 +45,8 @@ def child(mode: str, config: dict) -> dict:
     weights = None
     for name in ("raytrain", "stock"):
         with strategy.scope():  # "stock": tf_keras's own loop, as before raytrain.execution
-            model = build_model("cnn", (8, 8, 3), 2, False, steps_per_execution=2, read_metrics_once=name == "raytrain")
+            model = build_model(ModelSection(), TrainingSection(), (8, 8, 3), 2, False, steps_per_execution=2,
+                                read_metrics_once=name == "raytrain")
         if weights is not None:
             model.set_weights(weights)
         weights = model.get_weights()

@@ -17,6 +17,7 @@ from raytrain.data import image_index
 from raytrain.data.hdf5_index import build_hdf5_index
 from raytrain.data.image_index import read_manifest
 from raytrain.errors import RaytrainError
+from raytrain.config import ModelSection, TrainingSection
 from raytrain.models import build_model
 from raytrain.run import rundir
 from raytrain.run.runs import _best
@@ -112,13 +113,13 @@ def test_a_builder_whose_input_does_not_match_the_data(tmp_path):
         "                             keras.layers.Dense(num_classes, activation='softmax')])\n"
     )
     with pytest.raises(RaytrainError, match=r"takes inputs of shape \(8, 8, 1\) but the samples have shape \(4, 4, 3\)"):
-        build_model(f"{tmp_path}/m.py:build", (4, 4, 3), 2, False)
+        build_model(ModelSection(builder=f"{tmp_path}/m.py:build"), TrainingSection(), (4, 4, 3), 2, False)
 
 
 def test_an_unknown_metric_is_named():
     with pytest.raises(RaytrainError, match="unknown metric 'bogus'"):
-        build_model("cnn", (8, 8, 3), 2, False, metrics=("accuracy", "bogus"))
-    build_model("cnn", (8, 8, 3), 2, False, metrics=("accuracy", "AUC", "mse"))  # known names pass
+        build_model(ModelSection(metrics=["accuracy", "bogus"]), TrainingSection(), (8, 8, 3), 2, False)
+    build_model(ModelSection(metrics=["accuracy", "AUC", "mse"]), TrainingSection(), (8, 8, 3), 2, False)  # known names pass
 
 
 def test_storage_path_that_is_a_file_fails_before_indexing(tmp_path):
@@ -360,7 +361,7 @@ def test_data_scale_follows_a_leading_rescaling_layer():
 
     own = keras.Sequential([keras.Input(shape=(4, 4, 3)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
                             keras.layers.Dense(2, activation="softmax")])
-    plain = build_model("cnn", (8, 8, 3), 2, False)
+    plain = build_model(ModelSection(), TrainingSection(), (8, 8, 3), 2, False)
     assert starts_with_rescaling(own) and not starts_with_rescaling(plain)
     assert scales_uint8("auto", plain) and not scales_uint8("auto", own)
     assert scales_uint8("unit", own) and not scales_uint8("none", plain)

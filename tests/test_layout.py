@@ -11,7 +11,7 @@ LAYERS = [
     ["raytrain.config"],
     ["raytrain.data", "raytrain.models", "raytrain.execution"],
     ["raytrain.run", "raytrain.space"],
-    ["raytrain.worker", "raytrain.backend", "raytrain.cluster"],
+    ["raytrain.worker", "raytrain.backend", "raytrain.cluster", "raytrain.modes"],
     ["raytrain.trainer", "raytrain.evaluate"],
     ["raytrain.tuning"],
     ["raytrain.bench"],

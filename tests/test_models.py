@@ -29,9 +29,10 @@ def test_user_builder_from_file_is_compiled_unless_it_compiles_itself(tmp_path):
         "    m.compile(optimizer='sgd', loss='categorical_crossentropy')\n"
         "    return m\n"
     )
-    m = build_model(f"{path}:build", (4, 4, 1), 2, one_hot=False, optimizer="rmsprop", learning_rate=0.5)
+    m = build_model(ModelSection(builder=f"{path}:build", optimizer="rmsprop", learning_rate=0.5), TrainingSection(),
+                    (4, 4, 1), 2, one_hot=False)
     assert type(m.optimizer).__name__ == "RMSprop" and float(m.optimizer.learning_rate) == 0.5
-    m2 = build_model(f"{path}:build_compiled", (4, 4, 1), 2, one_hot=False)
+    m2 = build_model(ModelSection(builder=f"{path}:build_compiled"), TrainingSection(), (4, 4, 1), 2, one_hot=False)
     assert type(m2.optimizer).__name__ == "SGD" and m2.loss == "categorical_crossentropy"
 
 

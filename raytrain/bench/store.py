@@ -165,6 +165,8 @@ def _epoch_rate(loader: Any, epoch: int, batch: int) -> float:
 
 def _measure(uri: str, local_files: list[str], batch: int, workdir: str, endpoint: Optional[str],
              delayed: Optional[str], progress: Callable[[str], None]) -> dict[str, Any]:
+    """Every reading row on the same objects: the store's download speed, the loader (with
+    and without a delay per request), epoch 2 from the node cache, and the local copy."""
     options = {"endpoint": endpoint} if endpoint else {}
     index = build_hdf5_index([uri], options=options)
     objects = index.table.column("file").unique().to_pylist()
@@ -181,8 +183,24 @@ def _measure(uri: str, local_files: list[str], batch: int, workdir: str, endpoin
             while f.read(16 << 20):
                 pass
     rows["download"] = {"samples_per_s": n / (time.perf_counter() - start)}
-
     progress("raytrain loader")
+    rows["loader"] = _loader_row(uri, index, window, options, batch)
+    if delayed:
+        progress("raytrain loader, delayed requests")
+        loader = _loader(uri, index, window, {"endpoint": delayed}, None)
+        try:
+            rows["delayed"] = {"samples_per_s": float(np.median([_epoch_rate(loader, e, batch) for e in range(2)]))}
+        finally:
+            loader.close()
+    progress("node cache: epoch 1 fills it, epoch 2 reads it")
+    rows["cache_epoch_2"] = _cache_row(uri, index, window, options, batch, os.path.join(workdir, "node-cache"))
+    rows["local_disk"] = _local_row(local_files, window, batch)
+    return {"rows": rows, "file_bytes": size, "samples": n, "sample_shape": list(index.sample_shape),
+            "dtype": index.dtype, "window": window, "rows_per_block": max(index.rows_per_block.values())}
+
+
+def _loader_row(uri: str, index: Any, window: int, options: dict, batch: int) -> dict[str, Any]:
+    """The loader's rate over 2 epochs, and its ranged requests against the blocks it read."""
     loader = _loader(uri, index, window, options, None)
     try:
         rates = [_epoch_rate(loader, e, batch) for e in range(2)]
@@ -202,38 +220,32 @@ def _measure(uri: str, local_files: list[str], batch: int, workdir: str, endpoin
                     index.rows_per_block.values())]), axis=1).T)
     finally:
         loader.close()
-    rows["loader"] = {"samples_per_s": float(np.median(rates)), "requests_per_window": requests / windows,
-                      "blocks_per_window": blocks / windows}
+    return {"samples_per_s": float(np.median(rates)), "requests_per_window": requests / windows,
+            "blocks_per_window": blocks / windows}
 
-    if delayed:
-        progress("raytrain loader, delayed requests")
-        loader = _loader(uri, index, window, {"endpoint": delayed}, None)
-        try:
-            rows["delayed"] = {"samples_per_s": float(np.median([_epoch_rate(loader, e, batch) for e in range(2)]))}
-        finally:
-            loader.close()
 
-    progress("node cache: epoch 1 fills it, epoch 2 reads it")
-    cache_dir = os.path.join(workdir, "node-cache")
+def _cache_row(uri: str, index: Any, window: int, options: dict, batch: int, cache_dir: str) -> dict[str, Any]:
+    """Epoch 2's rate and requests, after epoch 1 filled a fresh node cache."""
     shutil.rmtree(cache_dir, ignore_errors=True)
     loader = _loader(uri, index, window, options, NodeCache(cache_dir, 1 << 40))
     try:
         _epoch_rate(loader, 0, batch)
         before = loader.reader.requests
-        rows["cache_epoch_2"] = {"samples_per_s": _epoch_rate(loader, 1, batch),
-                                 "requests": loader.reader.requests - before}
+        return {"samples_per_s": _epoch_rate(loader, 1, batch), "requests": loader.reader.requests - before}
     finally:
         loader.close()
+
+
+def _local_row(local_files: list[str], window: int, batch: int) -> dict[str, Any]:
+    """The loader on the local copy, after one epoch that warms the page cache (as the cache's epoch 1 did)."""
     local_index = build_hdf5_index(local_files)
     shard = Shard(local_index.table, local_index.rows_per_block)
     local = HDF5Loader(shard, HDF5Reader(shard.files, "X"), window, seed=0, rank=0, stream=TRAIN)
     try:
-        _epoch_rate(local, 0, batch)  # warms the page cache, as the cache's epoch 1 did
-        rows["local_disk"] = {"samples_per_s": float(np.median([_epoch_rate(local, e, batch) for e in (1, 2)]))}
+        _epoch_rate(local, 0, batch)
+        return {"samples_per_s": float(np.median([_epoch_rate(local, e, batch) for e in (1, 2)]))}
     finally:
         local.close()
-    return {"rows": rows, "file_bytes": size, "samples": n, "sample_shape": list(index.sample_shape),
-            "dtype": index.dtype, "window": window, "rows_per_block": max(index.rows_per_block.values())}
 
 
 def _range_cost(fs: Any, uri: str, measured: dict[str, Any], endpoint: str,

@@ -103,7 +103,6 @@ def recipe_child(args: dict[str, Any]) -> dict[str, Any]:
     """Ray Train's TensorFlow recipe (see the module docstring), in this fresh process."""
     import ray
     import ray.data
-    import ray.train
     from ray.train import RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
@@ -112,47 +111,12 @@ def recipe_child(args: dict[str, Any]) -> dict[str, Any]:
     workers, batch = args["workers"], args["to_tf_batch"]
     os.makedirs(args["storage"], exist_ok=True)
     log_path = os.path.join(args["storage"], f"epochs-{batch}-{time.time_ns()}.jsonl")
-
-    def loop(config: dict[str, Any]) -> None:
-        import tensorflow as tf
-
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        import tf_keras
-
-        from raytrain.config import ModelSection, TrainingSection
-        from raytrain.models import build_model
-
-        with strategy.scope():
-            model = build_model(ModelSection(), TrainingSection(), config["shape"], config["classes"], False,
-                                read_metrics_once=False)  # the built-in cnn, tf_keras's own loop
-        shard = ray.train.get_dataset_shard("train")
-        steps: dict[str, Any] = {}
-
-        class Steps(tf_keras.callbacks.Callback):
-            """The epoch's steps, timed as raytrain times its own: from ``fit``'s epoch
-            begin to the last step's end."""
-
-            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-                steps.update(count=0, begin=time.perf_counter())
-
-            def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-                steps.update(count=steps["count"] + 1, end=time.perf_counter())
-
-        for epoch in range(config["epochs"]):
-            data = shard.to_tf(feature_columns="x", label_columns="y", batch_size=config["batch"])
-            model.fit(data, verbose=0, callbacks=[Steps()])
-            if ray.train.get_context().get_world_rank() == 0:
-                with open(config["log"], "a") as log:
-                    log.write(json.dumps({"epoch": epoch + 1, "time": time.time(), "steps": steps["count"],
-                                          "steps_s": steps["end"] - steps["begin"]}) + "\n")
-            ray.train.report({"epoch": epoch + 1})
-
     ray.init(address="local", num_cpus=workers + 1, include_dashboard=False, log_to_driver=False)
     try:
         dataset = ray.data.from_numpy(x).zip(ray.data.from_numpy(y)).rename_columns({"data": "x", "data_1": "y"})
         dataset = dataset.materialize()
         trainer = TensorflowTrainer(
-            loop, train_loop_config={"epochs": args["epochs"], "batch": batch, "shape": list(x.shape[1:]),
+            _recipe_loop, train_loop_config={"epochs": args["epochs"], "batch": batch, "shape": list(x.shape[1:]),
                                      "classes": int(y.max()) + 1, "log": log_path},
             scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
             run_config=RunConfig(name="recipe", storage_path=args["storage"]),
@@ -166,6 +130,44 @@ def recipe_child(args: dict[str, Any]) -> dict[str, Any]:
     ends = [h["time"] for h in history]
     return {"epoch_ends": ends, "steps_per_epoch": history[-1]["steps"], "marginal_epoch_s": _marginal(ends),
             "steps_s": statistics.median(h["steps_s"] for h in history[1:])}
+
+
+def _recipe_loop(config: dict[str, Any]) -> None:
+    """The recipe's worker loop: one ``fit`` per epoch on ``to_tf`` of the worker's shard;
+    rank 0 logs each epoch's end and its steps' time."""
+    import ray.train
+    import tensorflow as tf
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    import tf_keras
+
+    from raytrain.config import ModelSection, TrainingSection
+    from raytrain.models import build_model
+
+    with strategy.scope():
+        model = build_model(ModelSection(), TrainingSection(), config["shape"], config["classes"], False,
+                            read_metrics_once=False)  # the built-in cnn, tf_keras's own loop
+    shard = ray.train.get_dataset_shard("train")
+    steps: dict[str, Any] = {}
+
+    class Steps(tf_keras.callbacks.Callback):
+        """The epoch's steps, timed as raytrain times its own: from ``fit``'s epoch
+        begin to the last step's end."""
+
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            steps.update(count=0, begin=time.perf_counter())
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            steps.update(count=steps["count"] + 1, end=time.perf_counter())
+
+    for epoch in range(config["epochs"]):
+        data = shard.to_tf(feature_columns="x", label_columns="y", batch_size=config["batch"])
+        model.fit(data, verbose=0, callbacks=[Steps()])
+        if ray.train.get_context().get_world_rank() == 0:
+            with open(config["log"], "a") as log:
+                log.write(json.dumps({"epoch": epoch + 1, "time": time.time(), "steps": steps["count"],
+                                      "steps_s": steps["end"] - steps["begin"]}) + "\n")
+        ray.train.report({"epoch": epoch + 1})
 
 
 def _file(path: Optional[str], samples: int, shape: tuple[int, ...], workdir: str, progress: Any) -> tuple[str, int]:

@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Optional, Protocol
 
 import numpy as np
 
-from raytrain.config import DataSection, ScalingSection
+from raytrain.config import DataSection
 from raytrain.data.cache import NodeCache
 from raytrain.data.shard import Shard
 
@@ -70,11 +70,11 @@ def node_cache(d: DataSection) -> Optional[NodeCache]:
     return NodeCache(d.cache_dir, int(d.cache_max_gib * (1 << 30))) if d.cache_dir else None
 
 
-def reading_threads(d: DataSection, s: ScalingSection) -> int:
-    """``data.decode_threads``, or (0) the CPUs the reading process holds: all of this
-    machine's in local mode, ``scaling.cpus_per_worker`` for a Ray worker."""
+def reading_threads(d: DataSection, cpus: Optional[float]) -> int:
+    """``data.decode_threads``, or (0) the CPUs the reading process holds: ``cpus`` (a Ray
+    worker's ``scaling.cpus_per_worker``), or all of this machine's when None (in-process)."""
     if d.decode_threads:
         return d.decode_threads
-    if s.num_workers == 0:
+    if cpus is None:
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, int(s.cpus_per_worker))
+    return max(1, int(cpus))
