@@ -16,6 +16,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY_PROCESS_MARKERS = ("raylet", "gcs_server", "ray::", "default_worker.py", "dashboard.py", "log_monitor.py")
 
 
+def simulated_cluster_pids() -> set[int]:
+    """The Ray processes of a simulated cluster (``raytrain up`` runs it with RAY_FAKE_CLUSTER=1,
+    which every process it starts inherits, re-parented or renamed): a test's own, whatever
+    another test running beside it starts."""
+    own = set()
+    for pid in ray_pids():
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if b"RAY_FAKE_CLUSTER=1" in f.read().split(b"\0"):
+                    own.add(pid)
+        except OSError:  # ended meanwhile
+            pass
+    return own
+
+
 def ray_pids() -> set[int]:
     from raytrain.cluster.processes import process_cmdlines
 

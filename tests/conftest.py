@@ -4,6 +4,8 @@ Shared helpers live in tests/common.py."""
 from __future__ import annotations
 
 import os
+import sys
+import time
 from typing import Callable
 
 import pytest
@@ -11,23 +13,37 @@ import pytest
 from raytrain.data.synth import make_hdf5
 from tests.common import ray_pids
 
+RAY_BEFORE = pytest.StashKey[set]()  # the Ray processes running when the session started
 
-@pytest.fixture(scope="session", autouse=True)
-def no_ray_left_behind():
-    """Fail the session if a Ray process started during the tests is still running."""
-    before = ray_pids()
-    yield
-    import time
 
+def _controller(config) -> bool:
+    """Whether this process runs the whole session: pytest alone, or pytest-xdist's controller
+    (its workers are not: a Ray process one of them starts is not another's leak)."""
+    return not hasattr(config, "workerinput")
+
+
+def pytest_sessionstart(session):
+    if _controller(session.config):
+        session.config.stash[RAY_BEFORE] = ray_pids()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the session if a Ray process started during the tests is still running; end
+    what the tests leaked, by PID."""
+    if not _controller(session.config) or RAY_BEFORE not in session.config.stash:
+        return
+    before = session.config.stash[RAY_BEFORE]
     deadline = time.time() + 20
     while (left := ray_pids() - before) and time.time() < deadline:
         time.sleep(0.5)
-    for pid in left:  # end what the tests leaked, by PID, then report it
+    for pid in left:
         try:
             os.kill(pid, 9)
         except ProcessLookupError:
             pass
-    assert not left, f"Ray processes outlived the tests: {sorted(left)}"
+    if left:
+        print(f"\nFAILED: Ray processes outlived the tests: {sorted(left)}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from raytrain.cluster.files import load_cluster, schema
 from raytrain.cluster.launch import read_state
 from raytrain.cluster.processes import cluster_pids
 from raytrain.errors import RaytrainError
-from tests.common import ROOT, ray_pids, run_cli
+from tests.common import ROOT, run_cli, simulated_cluster_pids
 
 CLUSTERS = os.path.join(ROOT, "clusters")
 LAUNCHER_FILES = [p for p in sorted(glob.glob(os.path.join(CLUSTERS, "*.yaml"))) if not p.endswith("kuberay.yaml")]
@@ -154,13 +154,14 @@ def test_submit_ships_the_builders_folder_without_vcs_data_or_runs(tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.simulated_cluster
 def test_rehearsal_on_a_simulated_multi_node_cluster(tmp_path, make_h5):
     """local-sim.yaml up; a job file submitted with 2 workers on simulated GPU nodes; down;
     nothing left. (2 workers on CPU nodes, and a node lost under them: tests/test_elastic.py.)"""
     env_home = str(tmp_path / "home")
     os.environ["RAYTRAIN_HOME"] = env_home
     sim = os.path.join(CLUSTERS, "local-sim.yaml")
-    before = ray_pids()
+    before = simulated_cluster_pids()
     started = time.time()
     up = run_cli("up", sim, cwd=str(tmp_path))
     state = read_state(load_cluster(sim))
@@ -187,5 +188,5 @@ def test_rehearsal_on_a_simulated_multi_node_cluster(tmp_path, make_h5):
     print(f"rehearsal: {time.time() - started:.0f} s from up to down")
     assert down.returncode == 0, down.stderr[-2000:]
     assert not cluster_pids(state["temp_dir"]), "a process of the simulated cluster is still running"
-    assert not (ray_pids() - before), "a Ray process started by the rehearsal is still running"
+    assert not (simulated_cluster_pids() - before), "a Ray process started by the rehearsal is still running"
     assert not os.path.exists(os.path.join(env_home, "clusters", "raytrain-local-sim.json"))

@@ -15,7 +15,7 @@ from raytrain.cluster.launch import read_state
 from raytrain.cluster.processes import cluster_pids, descendants
 from raytrain.env import GROUP_START_ENV, PREEMPTION_WATCHER_ENV, VERBOSE_ENV, run_env
 from raytrain.run import rundir
-from tests.common import ORDER_ARGS, ROOT, ray_pids, recording, run_cli, start, steps_trained
+from tests.common import ORDER_ARGS, ROOT, recording, run_cli, simulated_cluster_pids, start, steps_trained
 
 pytestmark = pytest.mark.ray
 
@@ -65,6 +65,7 @@ def _per_step(per_process, first_pids):
     return {**first, **later}
 
 
+@pytest.mark.simulated_cluster
 def test_a_lost_node_shrinks_the_run_which_finishes_with_the_workers_left(tmp_path, ids_order):
     """clusters/local-sim.yaml capped at 3 CPU nodes; --num-workers 2..3 trains on 3; one
     simulated node's processes are ended by PID mid-epoch; Ray Train restarts from the
@@ -76,7 +77,7 @@ def test_a_lost_node_shrinks_the_run_which_finishes_with_the_workers_left(tmp_pa
     config["max_workers"] = config["available_node_types"]["ray.worker.cpu"]["max_workers"] = 3  # no 4th node
     sim = tmp_path / "sim.yaml"
     sim.write_text(yaml.safe_dump(config))
-    before = ray_pids()
+    before = simulated_cluster_pids()
     up = run_cli("up", str(sim), cwd=str(tmp_path))
     state = read_state(load_cluster(str(sim)))
     record_dir, model = recording(tmp_path, "shrink")
@@ -110,7 +111,7 @@ def test_a_lost_node_shrinks_the_run_which_finishes_with_the_workers_left(tmp_pa
         down = run_cli("down", str(sim), cwd=str(tmp_path))
         os.environ.pop("RAYTRAIN_HOME", None)
     assert down.returncode == 0, down.stderr[-2000:]
-    assert not cluster_pids(state["temp_dir"]) and not (ray_pids() - before), "a Ray process is still running"
+    assert not cluster_pids(state["temp_dir"]) and not (simulated_cluster_pids() - before), "a Ray process is still running"
 
     events = rundir.read_events(str(run))
     starts = [e["world_size"] for e in events if e["event"] == "start"]
