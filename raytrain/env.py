@@ -96,3 +96,9 @@ def run_env(environ: MutableMapping[str, str], elastic: bool = False, verbose: b
                 environ.pop(key, None)
             else:
                 environ[key] = value
+
+# Where Ray's state API clients in a run's processes find its cluster (Ray Train's
+# placement-group cleaner among them); without either, they auto-detect, and with two Rays
+# on one machine they may find the other (raytrain.modes.init_ray).
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
+RAY_ADDRESS_ENV = "RAY_ADDRESS"

@@ -29,7 +29,7 @@ from raytrain import compat
 from raytrain.cluster import reaper
 from raytrain.config import JobConfig
 from raytrain.data import store
-from raytrain.env import RAY_OVERRIDE_ENV, VERBOSE_ENV, WORKER_ENV
+from raytrain.env import API_SERVER_ENV, RAY_ADDRESS_ENV, RAY_OVERRIDE_ENV, VERBOSE_ENV, WORKER_ENV
 from raytrain.errors import RaytrainError
 from raytrain.models import build_model
 from raytrain.run.progress import ProgressPrinter, ProgressSink, quiet_stderr, start_sink
@@ -217,14 +217,22 @@ def init_ray(job: JobConfig, verbose: bool) -> None:
     quiet = {} if verbose else {"log_to_driver": False, "logging_level": logging.ERROR}
     # Workers read object storage with the driver's cloud settings (endpoint, region, profile).
     env_vars = {**store.worker_env(os.environ), **WORKER_ENV, **({VERBOSE_ENV: "1"} if verbose else {})}
-    runtime_env = {"env_vars": env_vars}
     if job.scaling.address is None:
-        # Ray Train's placement-group cleaner needs the dashboard's state API; keep it on
-        # loopback.
-        context = ray.init(address="local", dashboard_host="127.0.0.1", runtime_env=runtime_env, **quiet)
+        from raytrain.backend import free_port
+
+        # Ray Train's placement-group cleaner asks the dashboard's state API whether the run's
+        # controller lives, and finds the dashboard by auto-detection: with a second Ray on the
+        # machine it asks the wrong one, hears "not alive" and removes this run's placement
+        # group, ending its workers. Its address is given instead (and kept on loopback).
+        port = free_port()
+        env_vars[API_SERVER_ENV] = f"http://127.0.0.1:{port}"
+        context = ray.init(address="local", dashboard_host="127.0.0.1", dashboard_port=port,
+                           runtime_env={"env_vars": env_vars}, **quiet)
         reaper.start(context.address_info["session_dir"])  # ends the local Ray if this driver is killed
     else:
-        ray.init(address=job.scaling.address, runtime_env=runtime_env, **quiet)
+        if not job.scaling.address.startswith("ray://"):
+            env_vars[RAY_ADDRESS_ENV] = job.scaling.address  # the same for a cluster: its own address
+        ray.init(address=job.scaling.address, runtime_env={"env_vars": env_vars}, **quiet)
     from ray.data import (
         DataContext,  # configures Ray Data's loggers: quiet them after this
     )

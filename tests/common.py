@@ -3,6 +3,7 @@ from here, never from each other."""
 
 from __future__ import annotations
 
+import glob
 import os
 import subprocess
 import sys
@@ -185,3 +186,65 @@ def global_batches(per_process):
         for step, ids in seen.items():
             out.setdefault(step, []).append(ids)
     return out
+
+
+RECORDING_MODEL = '''
+import os
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+RECORD_DIR = {record_dir!r}
+
+
+class RecordIds(keras.layers.Layer):
+    """Appends the sample ids of every batch it runs on to a file of its process."""
+
+    def call(self, x, training=None):
+        kind = "train" if training else "eval"
+
+        def record(ids):
+            path = os.path.join(RECORD_DIR, f"{{kind}}-{{os.getpid()}}.txt")
+            with open(path, "a") as f:
+                f.write(",".join(str(int(round(float(i)))) for i in ids.numpy()) + "\\n")
+            return np.int32(0)
+
+        # The first value of each sample is its id (any sample shape: images, clips).
+        tf.py_function(record, [tf.reshape(x, [tf.shape(x)[0], -1])[:, 0]], Tout=tf.int32)
+        return x
+
+
+def build(input_shape, num_classes):
+    return keras.Sequential([
+        keras.Input(input_shape), RecordIds(), keras.layers.Flatten(),
+        keras.layers.Dense(num_classes, activation="softmax"),
+    ])
+'''
+
+
+def read_records(record_dir, kind):
+    """Per worker process: the list of per-step id batches, in order."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(record_dir, f"{kind}-*.txt"))):
+        with open(path) as f:
+            out.append([[int(i) for i in line.split(",")] for line in f if line.strip()])
+    return out
+
+
+def check_epochs(per_worker, steps, worker_batch, epochs, population):
+    """The exactly-once rules, checked on what the model itself saw."""
+    left_out = []
+    for epoch in range(epochs):
+        seen = []
+        for batches in per_worker:
+            assert len(batches) == steps * epochs  # equal steps on every worker
+            for batch in batches[epoch * steps : (epoch + 1) * steps]:
+                assert len(batch) == worker_batch  # every sample of the batch is trained on
+                seen.extend(batch)
+        assert len(seen) == len(set(seen)), f"epoch {epoch}: a sample was used twice"
+        assert set(seen) <= population
+        missing = population - set(seen)
+        assert len(missing) < worker_batch * len(per_worker)  # fewer than one global batch
+        left_out.append(missing)
+    assert left_out[0] != left_out[1], "the left-out samples must change between epochs"

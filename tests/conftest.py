@@ -46,16 +46,39 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-@pytest.fixture
-def ray_local():
-    """A private local Ray instance, always shut down."""
-    import ray
+@pytest.fixture(scope="session")
+def ray_head():
+    """A Ray head on this machine (2 CPUs, its own temporary folder and ports), started once
+    per test process and shared through ``--address`` by the tests whose point is not
+    starting or stopping Ray: each run then joins it instead of starting its own. Ended by
+    PID (its processes are found by its temporary folder), never by name."""
+    import shutil
+    import subprocess
+    import tempfile
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    from raytrain.cluster.processes import cluster_pids, end
+    from tests.common import ROOT, free_port
+
+    temp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # Ray's socket paths must stay short
+    port, dashboard = free_port(), free_port()
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    env = dict(os.environ, PYTHONPATH=ROOT, RAY_AUTH_MODE="disabled")
+    subprocess.run([ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                    "--num-gpus=0", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                    f"--temp-dir={temp}", "--disable-usage-stats"],
+                   env=env, check=True, capture_output=True, timeout=120)
     try:
-        yield ray
+        yield f"127.0.0.1:{port}"
     finally:
-        ray.shutdown()
+        end(cluster_pids(temp), 5)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def on_ray_head(ray_head) -> tuple[str, ...]:
+    """Flags that run a training on the shared head: ``--address`` (which raytrain only ever
+    joins when told) and no restarts unless the test asks for them (after these flags)."""
+    return ("--address", ray_head, "--max-failures", "0")
 
 
 @pytest.fixture

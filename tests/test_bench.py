@@ -45,6 +45,7 @@ def test_bench_prints_every_row_and_writes_json(tmp_path):
     assert set(result["bars"]) == {"loader_vs_sequential", "loader_vs_tutorial", "epoch_vs_in_memory", "rss_growth"}
 
 
+@pytest.mark.slow
 def test_workers_bench_times_the_in_memory_fit_between_epoch_ends(tmp_path):
     """bench --workers compares marginal epochs, the gaps between consecutive epoch ends,
     in every row: the in-memory fit's gaps hold its epochs and what fit does between them."""
@@ -134,6 +135,7 @@ def test_images_bench_bad_input_is_one_line(tmp_path, args, message):
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_store_bench_prints_every_row_and_writes_json(tmp_path):
     """moto's server and the delaying proxy are started, measured through and stopped."""
     out = tmp_path / "store.json"
@@ -156,6 +158,7 @@ def test_store_bench_prints_every_row_and_writes_json(tmp_path):
                                    "cache_vs_local_disk"}
 
 
+@pytest.mark.ray
 def test_the_recipe_rows_split_each_epoch_into_steps_and_boundary(tmp_path):
     """Ray Train's recipe, run for real with 2 workers on a tiny file: every epoch's steps
     fit inside its gap; fit splits to_tf's batch of 32 over the 2 replicas, so each

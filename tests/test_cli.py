@@ -73,6 +73,7 @@ def test_bad_hdf5_content(tmp_path, x, y, count, message):
     assert_user_error(run_cli("train", "--data", path, cwd=str(tmp_path)), message)
 
 
+@pytest.mark.slow
 def test_model_that_does_not_fit_the_data_fails_before_workers_start(tmp_path, make_h5):
     clips = make_h5("clips.h5", samples=64, shape=(4, 1, 8, 8), classes=2)
     proc = run_cli("train", "--data", clips, "--model", "cnn", "--num-workers", "2", "--batch-size", "8",

@@ -81,6 +81,7 @@ def _assert_same_logs(result: dict) -> None:
         assert ours[key] == pytest.approx(stock[key], rel=1e-5, abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_two_replicas_log_the_same_metrics_without_reading_them_each_step():
     """Two replicas in one process: raytrain's loop logs what tf_keras's logs (the
     metrics of both replicas, read after the last step) and its loop body holds no
@@ -93,6 +94,7 @@ def test_two_replicas_log_the_same_metrics_without_reading_them_each_step():
     assert ours["DivNoNan"] < stock["DivNoNan"]
 
 
+@pytest.mark.slow
 def test_two_workers_all_reduce_once_per_step():
     """Two TensorFlow workers (MultiWorkerMirroredStrategy over 127.0.0.1): each step
     all-reduces the gradients only, where tf_keras's step all-reduces each metric's

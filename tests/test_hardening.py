@@ -199,6 +199,7 @@ def test_the_data_wait_counter_is_on_the_cpu():
     assert feed.waited.device.endswith("CPU:0")
 
 
+@pytest.mark.slow
 def test_the_driver_hides_its_gpus_before_building():
     code = ("import tensorflow as tf\nfrom raytrain.trainer import hide_gpus\nhide_gpus()\n"
             "print(len(tf.config.get_visible_devices('GPU')), len(tf.config.get_visible_devices('CPU')))")
@@ -461,6 +462,7 @@ def build(input_shape, num_classes):
 
 
 @pytest.mark.parametrize("registered", [True, False])
+@pytest.mark.slow
 def test_evaluate_loads_custom_layers_of_the_builder_or_says_how(tmp_path, make_h5, registered):
     """Found while testing object storage: evaluate crashed with a traceback on a model with a custom layer."""
     decorator = "@keras.saving.register_keras_serializable()" if registered else ""
@@ -477,6 +479,7 @@ def test_evaluate_loads_custom_layers_of_the_builder_or_says_how(tmp_path, make_
         assert "register_keras_serializable" in proc.stderr and "cannot be loaded" in proc.stderr
 
 
+@pytest.mark.slow
 def test_resume_refuses_data_that_changed_since_the_run_began(tmp_path):
     """Issue 14's bad-input rule, for the --resume that exists: the index's fingerprint."""
     rng = np.random.default_rng(0)

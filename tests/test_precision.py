@@ -27,6 +27,7 @@ def float32_after():
 
 
 @pytest.mark.parametrize("mixed, jit", [(True, False), (False, True), (True, True)])
+@pytest.mark.slow
 def test_the_model_trains_and_its_loss_falls(mixed, jit):
     x, y = learnable()
     model = build_model(ModelSection(learning_rate=0.01), TrainingSection(mixed_precision=mixed, jit_compile=jit),

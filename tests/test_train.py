@@ -3,78 +3,18 @@
 import glob
 import json
 import os
+import shutil
+import tempfile
 import time
 
 import numpy as np
 import pytest
 
-from tests.common import run_cli, write_h5
+from tests.common import RECORDING_MODEL, check_epochs, read_records, run_cli, write_h5
 
 pytestmark = pytest.mark.ray
 
-RECORDING_MODEL = '''
-import os
-
-import numpy as np
-import tensorflow as tf
-import tf_keras as keras
-
-RECORD_DIR = {record_dir!r}
-
-
-class RecordIds(keras.layers.Layer):
-    """Appends the sample ids of every batch it runs on to a file of its process."""
-
-    def call(self, x, training=None):
-        kind = "train" if training else "eval"
-
-        def record(ids):
-            path = os.path.join(RECORD_DIR, f"{{kind}}-{{os.getpid()}}.txt")
-            with open(path, "a") as f:
-                f.write(",".join(str(int(round(float(i)))) for i in ids.numpy()) + "\\n")
-            return np.int32(0)
-
-        # The first value of each sample is its id (any sample shape: images, clips).
-        tf.py_function(record, [tf.reshape(x, [tf.shape(x)[0], -1])[:, 0]], Tout=tf.int32)
-        return x
-
-
-def build(input_shape, num_classes):
-    return keras.Sequential([
-        keras.Input(input_shape), RecordIds(), keras.layers.Flatten(),
-        keras.layers.Dense(num_classes, activation="softmax"),
-    ])
-'''
-
-
-def read_records(record_dir, kind):
-    """Per worker process: the list of per-step id batches, in order."""
-    out = []
-    for path in sorted(glob.glob(os.path.join(record_dir, f"{kind}-*.txt"))):
-        with open(path) as f:
-            out.append([[int(i) for i in line.split(",")] for line in f if line.strip()])
-    return out
-
-
-def check_epochs(per_worker, steps, worker_batch, epochs, population):
-    """The exactly-once rules, checked on what the model itself saw."""
-    left_out = []
-    for epoch in range(epochs):
-        seen = []
-        for batches in per_worker:
-            assert len(batches) == steps * epochs  # equal steps on every worker
-            for batch in batches[epoch * steps : (epoch + 1) * steps]:
-                assert len(batch) == worker_batch  # every sample of the batch is trained on
-                seen.extend(batch)
-        assert len(seen) == len(set(seen)), f"epoch {epoch}: a sample was used twice"
-        assert set(seen) <= population
-        missing = population - set(seen)
-        assert len(missing) < worker_batch * len(per_worker)  # fewer than one global batch
-        left_out.append(missing)
-    assert left_out[0] != left_out[1], "the left-out samples must change between epochs"
-
-
-def test_uneven_three_workers_train_each_sample_at_most_once(tmp_path):
+def test_uneven_three_workers_train_each_sample_at_most_once(tmp_path, on_ray_head):
     """101 samples on 3 workers with a global batch of 9: must finish, not hang. The
     builder is given relative to the working directory, as a user types it: the driver
     makes it absolute, so the workers (started elsewhere) find it."""
@@ -87,7 +27,7 @@ def test_uneven_three_workers_train_each_sample_at_most_once(tmp_path):
     (tmp_path / "recording.py").write_text(RECORDING_MODEL.format(record_dir=str(record_dir)))
     proc = run_cli("train", "--data", data, "--model", "recording.py:build", "--num-workers", "3",
                    "--cpus-per-worker", "0.5", "--batch-size", "9", "--epochs", "2", "--validation-ratio", "0.3",
-                   "--name", "uneven", "--storage-path", str(tmp_path / "runs"), cwd=str(tmp_path))
+                   "--name", "uneven", "--storage-path", str(tmp_path / "runs"), *on_ray_head, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     from raytrain.run import rundir
 
@@ -111,10 +51,10 @@ def test_uneven_three_workers_train_each_sample_at_most_once(tmp_path):
     check_epochs(evaluated, steps=3, worker_batch=3, epochs=2, population=val_ids)
 
 
-def ray_actors_of_newest_session(since):
-    """Actor class names of the newest Ray session on this machine, from its workers' log
+def ray_actors_of_newest_session(since, ray_tmpdir):
+    """Actor class names of the newest Ray session in ``ray_tmpdir``, from its workers' log
     files (each begins with ``:actor_name:NAME``); the session must have begun ``since``."""
-    session = os.path.realpath(os.path.join(os.environ.get("RAY_TMPDIR", "/tmp/ray"), "session_latest"))
+    session = os.path.realpath(os.path.join(ray_tmpdir, "session_latest"))
     assert os.path.getmtime(session) >= since - 1, f"no Ray session began during the test ({session})"
     names = []
     for path in glob.glob(os.path.join(session, "logs", "worker-*.out")):
@@ -123,11 +63,15 @@ def ray_actors_of_newest_session(since):
     return names
 
 
-def test_two_workers_learn_and_end_with_identical_weights(tmp_path, make_h5):
+def test_two_workers_learn_and_end_with_identical_weights(tmp_path, make_h5, ray_head):
+    """On a private local Ray while another Ray runs on this machine (the shared head): Ray
+    Train's placement-group cleaner must ask this run's own Ray whether its controller lives,
+    or it removes the run's placement group and ends its workers."""
     data = make_h5("train.h5", samples=480, shape=(16, 16, 3), classes=3)
     began = time.time()
+    ray_tmpdir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # this run's own (short: Ray's socket paths)
     proc = run_cli("train", "--data", data, "--num-workers", "2", "--batch-size", "32", "--epochs", "3",
-                   "--name", "two", "--storage-path", str(tmp_path / "runs"), cwd=str(tmp_path))
+                   "--name", "two", "--storage-path", str(tmp_path / "runs"), cwd=str(tmp_path), RAY_TMPDIR=ray_tmpdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs" / "two"
     epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -145,7 +89,8 @@ def test_two_workers_learn_and_end_with_identical_weights(tmp_path, make_h5):
     assert "\r" not in proc.stdout and "ETA" not in proc.stdout
     assert "RayTrainWorker" not in proc.stdout + proc.stderr and "cuInit" not in proc.stderr
     # Ray Train's preemption watcher is off (raytrain.env.PREEMPTION_WATCHER_ENV): one actor process fewer.
-    actors = ray_actors_of_newest_session(began)
+    actors = ray_actors_of_newest_session(began, ray_tmpdir)
+    shutil.rmtree(ray_tmpdir, ignore_errors=True)
     assert actors.count("RayTrainWorker") == 2 and "PreemptionWatcher" not in actors, actors
 
     import tf_keras

@@ -68,6 +68,7 @@ def test_bad_search_is_one_line_before_ray_starts(job, capsys, monkeypatch, flag
     assert not os.path.exists(job / "runs" / "s")  # nothing written for a search that never started
 
 
+@pytest.mark.slow
 def test_a_trial_larger_than_the_machine_is_one_line_before_ray_starts_and_leaves_no_search_behind(job):
     ray_temp = job / "ray"  # where a local Ray started by this command would put its session
     out = run_cli("tune", "job.yaml", "--search", "model.learning_rate=choice(0.1)", "--num-workers", "24",

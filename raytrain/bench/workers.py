@@ -111,7 +111,13 @@ def recipe_child(args: dict[str, Any]) -> dict[str, Any]:
     workers, batch = args["workers"], args["to_tf_batch"]
     os.makedirs(args["storage"], exist_ok=True)
     log_path = os.path.join(args["storage"], f"epochs-{batch}-{time.time_ns()}.jsonl")
-    ray.init(address="local", num_cpus=workers + 1, include_dashboard=False, log_to_driver=False)
+    from raytrain.backend import free_port
+    from raytrain.env import API_SERVER_ENV
+
+    # Ray Train's placement-group cleaner needs a dashboard of its own Ray (raytrain.modes.init_ray).
+    port = free_port()
+    ray.init(address="local", num_cpus=workers + 1, dashboard_host="127.0.0.1", dashboard_port=port,
+             log_to_driver=False, runtime_env={"env_vars": {API_SERVER_ENV: f"http://127.0.0.1:{port}"}})
     try:
         dataset = ray.data.from_numpy(x).zip(ray.data.from_numpy(y)).rename_columns({"data": "x", "data_1": "y"})
         dataset = dataset.materialize()
