@@ -51,7 +51,7 @@ def test_persist_keeps_the_newest_and_latest_skips_incomplete(tmp_path):
 
 def test_a_checkpoint_whose_weights_have_not_all_landed_is_not_complete(tmp_path):
     """Object stores show the files of a copy in no guaranteed order: the state file alone
-    does not make a checkpoint complete (issue 13, item 11)."""
+    does not make a checkpoint complete."""
     run = str(tmp_path / "run")
     folder = str(tmp_path / "local")
     checkpoint.write(model(), folder, {"epoch": 1})

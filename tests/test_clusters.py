@@ -76,7 +76,7 @@ def test_a_broken_cluster_file_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("path", [p for p in LAUNCHER_FILES if "local-sim" not in p], ids=os.path.basename)
 def test_cloud_files_expose_nothing_and_copy_only_the_package(path):
-    """Issue 13, items 18-19: the dashboard stays on the head's loopback (reached by `ray
+    """The dashboard stays on the head's loopback (reached by `ray
     dashboard`'s SSH tunnel), and only the package travels to the nodes (no .git, no .env)."""
     text = open(path).read()
     config = yaml.safe_load(text)
@@ -87,7 +87,7 @@ def test_cloud_files_expose_nothing_and_copy_only_the_package(path):
 
 
 def test_up_has_ray_create_a_token_when_there_is_none(tmp_path, monkeypatch):
-    """Item 17: on a fresh machine the head still starts with token authentication."""
+    """On a fresh machine the head still starts with token authentication."""
     from raytrain.cluster.launch import token_env
 
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -100,7 +100,7 @@ def test_up_has_ray_create_a_token_when_there_is_none(tmp_path, monkeypatch):
 
 
 def test_down_leaves_a_reused_pid_alone(tmp_path, monkeypatch):
-    """Item 21: a leftover state file whose head PID now names another process."""
+    """A leftover state file whose head PID now names another process."""
     import subprocess
     import sys
 
@@ -126,7 +126,7 @@ def test_down_leaves_a_reused_pid_alone(tmp_path, monkeypatch):
 
 
 def test_submit_ships_the_builders_folder_without_vcs_data_or_runs(tmp_path):
-    """Item 20: a builder that imports a module beside it works on the cluster; nothing else travels."""
+    """A builder that imports a module beside it works on the cluster; nothing else travels."""
     from raytrain import config as cfg
     from raytrain.cluster.jobs import SUBMITTED_JOB, plain_http_to_remote, stage_job
     from raytrain.run import rundir

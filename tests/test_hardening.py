@@ -1,4 +1,4 @@
-"""Defects found by trying raytrain as a new user would (issue 13): each test failed before its fix."""
+"""Defects found by trying raytrain as a new user would: each test failed before its fix."""
 
 import json
 import os
@@ -399,9 +399,8 @@ def _start_training(tmp_path, data, name, *flags):
 
 @pytest.mark.ray
 def test_a_local_run_starts_no_process_and_a_killed_driver_leaves_no_ray_process(tmp_path, make_h5):
-    """A --local run trains in the driver alone: no Ray, no child process (trainer._fit).
-    Smaller item: after SIGKILL of a driver with Ray workers, its dashboard and agents
-    outlived it by a minute or more; the reaper ends them within seconds."""
+    """A --local run trains in the driver alone: no Ray, no child process (raytrain.modes.InProcess).
+    After SIGKILL of a driver with Ray workers, the reaper ends its Ray within seconds."""
     from raytrain.cluster.processes import alive, descendants
 
     data = make_h5("d.h5", samples=2048, shape=(16, 16, 3))
@@ -424,7 +423,7 @@ def test_a_local_run_starts_no_process_and_a_killed_driver_leaves_no_ray_process
 
 @pytest.mark.ray
 def test_loaders_are_closed_when_training_fails(tmp_path):
-    """Smaller item: a failed run left its decoding threads (and open files) behind. Local
+    """A failed run leaves no decoding threads (or open files) behind. Local
     mode trains in this process, so the worker's threads are visible here."""
     from raytrain import trainer
     from raytrain.data.synth import make_image_tree
@@ -443,7 +442,7 @@ def test_loaders_are_closed_when_training_fails(tmp_path):
     with pytest.raises(RaytrainError, match="cannot be decoded"):
         trainer.run(job)
     assert [t.name for t in threading.enumerate() if t.name.startswith("raytrain-decode")] == []
-    assert not ray.is_initialized()  # a local run starts no Ray (trainer._fit)
+    assert not ray.is_initialized()  # an in-process run starts no Ray (raytrain.modes)
 
 
 CUSTOM_LAYER_MODEL = '''
@@ -481,7 +480,7 @@ def test_evaluate_loads_custom_layers_of_the_builder_or_says_how(tmp_path, make_
 
 @pytest.mark.slow
 def test_resume_refuses_data_that_changed_since_the_run_began(tmp_path):
-    """Issue 14's bad-input rule, for the --resume that exists: the index's fingerprint."""
+    """--resume checks the data against the index's fingerprint the run saved."""
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, (96, 4, 4, 1), dtype=np.uint8)
     y = np.arange(96) % 2

@@ -1,4 +1,4 @@
-"""training.mixed_precision and training.jit_compile on CPU: the model trains and its loss falls (issue 17)."""
+"""training.mixed_precision and training.jit_compile on CPU: the model trains and its loss falls."""
 
 import numpy as np
 import pytest
