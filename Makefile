@@ -45,11 +45,10 @@ demo-images: $(DEMO_IMAGES)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-# Two processes share the tests (pytest-xdist); the simulated-cluster tests, which need the
-# fixed ports 6379 and 8265 and count every process of their cluster, run after them, alone.
+# Two processes share the tests (pytest-xdist); the two simulated-cluster tests, which use the
+# fixed ports 6379 and 8265, are one group that runs in one process, one after the other.
 test: docs
-	$(BIN)/python -m pytest -n 2 --dist worksteal -m "not simulated_cluster"
-	$(BIN)/python -m pytest -m simulated_cluster
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 # The tests that start no Ray and no extra processes: for iterating on a change.
 test-fast: $(STAMP)

@@ -3,9 +3,6 @@
 import glob
 import json
 import os
-import shutil
-import tempfile
-import time
 
 import numpy as np
 import pytest
@@ -51,11 +48,13 @@ def test_uneven_three_workers_train_each_sample_at_most_once(tmp_path, on_ray_he
     check_epochs(evaluated, steps=3, worker_batch=3, epochs=2, population=val_ids)
 
 
-def ray_actors_of_newest_session(since, ray_tmpdir):
-    """Actor class names of the newest Ray session in ``ray_tmpdir``, from its workers' log
-    files (each begins with ``:actor_name:NAME``); the session must have begun ``since``."""
-    session = os.path.realpath(os.path.join(ray_tmpdir, "session_latest"))
-    assert os.path.getmtime(session) >= since - 1, f"no Ray session began during the test ({session})"
+def ray_actors_of_session_with(pid):
+    """Actor class names of the Ray session a worker process ``pid`` ran in, from its workers'
+    log files (named ``worker-ID-JOB-PID.out``, each beginning with ``:actor_name:NAME``). Found
+    by the pid, not as the newest session: another test's Ray may have started since."""
+    found = glob.glob(os.path.join(os.environ.get("RAY_TMPDIR", "/tmp/ray"), "session_*", "logs", f"worker-*-{pid}.out"))
+    assert len(found) == 1, f"no Ray session holds the log of worker process {pid}: {found}"
+    session = os.path.dirname(os.path.dirname(found[0]))
     names = []
     for path in glob.glob(os.path.join(session, "logs", "worker-*.out")):
         with open(path, errors="replace") as f:
@@ -68,10 +67,8 @@ def test_two_workers_learn_and_end_with_identical_weights(tmp_path, make_h5, ray
     Train's placement-group cleaner must ask this run's own Ray whether its controller lives,
     or it removes the run's placement group and ends its workers."""
     data = make_h5("train.h5", samples=480, shape=(16, 16, 3), classes=3)
-    began = time.time()
-    ray_tmpdir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # this run's own (short: Ray's socket paths)
     proc = run_cli("train", "--data", data, "--num-workers", "2", "--batch-size", "32", "--epochs", "3",
-                   "--name", "two", "--storage-path", str(tmp_path / "runs"), cwd=str(tmp_path), RAY_TMPDIR=ray_tmpdir)
+                   "--name", "two", "--storage-path", str(tmp_path / "runs"), cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs" / "two"
     epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -89,8 +86,7 @@ def test_two_workers_learn_and_end_with_identical_weights(tmp_path, make_h5, ray
     assert "\r" not in proc.stdout and "ETA" not in proc.stdout
     assert "RayTrainWorker" not in proc.stdout + proc.stderr and "cuInit" not in proc.stderr
     # Ray Train's preemption watcher is off (raytrain.env.PREEMPTION_WATCHER_ENV): one actor process fewer.
-    actors = ray_actors_of_newest_session(began, ray_tmpdir)
-    shutil.rmtree(ray_tmpdir, ignore_errors=True)
+    actors = ray_actors_of_session_with(ranks[0]["pid"])
     assert actors.count("RayTrainWorker") == 2 and "PreemptionWatcher" not in actors, actors
 
     import tf_keras
