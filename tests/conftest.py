@@ -60,13 +60,18 @@ def ray_head():
     from tests.common import ROOT, free_port
 
     temp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # Ray's socket paths must stay short
-    port, dashboard = free_port(), free_port()
+    port = free_port()
+    # `ray start` gives its agents and client server fixed default ports (52365, 10001): a
+    # second head on the machine (the other test process's, the simulated cluster's) would
+    # lose its agents to the first, and with them every worker that has a runtime env.
+    ports = [f"--{name}={free_port()}" for name in (
+        "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "metrics-export-port", "ray-client-server-port")]
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
     env = dict(os.environ, PYTHONPATH=ROOT, RAY_AUTH_MODE="disabled")
     subprocess.run([ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                    "--num-gpus=0", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-                    f"--temp-dir={temp}", "--disable-usage-stats"],
-                   env=env, check=True, capture_output=True, timeout=120)
+                    "--num-gpus=0", "--dashboard-host=127.0.0.1", *ports, f"--temp-dir={temp}",
+                    "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=120)
     try:
         yield f"127.0.0.1:{port}"
     finally:

@@ -52,7 +52,7 @@ def ray_actors_of_session_with(pid):
     """Actor class names of the Ray session a worker process ``pid`` ran in, from its workers'
     log files (named ``worker-ID-JOB-PID.out``, each beginning with ``:actor_name:NAME``). Found
     by the pid, not as the newest session: another test's Ray may have started since."""
-    found = glob.glob(os.path.join(os.environ.get("RAY_TMPDIR", "/tmp/ray"), "session_*", "logs", f"worker-*-{pid}.out"))
+    found = glob.glob(os.path.join(os.environ.get("RAY_TMPDIR", "/tmp/ray"), "session_2*", "logs", f"worker-*-{pid}.out"))
     assert len(found) == 1, f"no Ray session holds the log of worker process {pid}: {found}"
     session = os.path.dirname(os.path.dirname(found[0]))
     names = []
