@@ -45,10 +45,11 @@ demo-images: $(DEMO_IMAGES)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-# Two processes share the tests (pytest-xdist); the two simulated-cluster tests, which use the
-# fixed ports 6379 and 8265, are one group that runs in one process, one after the other.
+# Two processes share the tests (pytest-xdist); the simulated-cluster tests, which take Ray's
+# fixed default ports and count every process of their cluster, run after them, alone.
 test: docs
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2 --dist worksteal -m "not simulated_cluster"
+	$(BIN)/python -m pytest -m simulated_cluster
 
 # The tests that start no Ray and no extra processes: for iterating on a change.
 test-fast: $(STAMP)

@@ -46,44 +46,49 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-@pytest.fixture(scope="session")
-def ray_head():
-    """A Ray head on this machine (2 CPUs, its own temporary folder and ports), started once
-    per test process and shared through ``--address`` by the tests whose point is not
-    starting or stopping Ray: each run then joins it instead of starting its own. Ended by
-    PID (its processes are found by its temporary folder), never by name."""
+@pytest.fixture
+def ray_local():
+    """A private local Ray in this process, always shut down. Its dashboard's address is given
+    to its processes, as raytrain.modes.init_ray does, so Ray Train's placement-group cleaner
+    does not ask another test's Ray about this one's controller."""
+    import ray
+
+    from raytrain.backend import free_port
+
+    port = free_port()
+    ray.init(address="local", num_cpus=2, dashboard_host="127.0.0.1", dashboard_port=port,
+             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def other_ray():
+    """Another Ray on this machine for the length of a test (a head as ``ray start`` makes
+    one, on free ports; its agents' default ports would collide with another head's). Ended
+    by PID: its processes are found by its temporary folder."""
     import shutil
     import subprocess
     import tempfile
 
     from raytrain.cluster.processes import cluster_pids, end
-    from tests.common import ROOT, free_port
+    from tests.common import free_port
 
     temp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # Ray's socket paths must stay short
-    port = free_port()
-    # `ray start` gives its agents and client server fixed default ports (52365, 10001): a
-    # second head on the machine (the other test process's, the simulated cluster's) would
-    # lose its agents to the first, and with them every worker that has a runtime env.
     ports = [f"--{name}={free_port()}" for name in (
-        "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
         "metrics-export-port", "ray-client-server-port")]
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    env = dict(os.environ, PYTHONPATH=ROOT, RAY_AUTH_MODE="disabled")
-    subprocess.run([ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                    "--num-gpus=0", "--dashboard-host=127.0.0.1", *ports, f"--temp-dir={temp}",
-                    "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=120)
     try:
-        yield f"127.0.0.1:{port}"
+        subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0",
+                        "--dashboard-host=127.0.0.1", *ports, f"--temp-dir={temp}", "--disable-usage-stats"],
+                       env=dict(os.environ, RAY_AUTH_MODE="disabled"), check=True, capture_output=True, timeout=120)
+        yield temp
     finally:
         end(cluster_pids(temp), 5)
         shutil.rmtree(temp, ignore_errors=True)
-
-
-@pytest.fixture
-def on_ray_head(ray_head) -> tuple[str, ...]:
-    """Flags that run a training on the shared head: ``--address`` (which raytrain only ever
-    joins when told) and no restarts unless the test asks for them (after these flags)."""
-    return ("--address", ray_head, "--max-failures", "0")
 
 
 @pytest.fixture

@@ -57,8 +57,7 @@ def test_tf_config_names_every_worker_and_this_ones_index(monkeypatch):
 
 
 @pytest.mark.ray
-def test_two_real_workers_get_their_ports_from_this_backend(ray_head, tmp_path):
-    import ray
+def test_two_real_workers_get_their_ports_from_this_backend(ray_local, tmp_path):
     from ray import train
     from ray.train import RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
@@ -67,15 +66,11 @@ def test_two_real_workers_get_their_ports_from_this_backend(ray_head, tmp_path):
         rank = train.get_context().get_world_rank()
         (tmp_path / f"tf_config-{rank}.json").write_text(os.environ["TF_CONFIG"])
 
-    ray.init(address=ray_head, runtime_env={"env_vars": {"RAY_ADDRESS": ray_head}})  # see raytrain.modes.init_ray
-    try:
-        result = TensorflowTrainer(
-            loop, tensorflow_config=backend.RaytrainTensorflowConfig(),
-            scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
-            run_config=RunConfig(storage_path=str(tmp_path), name="ports"),
-        ).fit()
-    finally:
-        ray.shutdown()
+    result = TensorflowTrainer(
+        loop, tensorflow_config=backend.RaytrainTensorflowConfig(),
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(storage_path=str(tmp_path), name="ports"),
+    ).fit()
     assert result.error is None
     configs = [json.loads((tmp_path / f"tf_config-{rank}.json").read_text()) for rank in range(2)]
     assert [c["task"]["index"] for c in configs] == [0, 1]

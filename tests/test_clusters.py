@@ -154,7 +154,7 @@ def test_submit_ships_the_builders_folder_without_vcs_data_or_runs(tmp_path):
 
 
 @pytest.mark.ray
-@pytest.mark.xdist_group("simulated_cluster")
+@pytest.mark.simulated_cluster
 def test_rehearsal_on_a_simulated_multi_node_cluster(tmp_path, make_h5):
     """local-sim.yaml up; a job file submitted with 2 workers on simulated GPU nodes; down;
     nothing left. (2 workers on CPU nodes, and a node lost under them: tests/test_elastic.py.)"""

@@ -65,7 +65,7 @@ def _per_step(per_process, first_pids):
     return {**first, **later}
 
 
-@pytest.mark.xdist_group("simulated_cluster")
+@pytest.mark.simulated_cluster
 def test_a_lost_node_shrinks_the_run_which_finishes_with_the_workers_left(tmp_path, ids_order):
     """clusters/local-sim.yaml capped at 3 CPU nodes; --num-workers 2..3 trains on 3; one
     simulated node's processes are ended by PID mid-epoch; Ray Train restarts from the

@@ -45,14 +45,13 @@ def data(make_h5):
     return make_h5("train.h5", samples=4000, shape=(32, 32, 3), classes=4)
 
 
-def train_args(data, tmp_path, name, head, *extra):
-    """2 workers on the shared Ray head (``head``: its flags, see conftest's ``on_ray_head``)."""
+def train_args(data, tmp_path, name, *extra):
     return ("train", "--data", data, "--num-workers", "2", "--epochs", "4", "--batch-size", "64",
-            "--name", name, "--storage-path", str(tmp_path / "runs"), *head, *extra)
+            "--name", name, "--storage-path", str(tmp_path / "runs"), *extra)
 
 
-def test_killed_worker_is_restarted_and_every_epoch_is_logged_once(tmp_path, data, on_ray_head):
-    proc = start(*train_args(data, tmp_path, "restart", on_ray_head, "--max-failures", "1", "--keep-checkpoints", "3"),
+def test_killed_worker_is_restarted_and_every_epoch_is_logged_once(tmp_path, data):
+    proc = start(*train_args(data, tmp_path, "restart", "--max-failures", "1", "--keep-checkpoints", "3"),
                  cwd=str(tmp_path))
     run = tmp_path / "runs" / "restart"
     killed_at = kill_rank_1_in_epoch_2(run, proc)
@@ -74,8 +73,8 @@ def test_killed_worker_is_restarted_and_every_epoch_is_logged_once(tmp_path, dat
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
 
 
-def test_without_max_failures_a_kill_ends_the_run_then_resume_finishes_it(tmp_path, data, on_ray_head):
-    proc = start(*train_args(data, tmp_path, "failed", on_ray_head), cwd=str(tmp_path))
+def test_without_max_failures_a_kill_ends_the_run_then_resume_finishes_it(tmp_path, data):
+    proc = start(*train_args(data, tmp_path, "failed"), cwd=str(tmp_path))
     run = tmp_path / "runs" / "failed"
     kill_rank_1_in_epoch_2(run, proc)
     out, err = proc.communicate(timeout=600)
@@ -136,8 +135,8 @@ def test_stopped_local_run_resumes_after_its_last_checkpoint_and_evaluates(tmp_p
     assert os.path.isfile(run / "saved_model" / "saved_model.pb")
 
 
-def test_ctrl_c_ends_the_workers_and_keeps_the_checkpoints(tmp_path, data, on_ray_head):
-    proc = start(*train_args(data, tmp_path, "ctrlc", on_ray_head), cwd=str(tmp_path))
+def test_ctrl_c_ends_the_workers_and_keeps_the_checkpoints(tmp_path, data):
+    proc = start(*train_args(data, tmp_path, "ctrlc"), cwd=str(tmp_path))
     run = tmp_path / "runs" / "ctrlc"
     wait_for_checkpoint(run, 1, proc)
     pids = [json.loads((run / "workers" / f"rank-{r}.json").read_text())["pid"] for r in (0, 1)]

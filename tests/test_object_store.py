@@ -222,7 +222,7 @@ def _train_and_check(tmp_path, source_flags, population_of, epochs=2, extra=(), 
 
 
 @pytest.mark.ray
-def test_two_workers_train_5d_clips_in_two_hdf5_files_from_s3_exactly_once_with_a_node_cache(s3, tmp_path, on_ray_head):
+def test_two_workers_train_5d_clips_in_two_hdf5_files_from_s3_exactly_once_with_a_node_cache(s3, tmp_path):
     """Clips (frames, channels, rows, cols) in two gzip-chunked HDF5 objects matched by a
     glob; each worker reads its samples through the node cache. (Images are 4-D HDF5
     samples read by the same code; the local-mode S3 test trains on them.)"""
@@ -236,7 +236,7 @@ def test_two_workers_train_5d_clips_in_two_hdf5_files_from_s3_exactly_once_with_
     uri = f"s3://{BUCKET}/train/clips/part-*.h5"
     cache = tmp_path / "node-cache"
     _train_and_check(tmp_path, ["--data", uri], DataSection(kind="hdf5", paths=[uri]),
-                     extra=("--cache-dir", str(cache), *on_ray_head))
+                     extra=("--cache-dir", str(cache)))
     assert NodeCache(str(cache), 1 << 30).size() > 0
 
 
@@ -268,11 +268,11 @@ def _upload_image_tree(s3, tmp_path, prefix, n=60):
 
 
 @pytest.mark.ray
-def test_two_workers_train_class_folders_from_s3(s3, tmp_path, on_ray_head):
+def test_two_workers_train_class_folders_from_s3(s3, tmp_path):
     _upload_image_tree(s3, tmp_path, "photos")
     uri = f"s3://{BUCKET}/photos/"
     _train_and_check(tmp_path, ["--directory", uri, "--image-size", "5,5"],
-                     DataSection(kind="images", directory=uri, image_size=[5, 5]), extra=on_ray_head)
+                     DataSection(kind="images", directory=uri, image_size=[5, 5]))
 
 
 @pytest.mark.ray

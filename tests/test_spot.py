@@ -15,11 +15,11 @@ pytestmark = pytest.mark.ray
 
 
 
-def test_sigterm_checkpoints_at_a_step_and_the_restart_resumes_there_exactly(tmp_path, ids_order, on_ray_head):
+def test_sigterm_checkpoints_at_a_step_and_the_restart_resumes_there_exactly(tmp_path, ids_order):
     data, n, alone = ids_order
     record_dir, model = recording(tmp_path, "spot", step_seconds=0.06)
     proc = start("train", "--data", data, "--model", model, *ORDER_ARGS, "--checkpoint-every", "1h",
-                 *on_ray_head, "--num-workers", "2", "--max-failures", "1", "--name", "spot",
+                 "--num-workers", "2", "--max-failures", "1", "--name", "spot",
                  "--storage-path", str(tmp_path / "runs"), cwd=str(tmp_path))
     run = tmp_path / "runs" / "spot"
     deadline = time.time() + 300

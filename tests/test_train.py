@@ -11,7 +11,7 @@ from tests.common import RECORDING_MODEL, check_epochs, read_records, run_cli, w
 
 pytestmark = pytest.mark.ray
 
-def test_uneven_three_workers_train_each_sample_at_most_once(tmp_path, on_ray_head):
+def test_uneven_three_workers_train_each_sample_at_most_once(tmp_path):
     """101 samples on 3 workers with a global batch of 9: must finish, not hang. The
     builder is given relative to the working directory, as a user types it: the driver
     makes it absolute, so the workers (started elsewhere) find it."""
@@ -24,7 +24,7 @@ def test_uneven_three_workers_train_each_sample_at_most_once(tmp_path, on_ray_he
     (tmp_path / "recording.py").write_text(RECORDING_MODEL.format(record_dir=str(record_dir)))
     proc = run_cli("train", "--data", data, "--model", "recording.py:build", "--num-workers", "3",
                    "--cpus-per-worker", "0.5", "--batch-size", "9", "--epochs", "2", "--validation-ratio", "0.3",
-                   "--name", "uneven", "--storage-path", str(tmp_path / "runs"), *on_ray_head, cwd=str(tmp_path))
+                   "--name", "uneven", "--storage-path", str(tmp_path / "runs"), cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     from raytrain.run import rundir
 
@@ -62,8 +62,8 @@ def ray_actors_of_session_with(pid):
     return names
 
 
-def test_two_workers_learn_and_end_with_identical_weights(tmp_path, make_h5, ray_head):
-    """On a private local Ray while another Ray runs on this machine (the shared head): Ray
+def test_two_workers_learn_and_end_with_identical_weights(tmp_path, make_h5, other_ray):
+    """On a private local Ray while another Ray runs on this machine (``other_ray``): Ray
     Train's placement-group cleaner must ask this run's own Ray whether its controller lives,
     or it removes the run's placement group and ends its workers."""
     data = make_h5("train.h5", samples=480, shape=(16, 16, 3), classes=3)

@@ -15,14 +15,14 @@ def metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_workers_learn_from_an_index_of_mixed_formats(tmp_path, on_ray_head):
+def test_two_workers_learn_from_an_index_of_mixed_formats(tmp_path):
     tree = str(tmp_path / "tree")
     make_image_tree(tree, 480, (40, 40), classes=4, formats=("jpg", "png", "bmp", "gif"))
     index = str(tmp_path / "tree.parquet")
     assert run_cli("index", tree, "--out", index, cwd=str(tmp_path)).returncode == 0
     proc = run_cli("train", "--manifest", index, "--image-size", "24,24", "--num-workers", "2",
                    "--batch-size", "32", "--epochs", "4", "--learning-rate", "0.003",
-                   "--name", "img", "--storage-path", str(tmp_path / "runs"), *on_ray_head, cwd=str(tmp_path))
+                   "--name", "img", "--storage-path", str(tmp_path / "runs"), cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs" / "img"
     epochs = metrics(run)
