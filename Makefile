@@ -45,11 +45,9 @@ demo-images: $(DEMO_IMAGES)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-# Two processes share the tests (pytest-xdist); the simulated-cluster tests, which take Ray's
-# fixed default ports and count every process of their cluster, run after them, alone.
+# One process: Ray tests run side by side failed here (docs/development.md, "Tests").
 test: docs
-	$(BIN)/python -m pytest -n 2 --dist worksteal -m "not simulated_cluster"
-	$(BIN)/python -m pytest -m simulated_cluster
+	$(BIN)/python -m pytest
 
 # The tests that start no Ray and no extra processes: for iterating on a change.
 test-fast: $(STAMP)
