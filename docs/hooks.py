@@ -71,7 +71,8 @@ def exit_codes() -> str:
                        "loss became NaN); the line names the newest checkpoint and the `--resume` command",
         "EXIT_USER_ERROR": "bad input or environment: one line names the problem and the fix; nothing was started "
                            "or written",
-        "EXIT_INTERRUPTED": "Ctrl-C or SIGTERM: the workers saved a checkpoint, `status.json` says `interrupted`",
+        "EXIT_INTERRUPTED": "interrupted (Ctrl-C): the checkpoints already written stay valid, `status.json` says "
+                            "`interrupted`; continue with `--resume`",
     }
     rows = ["| code | constant | meaning |", "|---:|---|---|", "| 0 | | the command did what was asked |"]
     for name in ("EXIT_FAILED", "EXIT_USER_ERROR", "EXIT_INTERRUPTED"):
