@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
-MARKER = re.compile(r"^<!-- generated: ([a-z-]+) -->$", re.MULTILINE)
+MARKER = re.compile(r"^<!-- generated: ([a-z0-9-]+) -->$", re.MULTILINE)
 
 
 def _type_name(kind: Any) -> str:
@@ -142,4 +142,7 @@ def on_page_markdown(markdown: str, **kwargs: Any) -> str:
             raise KeyError(f"unknown generated part '{name}'; known: {sorted(PARTS)}")
         return PARTS[name]()
 
-    return MARKER.sub(generate, markdown)
+    done = MARKER.sub(generate, markdown)
+    if "<!-- generated:" in done:  # a marker the pattern did not take would vanish as a comment
+        raise ValueError(f"a generated-part marker in {kwargs['page'].file.src_path} was not replaced")
+    return done
