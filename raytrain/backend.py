@@ -1,4 +1,10 @@
-"""Ray Train's TensorFlow backend, with collective ports no other connection can take.
+"""Ray Train's backends of raytrain's two frameworks, with ports no other connection can take.
+
+:class:`RaytrainTensorflowConfig` sets ``TF_CONFIG`` for TensorFlow's collective;
+:class:`RaytrainJaxConfig` gives every worker the JAX coordinator's address (rank 0's
+node), the process count and its id, which :mod:`raytrain.frameworks.keras_jax` hands to
+``keras.distribution.initialize`` (Ray's own ``JaxTrainer`` sets JAX up only for TPUs and
+GPUs). Both draw their ports as follows.
 
 Ray Train's own backend (``ray.train.tensorflow.config``) gives each worker a port by
 binding port 0 and closing it again, then writes ``TF_CONFIG``; TensorFlow binds that
@@ -10,7 +16,7 @@ worker fails with ``UnknownError: Could not start gRPC server`` (seen once in ~7
 two-worker starts in this project's suite). TensorFlow's gRPC server does not set
 ``SO_REUSEPORT``, so the port cannot be held open for it either.
 
-This backend is the same, except that each worker draws its port at random from below
+These backends are Ray's, except that each worker draws its port at random from below
 the ephemeral range and above Ray's worker ports (10002-19999 by default), where only a
 server asking for that very number can take it, and two workers of one node never get
 the same one.
@@ -26,8 +32,11 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from ray.train.backend import Backend
-from ray.train.tensorflow import TensorflowConfig
+from ray.train.backend import Backend, BackendConfig
+try:
+    from ray.train.tensorflow import TensorflowConfig
+except ModuleNotFoundError:  # no TensorFlow here (pip install 'raytrain[jax]'): only the JAX backend is used
+    TensorflowConfig = BackendConfig
 
 from raytrain.env import LEGACY_KERAS_ENV
 
@@ -86,7 +95,11 @@ def assign(picked: list[tuple[str, int]], redraw: Callable[[int, frozenset[int]]
         while picked[rank] in picked[:rank]:
             taken = frozenset(port for ip, port in picked[:rank] if ip == picked[rank][0])
             picked[rank] = redraw(rank, taken)
-    return [f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip, port in picked]
+    return [host_port(ip, port) for ip, port in picked]
+
+
+def host_port(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 class _Backend(Backend):
@@ -107,3 +120,28 @@ class RaytrainTensorflowConfig(TensorflowConfig):
     @property
     def backend_cls(self) -> type:
         return _Backend
+
+
+def _set_jax_env(coordinator: str, processes: int, rank: int) -> None:
+    from raytrain.frameworks.keras_jax import COORDINATOR_ENV, PROCESS_ID_ENV, PROCESSES_ENV
+
+    os.environ.update({COORDINATOR_ENV: coordinator, PROCESSES_ENV: str(processes), PROCESS_ID_ENV: str(rank)})
+
+
+class _JaxBackend(Backend):
+    def on_start(self, worker_group, backend_config):  # noqa: ANN001 - Ray Train's Backend interface
+        import ray
+
+        processes = len(worker_group.execute(os.getpid))
+        coordinator = host_port(*worker_group.execute_single(0, _address))  # rank 0's process serves it
+        ray.get([worker_group.execute_single_async(rank, _set_jax_env, coordinator, processes, rank)
+                 for rank in range(processes)])
+
+
+@dataclass
+class RaytrainJaxConfig(BackendConfig):
+    """Ray Train's backend config for Keras 3 on JAX (see the module docstring)."""
+
+    @property
+    def backend_cls(self) -> type:
+        return _JaxBackend

@@ -42,6 +42,7 @@ COLOR_MODES = {"rgb": 3, "grayscale": 1}  # data.color_mode -> channels
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
 BAD_SAMPLE_POLICIES = ("error", "skip")
 SCALES = ("auto", "unit", "none")  # data.scale
+FRAMEWORKS = ("auto", "tf_keras", "keras")  # model.framework (raytrain.frameworks)
 PLACEMENTS = {"pack": "PACK", "spread": "SPREAD"}  # scaling.placement -> Ray's placement group strategy
 DATA_URI_SCHEMES = ("s3", "gs", "gcs", "file")  # data locations may be URIs of these (raytrain.data.store)
 STORAGE_OPTION_KEYS = ("endpoint", "region", "anonymous")  # data.storage_options
@@ -99,11 +100,14 @@ class DataSection:
 class ModelSection:
     builder: str = option("cnn", "a built-in model (cnn, video3d), path/to/file.py:function or "
                           "package.module:function")
-    optimizer: str = option("adam", "a tf_keras optimizer name (adam, sgd, rmsprop, ...)")
+    optimizer: str = option("adam", "a Keras optimizer name (adam, sgd, rmsprop, ...)")
     learning_rate: float = option(0.001, "the optimizer's learning rate")
-    loss: str = option("auto", "a tf_keras loss name; auto = (sparse) categorical crossentropy from the "
+    loss: str = option("auto", "a Keras loss name; auto = (sparse) categorical crossentropy from the "
                        "labels' format")
-    metrics: list[str] = option(help="tf_keras metric names, reported every epoch", factory=lambda: ["accuracy"])
+    metrics: list[str] = option(help="Keras metric names, reported every epoch", factory=lambda: ["accuracy"])
+    framework: str = option("auto", "which Keras trains the model: tf_keras (TensorFlow), keras (Keras 3 on JAX); "
+                            "auto = the one the builder imports (built-ins: tf_keras when TensorFlow is installed)",
+                            FRAMEWORKS)
 
 
 @dataclass
@@ -114,7 +118,7 @@ class TrainingSection:
     mixed_precision: bool = option(False, "compute in 16-bit floats with float32 variables: float16 with loss "
                                    "scaling on GPUs, bfloat16 on CPUs")
     jit_compile: bool = option(False, "compile the training step with XLA")
-    steps_per_execution: int = option(0, "training steps per call into TensorFlow (fewer Python round trips "
+    steps_per_execution: int = option(0, "training steps per compiled call (TensorFlow or XLA) (fewer Python round trips "
                                       "and metric reads per step); 0 = auto: the largest divisor of "
                                       "run.log_every_steps up to 16 (16 when that is 0)")
 
@@ -497,6 +501,10 @@ def _validate_model_and_training(m: ModelSection, t: TrainingSection) -> None:
         raise RaytrainError("model.builder is empty; name a built-in model (e.g. cnn) or file.py:function")
     m.builder = absolute_builder(m.builder)
     _positive("model.learning_rate", m.learning_rate, "learning-rate")
+    if m.framework not in FRAMEWORKS:
+        raise RaytrainError(
+            f"model.framework must be one of {list(FRAMEWORKS)}. Received: {m.framework!r} (set it with --framework)"
+        )
     _positive("training.epochs", t.epochs, "epochs")
     _positive("training.batch_size", t.batch_size, "batch-size")
     _positive("training.steps_per_execution", t.steps_per_execution, "steps-per-execution", allow_zero=True)

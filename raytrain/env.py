@@ -29,13 +29,17 @@ RAY_OVERRIDE_ENV = "RAY_OVERRIDE_RESOURCES"
 # - TF_CPU_ALLOCATOR_USE_BFC keeps freed tensor memory in TensorFlow's own pool. With the
 #   default allocator, feeding batches from Python made every step fault its activations
 #   back in from the kernel (docs/decisions.md);
-# - PYTHONUNBUFFERED: a worker's lines reach its log file as they are written.
+# - PYTHONUNBUFFERED: a worker's lines reach its log file as they are written;
+# - KERAS_BACKEND: Keras 3 picks its backend once, at its import, and raytrain trains Keras 3
+#   models on JAX (raytrain.frameworks). Like the others it is a default: a value the user
+#   set stays, and a Keras 3 run refuses any other backend in one line.
 LEGACY_KERAS_ENV = {"TF_USE_LEGACY_KERAS": "1"}  # also set by raytrain.backend where TF_CONFIG is
 WORKER_ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "2",
     **LEGACY_KERAS_ENV,
     "TF_CPU_ALLOCATOR_USE_BFC": "true",
     "PYTHONUNBUFFERED": "1",
+    "KERAS_BACKEND": "jax",
 }
 
 # How often Ray Train's controller polls its workers (Ray's default: 2 s). A worker's

@@ -1,10 +1,12 @@
 """Built-in models and user model builders.
 
-A builder is a function ``build(input_shape, num_classes) -> tf_keras.Model`` whose
-model ends in a softmax over ``num_classes`` (probabilities, not logits). If the model
-it returns is not compiled, raytrain compiles it from the job's optimizer, learning
-rate, loss and metrics. Models must be ``tf_keras`` models: Keras 3 cannot ``fit``
-under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585).
+A builder is a function ``build(input_shape, num_classes) -> Model`` whose model ends
+in a softmax over ``num_classes`` (probabilities, not logits). If the model it returns is
+not compiled, raytrain compiles it from the job's optimizer, learning rate, loss and
+metrics. The model is a ``tf_keras`` model (trained under TensorFlow's distribution
+strategies) or a Keras 3 model (``import keras``, trained on the JAX backend); which one
+is ``model.framework`` (:mod:`raytrain.frameworks`), and every function here takes it.
+The built-ins exist for both.
 
 ``model.builder`` is one of:
 - a built-in name: ``cnn`` (images ``(H, W, C)``), ``video3d`` (clips ``(frames, C, H, W)``);
@@ -18,17 +20,29 @@ import importlib
 import importlib.util
 import os
 import sys
+import functools
 from typing import Any, Callable
 
 from raytrain.config import ModelSection, TrainingSection
 from raytrain.errors import RaytrainError
-from raytrain.execution import read_metrics_per_execution
 
 
-def cnn(input_shape: tuple[int, ...], num_classes: int) -> Any:
+def keras_module(framework: str) -> Any:
+    """The Keras package of ``framework``: ``tf_keras``, or Keras 3 (``keras``, on the
+    backend ``KERAS_BACKEND`` names, JAX for raytrain's runs)."""
+    if framework == "keras":
+        import keras
+
+        return keras
+    import tf_keras
+
+    return tf_keras
+
+
+def cnn(input_shape: tuple[int, ...], num_classes: int, framework: str = "tf_keras") -> Any:
     """A small conv net for images ``(H, W, C)``."""
-    import tf_keras as keras
-    from tf_keras import layers
+    keras = keras_module(framework)
+    layers = keras.layers
 
     if len(input_shape) != 3:
         raise RaytrainError(
@@ -51,14 +65,14 @@ def cnn(input_shape: tuple[int, ...], num_classes: int) -> Any:
     )
 
 
-def video3d(input_shape: tuple[int, ...], num_classes: int) -> Any:
+def video3d(input_shape: tuple[int, ...], num_classes: int, framework: str = "tf_keras") -> Any:
     """A small 3D conv net for video clips ``(frames, channels, rows, cols)``.
 
     The clips are channels-first as in the HDF5 tutorial; they are permuted to
     channels-last because TensorFlow's CPU Conv3D supports only that layout.
     """
-    import tf_keras as keras
-    from tf_keras import layers
+    keras = keras_module(framework)
+    layers = keras.layers
 
     if len(input_shape) != 4:
         raise RaytrainError(
@@ -98,15 +112,15 @@ def _load_file(path: str, spec: str) -> Any:
     return module
 
 
-def resolve_builder(spec: str) -> Callable[..., Any]:
-    """Turn ``model.builder`` into a callable.
+def resolve_builder(spec: str, framework: str = "tf_keras") -> Callable[..., Any]:
+    """Turn ``model.builder`` into a callable (a built-in for ``framework``'s Keras).
 
     Raises:
         RaytrainError: Unknown built-in, missing file or module, missing or
             non-callable function.
     """
     if spec in BUILTINS:
-        return BUILTINS[spec]
+        return functools.partial(BUILTINS[spec], framework=framework)
     if ":" not in spec:
         raise RaytrainError(
             f"unknown built-in model '{spec}'; built-ins are {sorted(BUILTINS)}, "
@@ -148,9 +162,7 @@ def _check_input(model: Any, spec: str, sample_shape: tuple[int, ...]) -> None:
 COMPILE_METRIC_NAMES = ("accuracy", "acc", "crossentropy", "ce")  # resolved by compile() from the loss
 
 
-def _check_metrics(metrics: tuple[str, ...]) -> None:
-    import tf_keras as keras
-
+def _check_metrics(metrics: tuple[str, ...], keras: Any) -> None:
     for name in metrics:
         if name in COMPILE_METRIC_NAMES:
             continue
@@ -160,7 +172,7 @@ def _check_metrics(metrics: tuple[str, ...]) -> None:
             known = False
         if not known:
             raise RaytrainError(
-                f"unknown metric '{name}' (model.metrics); use a tf_keras metric function or class name such as "
+                f"unknown metric '{name}' (model.metrics); use a {keras.__name__} metric function or class name such as "
                 "accuracy, mse, top_k_categorical_accuracy, AUC, Precision, Recall"
             )
 
@@ -168,8 +180,7 @@ def _check_metrics(metrics: tuple[str, ...]) -> None:
 def starts_with_rescaling(model: Any) -> bool:
     """Whether the model's first layer (after its inputs) is a ``Rescaling`` layer, as
     Keras's image examples begin (``Rescaling(1/255)``): such a model scales its own inputs."""
-    import tf_keras as keras
-
+    keras = keras_module("keras" if is_keras3(model) else "tf_keras")
     first = next((layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)), None)
     return isinstance(first, keras.layers.Rescaling)
 
@@ -205,6 +216,16 @@ def steps_per_execution(setting: int, log_every_steps: int) -> int:
     return max(d for d in range(1, STEPS_PER_EXECUTION_MAX + 1) if log_every_steps % d == 0)
 
 
+def dividing(steps: int, *counts: int) -> int:
+    """The largest step count up to ``steps`` that divides each of ``counts`` (0s ignored).
+
+    Keras 3's ``fit`` and ``evaluate`` run every call into XLA for ``steps_per_execution``
+    steps even past the end of an epoch (they would train on the next epoch's batches), so
+    a Keras 3 run's calls must divide its epochs' steps (tf_keras stops a call at the
+    epoch's end)."""
+    return max(d for d in range(1, steps + 1) if all(n % d == 0 for n in counts if n))
+
+
 def build_model(
     model: ModelSection,
     training: TrainingSection,
@@ -213,6 +234,7 @@ def build_model(
     one_hot: bool,
     steps_per_execution: int = 1,
     read_metrics_once: bool = True,
+    framework: str = "tf_keras",
 ) -> Any:
     """Build (and compile, unless the builder did) the job's model. Call inside the strategy's scope.
 
@@ -221,26 +243,34 @@ def build_model(
     ``steps_per_execution`` (see :func:`steps_per_execution`) applies to models compiled
     here (a builder that compiles its model keeps its own setting). With
     ``read_metrics_once`` the metrics are read once per execution, not once per step
-    (:mod:`raytrain.execution`); the bench's plain tf_keras rows turn it off.
+    (:mod:`raytrain.execution`, tf_keras only); the bench's plain tf_keras rows turn it
+    off. Keras 3 on JAX always compiles its steps with XLA, so ``jit_compile`` changes
+    nothing there.
     """
-    import tf_keras as keras
-
-    keras.mixed_precision.set_global_policy(precision_policy(training.mixed_precision))
-    built = _built(model.builder, tuple(input_shape), num_classes)
-    if built.optimizer is None:  # not compiled by the builder
-        _compile(built, model, one_hot, training.jit_compile, steps_per_execution)
-    elif training.jit_compile:
+    keras = keras_module(framework)
+    keras.mixed_precision.set_global_policy(precision_policy(training.mixed_precision, framework))
+    built = _built(model.builder, tuple(input_shape), num_classes, framework)
+    jax = framework == "keras"
+    if getattr(built, "optimizer", None) is None:  # not compiled by the builder (Keras 3 has no attribute then)
+        _compile(built, model, one_hot, "auto" if jax else training.jit_compile, steps_per_execution, keras)
+    elif training.jit_compile and not jax:
         built.jit_compile = True
-    if read_metrics_once:
+    if read_metrics_once and not jax:
+        from raytrain.execution import read_metrics_per_execution
+
         read_metrics_per_execution(built)
     return built
 
 
-def _built(spec: str, input_shape: tuple[int, ...], num_classes: int) -> Any:
-    """The builder's model, checked against the data's sample shape and classes."""
-    import tf_keras as keras
+def is_keras3(model: Any) -> bool:
+    """Whether ``model`` is a Keras 3 model (``import keras``) rather than a tf_keras one."""
+    return any(c.__module__.split(".")[0] == "keras" for c in type(model).__mro__)
 
-    builder = resolve_builder(spec)
+
+def _built(spec: str, input_shape: tuple[int, ...], num_classes: int, framework: str) -> Any:
+    """The builder's model, checked against the data's sample shape and classes."""
+    keras = keras_module(framework)
+    builder = resolve_builder(spec, framework)
     try:
         model = builder(input_shape, num_classes)
     except RaytrainError:
@@ -251,13 +281,7 @@ def _built(spec: str, input_shape: tuple[int, ...], num_classes: int) -> Any:
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         ) from None
     if not isinstance(model, keras.Model):
-        hint = (
-            "; it looks like a Keras 3 model: build it with `import tf_keras as keras` "
-            "(Keras 3 cannot fit under MultiWorkerMirroredStrategy)"
-            if type(model).__module__.startswith("keras")
-            else ""
-        )
-        raise RaytrainError(f"model builder '{spec}' returned {type(model).__name__}, not a tf_keras.Model{hint}")
+        raise RaytrainError(_wrong_model(spec, model, framework))
     _check_input(model, spec, input_shape)
     out = model.output_shape
     if isinstance(out, tuple) and out[-1] != num_classes:
@@ -268,35 +292,51 @@ def _built(spec: str, input_shape: tuple[int, ...], num_classes: int) -> Any:
     return model
 
 
-def _compile(model: Any, section: ModelSection, one_hot: bool, jit_compile: bool, steps_per_execution: int) -> None:
-    """Compile with the job's optimizer, learning rate, loss and metrics, each checked by name."""
-    import tf_keras as keras
+def _wrong_model(spec: str, model: Any, framework: str) -> str:
+    """What to say when the builder's model is not of ``framework``'s Keras."""
+    root = type(model).__module__.split(".")[0]
+    if framework == "tf_keras" and root == "keras":
+        return (f"model builder '{spec}' returned a Keras 3 model but model.framework is tf_keras; "
+                "train it with --framework keras (Keras 3 on JAX), or build it with `import tf_keras as keras`")
+    if framework == "keras" and root in ("tf_keras", "tensorflow"):
+        return (f"model builder '{spec}' returned a tf_keras model but model.framework is keras; "
+                "train it with --framework tf_keras, or build it with `import keras` (Keras 3)")
+    want = "keras.Model (Keras 3)" if framework == "keras" else "tf_keras.Model"
+    return f"model builder '{spec}' returned {type(model).__name__}, not a {want}"
 
+
+def _compile(model: Any, section: ModelSection, one_hot: bool, jit_compile: Any, steps_per_execution: int,
+             keras: Any) -> None:
+    """Compile with the job's optimizer, learning rate, loss and metrics, each checked by name."""
     try:
         opt = keras.optimizers.get({"class_name": section.optimizer, "config": {"learning_rate": section.learning_rate}})
     except ValueError:
         raise RaytrainError(
-            f"unknown optimizer '{section.optimizer}' (model.optimizer); use a tf_keras optimizer name such as adam, "
+            f"unknown optimizer '{section.optimizer}' (model.optimizer); use a Keras optimizer name such as adam, "
             "sgd, rmsprop"
         ) from None
     metrics = tuple(section.metrics)
-    _check_metrics(metrics)
+    _check_metrics(metrics, keras)
     loss_name = default_loss(one_hot) if section.loss == "auto" else section.loss
     try:
         keras.losses.get(loss_name)
     except ValueError:
-        raise RaytrainError(f"unknown loss '{loss_name}' (model.loss); use auto or a tf_keras loss name") from None
+        raise RaytrainError(f"unknown loss '{loss_name}' (model.loss); use auto or a Keras loss name") from None
     model.compile(optimizer=opt, loss=loss_name, metrics=list(metrics), jit_compile=jit_compile,
                   steps_per_execution=steps_per_execution)
 
 
-def precision_policy(mixed: bool) -> str:
-    """tf_keras's policy for ``training.mixed_precision``: ``mixed_float16`` where a GPU is
-    visible (tf_keras then wraps the optimizer in a LossScaleOptimizer), ``mixed_bfloat16``
+def precision_policy(mixed: bool, framework: str = "tf_keras") -> str:
+    """Keras's policy for ``training.mixed_precision``: ``mixed_float16`` where a GPU is
+    visible (Keras then wraps the optimizer in a LossScaleOptimizer), ``mixed_bfloat16``
     on CPUs (bfloat16 has float32's range, so no loss scaling; it is faster only on CPUs
     with bfloat16 instructions), ``float32`` when off."""
     if not mixed:
         return "float32"
+    if framework == "keras":
+        import jax
+
+        return "mixed_float16" if jax.default_backend() == "gpu" else "mixed_bfloat16"
     import tensorflow as tf
 
     return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"

@@ -49,7 +49,7 @@ class Mode:
         """Build the model once on the driver, so a builder that fails for this data is one
         line here rather than a traceback from every worker."""
         with quiet_stderr():
-            hide_gpus()
+            hide_gpus(spec.job.model.framework)
             _check_model(spec)
 
     @contextlib.contextmanager
@@ -69,12 +69,12 @@ class InProcess(Mode):
     ray_datasets = False
 
     def check_model(self, spec: Any) -> None:
-        """Nothing: the loop builds the model in this process, and must create its strategy
-        before any other TensorFlow op."""
+        """Nothing: the loop builds the model in this process, and must set its framework up
+        (TensorFlow's strategy, JAX's distribution) before anything else touches it."""
 
     @contextlib.contextmanager
     def session(self, job: JobConfig, verbose: bool) -> Iterator[Optional[ProgressSink]]:
-        import ray.train.tensorflow  # noqa: F401  (sets up Ray Train's loggers: quiet them after)
+        import ray.train  # noqa: F401  (sets up Ray Train's loggers: quiet them after)
 
         if not verbose:
             quiet_ray_loggers()
@@ -187,11 +187,15 @@ def _check_resources(job: JobConfig, have: dict[str, float]) -> None:
 def _check_model(spec: Any) -> None:
     """Build and compile the model once on the driver (see :meth:`Mode.check_model`)."""
     m, t = spec.job.model, spec.job.training
-    build_model(m, t, spec.read.sample_shape, spec.num_classes, spec.one_hot)
+    build_model(m, t, spec.read.sample_shape, spec.num_classes, spec.one_hot, framework=m.framework)
 
 
-def hide_gpus() -> None:
-    """Keep this process's TensorFlow off the GPUs (the driver, when Ray workers train).
+def hide_gpus(framework: str = "tf_keras") -> None:
+    """Keep this process's framework off the GPUs (the driver, when Ray workers train).
+
+    JAX reserves 75% of every GPU's memory when it first touches them, and reads
+    ``JAX_PLATFORMS`` only then: the variable keeps the driver's JAX on the CPU when it has
+    not started yet.
 
     TensorFlow reserves nearly all memory of every GPU it sees when it first touches them;
     the driver's one check build of the model (:func:`_check_model`) would then starve the
@@ -199,6 +203,9 @@ def hide_gpus() -> None:
     CPU. Not in-process: there the loop trains in this process. (Reasoned from
     TensorFlow's documented allocator behaviour; no GPU was available to measure it.)
     """
+    if framework == "keras":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        return
     import tensorflow as tf
 
     try:

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import pyarrow as pa
 
-from raytrain import modes
+from raytrain import frameworks, modes
 from raytrain.config import PLACEMENTS, JobConfig
 from raytrain.data.kinds import build_index
 from raytrain.data.loader import ReadSpec, auto_window, reading_threads
@@ -115,6 +115,7 @@ class _Prepared:
 def _prepare(job: JobConfig, mode: modes.Mode) -> _Prepared:
     """Index, split and plan on the driver, so bad input fails before any worker starts."""
     d, s = job.data, job.scaling
+    job.model.framework = frameworks.resolve(job.model)  # once: the saved job and the workers carry the answer
     index = build_index(d)
     train_table, val_table, plan = _split_and_plan(job, index)
     read = ReadSpec(d, index.sample_shape, index.dtype, index.rows_per_block,
@@ -128,7 +129,7 @@ def _prepare(job: JobConfig, mode: modes.Mode) -> _Prepared:
 def _split_and_plan(job: JobConfig, index: SampleIndex) -> tuple[pa.Table, pa.Table, StepPlan]:
     d, s = job.data, job.scaling
     train_table, val_table = split_index(index.table, d.validation_ratio, d.seed)
-    resolve_builder(job.model.builder)
+    resolve_builder(job.model.builder, job.model.framework if job.model.framework != "auto" else "tf_keras")
     plan = plan_steps(train_table.num_rows, val_table.num_rows, s.world_size, job.training.batch_size,
                       s.replicas_per_worker)
     return train_table, val_table, plan
@@ -176,8 +177,9 @@ def _run(job: JobConfig, resume: bool, verbose: bool, mode: modes.Mode) -> Optio
             return None
         mode.check_machine(job)
         prepared = _prepare(job, mode)  # bad input fails here, before TensorFlow's import
-        with quiet_stderr():
-            import tensorflow  # noqa: F401  (its C++ start-up lines go to /dev/null unless --verbose)
+        if job.model.framework == frameworks.TF_KERAS:
+            with quiet_stderr():
+                import tensorflow  # noqa: F401  (its C++ start-up lines go to /dev/null unless --verbose)
         if resume:
             _check_same_data(job, prepared.index)
         with mode.session(job, verbose) as sink:
@@ -231,9 +233,7 @@ def _train(spec: WorkerSpec, prepared: _Prepared, resume: bool, mode: modes.Mode
 
 def _fit(spec: Any, train_table: Any, val_table: Any, mode: modes.Mode) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.tensorflow import TensorflowTrainer
 
-    from raytrain.backend import RaytrainTensorflowConfig
     from raytrain.data.ray_datasets import FixedShards, to_ray_datasets
     from raytrain.data.split import partition_index
 
@@ -248,10 +248,9 @@ def _fit(spec: Any, train_table: Any, val_table: Any, mode: modes.Mode) -> Any:
     tables = {"train": train_table, "validation": val_table}
     if not mode.ray_datasets:  # the loop in this process gets the tables as they are
         spec = dataclasses.replace(spec, tables={name: t for name, t in tables.items() if t.num_rows})
-    trainer = TensorflowTrainer(
+    trainer = frameworks.get(job.model.framework).trainer(
         train_loop_per_worker=train_loop,
         train_loop_config={"spec": spec},
-        tensorflow_config=RaytrainTensorflowConfig(),
         scaling_config=ScalingConfig(
             num_workers=s.ray_num_workers, use_gpu=s.gpus_per_worker > 0, resources_per_worker=resources,
             placement_strategy=PLACEMENTS[s.placement],
@@ -376,7 +375,8 @@ def _summarize(job: JobConfig, n_train: int, n_val: int, wall: float) -> RunSumm
         elastic=runs.workers(job.scaling, epochs) if job.scaling.elastic else "",
         files={
             "model": rundir.path(run_dir, rundir.MODEL_KERAS),
-            "serving": rundir.path(run_dir, rundir.SAVED_MODEL),
+            **({"serving": rundir.path(run_dir, rundir.SAVED_MODEL)} if job.model.framework == frameworks.TF_KERAS
+               else {}),
             "metrics": rundir.path(run_dir, rundir.METRICS),
             "job": rundir.path(run_dir, rundir.JOB),
         },

@@ -4,8 +4,10 @@ A checkpoint is a folder in the run directory, ``checkpoint-epoch-NNNN`` after `
 epochs, or ``checkpoint-epoch-NNNN-step-SSSSSS`` after ``NNNN`` epochs and ``SSSSSS``
 steps of the next (a step checkpoint, every ``run.checkpoint_every``), holding
 
-- ``weights.*``: a ``tf.train.Checkpoint`` of the model **and its optimizer** (slots,
-  iteration count), so training continues as if it had not stopped;
+- the weights of the model **and its optimizer's state** (slots, iteration count), so
+  training continues as if it had not stopped: a ``tf.train.Checkpoint`` (``weights.*``)
+  for tf_keras, every variable in order (``weights.npz``) for Keras 3
+  (:meth:`raytrain.frameworks.Framework.write_weights`);
 - ``raytrain_state.json``: the epochs completed, the steps done of the next one, the
   data order's seed, partitions and global batch. An epoch's order is a pure function of
   ``(seed, epoch)`` and the data (:mod:`raytrain.data.order`), the same for any number
@@ -26,12 +28,10 @@ import os
 import re
 from typing import Any, Optional
 
-from raytrain import compat
 from raytrain.run import storage
 from raytrain.run.rundir import CHECKPOINT_PREFIX as PREFIX
 
 STATE_FILE = "raytrain_state.json"  # written last: a folder without it is incomplete
-WEIGHTS = "weights"
 
 
 def dir_name(epoch: int, step: int = 0) -> str:
@@ -40,15 +40,22 @@ def dir_name(epoch: int, step: int = 0) -> str:
     return f"{PREFIX}{epoch:04d}" + (f"-step-{step:06d}" if step else "")
 
 
-def write(model: Any, folder: str, state: dict[str, Any]) -> None:
-    """Write the model's weights, its optimizer's state and ``state`` into a local ``folder``."""
-    import tensorflow as tf
-
+def write(model: Any, folder: str, state: dict[str, Any], framework: Any = None) -> None:
+    """Write the model's weights, its optimizer's state and ``state`` into a local ``folder``
+    (``framework``: the model's :class:`raytrain.frameworks.Framework`, found from the model
+    when not given)."""
     os.makedirs(folder, exist_ok=True)
-    tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(os.path.join(folder, WEIGHTS))
+    (framework or _framework_of(model)).write_weights(model, folder)
     files = {name: os.path.getsize(os.path.join(folder, name)) for name in sorted(os.listdir(folder))}
     with open(os.path.join(folder, STATE_FILE), "w") as f:
         json.dump(dict(state, files=files), f)
+
+
+def _framework_of(model: Any) -> Any:
+    from raytrain import frameworks
+    from raytrain.models import is_keras3
+
+    return frameworks.get(frameworks.KERAS if is_keras3(model) else frameworks.TF_KERAS)
 
 
 def read_state(folder: str) -> dict[str, Any]:
@@ -59,21 +66,12 @@ def read_state(folder: str) -> dict[str, Any]:
     return state
 
 
-def restore(model: Any, folder: str) -> dict[str, Any]:
+def restore(model: Any, folder: str, framework: Any = None) -> dict[str, Any]:
     """Load weights and optimizer state from a local checkpoint ``folder``; return its state.
 
-    Call in the strategy's scope, after the model is compiled: the optimizer's slot
-    variables are created here so that they are restored, not lazily created later.
+    Call in the framework's scope, after the model is compiled.
     """
-    import tensorflow as tf
-
-    optimizer = model.optimizer
-    if callable(getattr(optimizer, "build", None)):  # tf_keras optimizers
-        optimizer.build(model.trainable_variables)
-    else:  # tf_keras.optimizers.legacy (what optimizers.get(name, config) returns)
-        compat.create_optimizer_slots(optimizer, model.trainable_variables)
-    status = tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(os.path.join(folder, WEIGHTS))
-    status.assert_existing_objects_matched()
+    (framework or _framework_of(model)).read_weights(model, folder)
     return read_state(folder)
 
 

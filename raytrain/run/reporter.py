@@ -7,8 +7,8 @@ The metrics line comes first, so every checkpointed epoch has its line. During a
 epoch rank 0 sends progress twice a second (:mod:`raytrain.run.progress`) and batch
 scalars every ``run.log_every_steps`` steps.
 
-Imported by the worker only once TensorFlow is loaded (this module imports tf_keras and
-Ray Train, ~5 s; see :mod:`raytrain.worker`).
+The reporter is the same for either framework: :func:`reporter_class` puts it on that
+framework's Keras ``Callback`` class.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import time
 from typing import Any, Callable, Optional
 
 import ray.train
-import tf_keras
 
 from raytrain.data.plan import StepPlan
 from raytrain.errors import LossNotFinite, Preempted
@@ -90,8 +89,14 @@ class StepClock:
         self.last_step, self.last_time = step, time.perf_counter()
 
 
-class EpochReporter(tf_keras.callbacks.Callback):
-    """Reports each epoch of ``fit`` (see the module docstring).
+def reporter_class(callback: type) -> type:
+    """:class:`EpochReporter` as a subclass of ``callback``, a Keras ``Callback`` class
+    (``tf_keras.callbacks.Callback`` or ``keras.callbacks.Callback``)."""
+    return type("EpochReporter", (EpochReporter, callback), {})
+
+
+class EpochReporter:
+    """Reports each epoch of ``fit`` (see the module docstring); use :func:`reporter_class`.
 
     Args:
         plan: The step plan (steps per epoch, global batch).
@@ -110,12 +115,16 @@ class EpochReporter(tf_keras.callbacks.Callback):
         first_step: The global step training starts from (a resumed run continues its
             TensorBoard curves instead of starting them again at 0, and an epoch
             resumed at step ``k`` runs its remaining steps only).
+        validate: Called with the epoch at its end, returns the validation metrics
+            (``val_*``), where ``fit`` does not validate itself (Keras 3 on JAX).
     """
 
     def __init__(self, plan: StepPlan, run_dir: str, epochs: int, log_every_steps: int, rank: int, sink: Any,
                  take_waited: Callable[[], float], start_validation: Optional[Callable[[int], None]],
-                 save_checkpoint: Callable[..., dict[str, Any]], clock: StepClock, first_step: int = 0):
+                 save_checkpoint: Callable[..., dict[str, Any]], clock: StepClock, first_step: int = 0,
+                 validate: Optional[Callable[[int], dict[str, float]]] = None):
         super().__init__()
+        self.validate = validate
         self._supports_tf_logs = True  # logs stay tensors; read only when shown
         self.plan, self.run_dir, self.epochs, self.every = plan, run_dir, epochs, log_every_steps
         self.rank, self.sink = rank, sink
@@ -211,6 +220,9 @@ class EpochReporter(tf_keras.callbacks.Callback):
         return metrics
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        if self.validate is not None:
+            self.train_end = time.perf_counter()
+            logs = {**(logs or {}), **self.validate(epoch)}
         metrics = self._metrics(epoch, logs)
         if self.rank == 0:
             rundir.append_metrics(self.run_dir, metrics)

@@ -264,13 +264,14 @@ def collect_skipped(run_dir: str) -> dict[str, str]:
     return skipped
 
 
-def export_model(model: Any, run_dir: str, rank: int) -> None:
+def export_model(model: Any, run_dir: str, rank: int, saved_model: bool = True) -> None:
     """Export the final model; every rank must call this (saving under the strategy is
     collective; the others write to a scratch folder, as TensorFlow's multi-worker guide
     prescribes).
 
-    Rank 0 writes ``model.keras`` (``tf_keras.models.load_model`` reads it back, compiled,
-    to train on or evaluate) and ``saved_model/`` (``model.export``: a SavedModel with a
+    Rank 0 writes ``model.keras`` (``tf_keras.models.load_model``, or for a Keras 3 model
+    ``keras.saving.load_model``, reads it back, compiled, to train on or evaluate) and, with
+    ``saved_model`` (tf_keras models), ``saved_model/`` (``model.export``: a SavedModel with a
     ``serve`` / ``serving_default`` signature for TensorFlow Serving; it takes the model's
     float32 inputs: uint8 images divided by 255, or as 0-255 values when the model scales
     its own inputs, as ``data.scale`` decided during training).
@@ -278,11 +279,13 @@ def export_model(model: Any, run_dir: str, rank: int) -> None:
     scratch = tempfile.mkdtemp(prefix=f"raytrain-export-rank{rank}-")
     try:
         model.save(os.path.join(scratch, MODEL_KERAS))
-        with contextlib.redirect_stdout(io.StringIO()):  # export prints its signature
-            model.export(os.path.join(scratch, SAVED_MODEL))
+        if saved_model:
+            with contextlib.redirect_stdout(io.StringIO()):  # export prints its signature
+                model.export(os.path.join(scratch, SAVED_MODEL))
         if rank != 0:
             return
         storage.upload_file(os.path.join(scratch, MODEL_KERAS), storage.join(run_dir, MODEL_KERAS))
-        storage.upload_dir(os.path.join(scratch, SAVED_MODEL), storage.join(run_dir, SAVED_MODEL))
+        if saved_model:
+            storage.upload_dir(os.path.join(scratch, SAVED_MODEL), storage.join(run_dir, SAVED_MODEL))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
