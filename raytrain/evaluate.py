@@ -17,6 +17,7 @@ import tempfile
 import time
 from typing import Any, Optional
 
+from raytrain import frameworks
 from raytrain.config import validate_source
 from raytrain.data.feed import read_ahead, to_model
 from raytrain.data.loader import AUTO_WINDOW_MAX
@@ -30,15 +31,16 @@ from raytrain.models import resolve_builder, scales_uint8
 from raytrain.run import rundir, storage
 from raytrain.run.progress import quiet_stderr
 
-# TensorFlow and tf_keras are imported in the functions that use them, and their C++
-# start-up lines are silenced around the import.
+# The frameworks are imported in the functions that use them, and their C++ start-up lines
+# are silenced around the import.
 
 
-def _load_model(run_dir: str, builder: str) -> Any:
+def _load_model(run_dir: str, builder: str, framework: str) -> Any:
     """The run's exported model. The builder's module is imported first, so custom layers
-    it registers (``@tf_keras.saving.register_keras_serializable()``) can be rebuilt."""
-    import tf_keras
+    it registers (``@keras.saving.register_keras_serializable()``) can be rebuilt."""
+    from raytrain.models import keras_module
 
+    keras = keras_module(framework)
     path = rundir.path(run_dir, rundir.MODEL_KERAS)
     if not storage.exists(path):
         status = (rundir.read_status(run_dir) or {}).get("status", "unknown")
@@ -49,15 +51,16 @@ def _load_model(run_dir: str, builder: str) -> Any:
         local = os.path.join(tempfile.mkdtemp(prefix="raytrain-eval-"), rundir.MODEL_KERAS)
         storage.download_file(path, local)
     try:
-        resolve_builder(builder)
+        resolve_builder(builder, framework)
     except RaytrainError:
         pass  # the builder moved or is gone: a model of built-in layers still loads
     try:
-        return tf_keras.models.load_model(local)
+        return keras.models.load_model(local)
     except (TypeError, ValueError) as e:
         raise RaytrainError(
             f"{path} cannot be loaded: {str(e).splitlines()[0]}; a custom layer must be registered with "
-            "@tf_keras.saving.register_keras_serializable() in the builder's module (and get_config for its arguments)"
+            f"@{keras.__name__}.saving.register_keras_serializable() in the builder's module (and get_config for its "
+            "arguments)"
         ) from None
 
 
@@ -95,17 +98,27 @@ def evaluate(run_dir: str, data: Optional[dict[str, Any]] = None, batch_size: in
     where = d.paths or d.directory or d.manifest
     index = build_index(d)
     _check_like_training(index, meta, str(where), run_dir)
+    framework = "tf_keras" if job.model.framework == "auto" else job.model.framework  # runs from before the choice
+    frameworks.check(framework)
     with quiet_stderr():
-        model = _load_model(run_dir, job.model.builder)
+        model = _load_model(run_dir, job.model.builder, framework)
     read = ReadSpec(d, index.sample_shape, index.dtype, index.rows_per_block,
                     meta.get("shuffle_window") or AUTO_WINDOW_MAX, reading_threads(d, None))  # all this process's CPUs
     loader = make_loader(read, Shard(index.table, index.rows_per_block), 0, VALIDATION)
     steps = math.ceil(len(index) / batch_size)
-    convert = to_model(index.dtype, meta.get("num_classes", index.num_classes), bool(meta.get("one_hot", index.one_hot)),
-                       scales_uint8(d.scale, model))
+    classes, one_hot = meta.get("num_classes", index.num_classes), bool(meta.get("one_hot", index.one_hot))
+    batches = loader.epoch(0, steps, batch_size, tail=True)
     started = time.perf_counter()
-    feed, ds = read_ahead(loader.epoch(0, steps, batch_size, tail=True), steps, (None, *index.sample_shape),
-                          index.dtype, d.prefetch_batches, convert)
+    if framework == frameworks.KERAS:
+        from raytrain.frameworks.keras_jax import BatchQueue, to_numpy
+
+        feed = BatchQueue(d.prefetch_batches, to_numpy(index.dtype, classes, one_hot, scales_uint8(d.scale, model)))
+        feed.start(batches)
+        model.steps_per_execution = 1  # one call per batch: the last one is shorter
+        ds = feed.take(steps)
+    else:
+        convert = to_model(index.dtype, classes, one_hot, scales_uint8(d.scale, model))
+        feed, ds = read_ahead(batches, steps, (None, *index.sample_shape), index.dtype, d.prefetch_batches, convert)
     try:
         metrics = model.evaluate(ds, steps=steps, verbose=0, return_dict=True)
     except Exception:

@@ -283,13 +283,30 @@ def _built(spec: str, input_shape: tuple[int, ...], num_classes: int, framework:
     if not isinstance(model, keras.Model):
         raise RaytrainError(_wrong_model(spec, model, framework))
     _check_input(model, spec, input_shape)
-    out = model.output_shape
+    out = _output_shape(model, spec, input_shape) if framework == "keras" else model.output_shape
     if isinstance(out, tuple) and out[-1] != num_classes:
         raise RaytrainError(
             f"model '{spec}' outputs {out[-1]} values per sample but the labels have {num_classes} classes; "
             "end the model with Dense(num_classes, activation='softmax')"
         )
     return model
+
+
+def _output_shape(model: Any, spec: str, input_shape: tuple[int, ...]) -> Any:
+    """A Keras 3 model's output shape from one symbolic call on the data's shape: a model
+    whose layers cannot run on JAX (TensorFlow ops in a ``Lambda``, a TensorFlow-only layer)
+    fails here, on the driver, rather than at the first step."""
+    import keras
+
+    try:
+        return tuple(model(keras.KerasTensor((None, *input_shape))).shape)
+    except Exception as e:  # the user's model: any error is theirs to fix
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        raise RaytrainError(
+            f"model '{spec}' cannot run on samples of shape {input_shape} with Keras 3 on JAX: {type(e).__name__}: "
+            f"{first[:200]}; use Keras layers and keras.ops only (TensorFlow ops and TensorFlow-only layers run on "
+            "the TensorFlow backend, which cannot train across workers), or train a tf_keras model"
+        ) from None
 
 
 def _wrong_model(spec: str, model: Any, framework: str) -> str:

@@ -57,12 +57,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_cli(*args: str, cwd: str, timeout: float = 600, **env_vars: str) -> subprocess.CompletedProcess:
+def _env(python: str, **env_vars: str) -> dict[str, str]:
+    """This checkout on the path, unless ``python`` is another environment's (which has raytrain installed)."""
+    paths = {"PYTHONPATH": ROOT} if python == sys.executable else {}
+    return dict({k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **paths, **env_vars)
+
+
+def run_cli(*args: str, cwd: str, timeout: float = 600, python: str = sys.executable,
+            **env_vars: str) -> subprocess.CompletedProcess:
     """Run ``python -m raytrain ARGS`` (with ``env_vars`` added to its environment) and capture its output."""
-    env = dict(os.environ, PYTHONPATH=ROOT, **env_vars)
-    return subprocess.run(
-        [sys.executable, "-m", "raytrain", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([python, "-m", "raytrain", *args], cwd=cwd, env=_env(python, **env_vars),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def write_image(path: str, pixels: np.ndarray) -> str:
@@ -73,9 +78,8 @@ def write_image(path: str, pixels: np.ndarray) -> str:
     return path
 
 
-def start(*args, cwd):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.Popen([sys.executable, "-m", "raytrain", *args], cwd=cwd, env=env,
+def start(*args, cwd, python=sys.executable):
+    return subprocess.Popen([python, "-m", "raytrain", *args], cwd=cwd, env=_env(python),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -133,6 +137,47 @@ def build(input_shape, num_classes):
 '''
 
 
+# The same for Keras 3 on JAX: the step runs under jit, so the ids reach Python through a
+# callback, once per process with its own part of the global batch (partitioned=True).
+KERAS3_STEP_RECORDING_MODEL = '''
+import os
+import time
+
+import jax
+import keras
+import numpy as np
+
+RECORD_DIR = {record_dir!r}
+STEP_SECONDS = {step_seconds!r}
+
+
+def record(step, ids):
+    time.sleep(STEP_SECONDS)
+    with open(os.path.join(RECORD_DIR, f"train-{{os.getpid()}}.txt"), "a") as f:
+        f.write(f"{{int(step)}}:" + ",".join(str(int(round(float(i)))) for i in np.asarray(ids)) + "\\n")
+
+
+class RecordSteps(keras.layers.Layer):
+    def build(self, input_shape):
+        self.step = self.add_weight(name="step", shape=(), dtype="int32", trainable=False, initializer="zeros")
+
+    def call(self, x, training=None):
+        if not training:
+            return x
+        ids = keras.ops.reshape(x, (keras.ops.shape(x)[0], -1))[:, 0]
+        jax.debug.callback(record, self.step.value, ids, partitioned=True)
+        self.step.assign(self.step + 1)
+        return x
+
+
+def build(input_shape, num_classes):
+    return keras.Sequential([
+        keras.Input(input_shape), RecordSteps(), keras.layers.Flatten(),
+        keras.layers.Dense(num_classes, activation="softmax"),
+    ])
+'''
+
+
 def steps_trained(record_dir):
     """{global step: [sample ids of every worker's batch]}, the last record of a step winning
     per process; and {step: number of processes that trained it} (re-done steps count twice)."""
@@ -167,14 +212,14 @@ def local_order(root):
     return data, n, alone
 
 
-def recording(tmp_path, name, step_seconds=0.0):
+def recording(tmp_path, name, step_seconds=0.0, template=STEP_RECORDING_MODEL):
     """A model that records its steps in ``records-<name>/``; each step takes at least
     ``step_seconds`` (a run must outlast the workers' next stop check, about 2 s of training
-    after a SIGTERM: this machine's 14 ms steps finished 180 of them in under 3 s)."""
+    after a SIGTERM: this machine's 14 ms steps finished 180 of them in under 3 s).
+    ``template``: :data:`KERAS3_STEP_RECORDING_MODEL` for a Keras 3 model."""
     record_dir = tmp_path / f"records-{name}"
     record_dir.mkdir()
-    (tmp_path / f"{name}.py").write_text(STEP_RECORDING_MODEL.format(record_dir=str(record_dir),
-                                                                      step_seconds=step_seconds))
+    (tmp_path / f"{name}.py").write_text(template.format(record_dir=str(record_dir), step_seconds=step_seconds))
     return record_dir, f"{tmp_path}/{name}.py:build"
 
 

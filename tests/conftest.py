@@ -4,11 +4,14 @@ Shared helpers live in tests/common.py."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from typing import Callable
 
 import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "jax")  # as raytrain sets it (raytrain.env): before anything imports keras
 
 from raytrain.data.synth import make_hdf5
 from tests.common import ray_pids
@@ -113,3 +116,18 @@ def ids_order(tmp_path_factory):
     return local_order(tmp_path_factory.mktemp("ids"))
 
 
+
+
+@pytest.fixture(scope="session")
+def jax_python(tmp_path_factory):
+    """The Python of a fresh environment made as a user without TensorFlow makes it:
+    ``pip install 'raytrain[jax]'`` (this checkout). Built once per session."""
+    from tests.common import ROOT
+
+    env = tmp_path_factory.mktemp("jax-env")
+    subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
+    python = str(env / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{ROOT}[jax]"],
+                   check=True, timeout=900)
+    assert subprocess.run([python, "-c", "import tensorflow"], capture_output=True).returncode != 0
+    return python

@@ -113,11 +113,13 @@ def loader_child(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def in_memory_child(args: dict[str, Any]) -> dict[str, Any]:
-    """A plain tf_keras fit of the built-in cnn on the whole file held in memory."""
-    import tf_keras
-
+    """A plain fit of the built-in cnn on the whole file held in memory, with ``args``'
+    framework (tf_keras unless it says ``keras``)."""
     from raytrain.config import ModelSection, TrainingSection
-    from raytrain.models import build_model
+    from raytrain.models import build_model, keras_module
+
+    framework = args.get("framework", "tf_keras")
+    keras = keras_module(framework)
 
     with h5py.File(args["path"], "r") as f:
         x = f[args["x_key"]][:]
@@ -126,11 +128,11 @@ def in_memory_child(args: dict[str, Any]) -> dict[str, Any]:
     one_hot = y.ndim == 2 and y.shape[1] > 1
     classes = y.shape[1] if one_hot else int(y.max()) + 1
     model = build_model(ModelSection(), TrainingSection(), x.shape[1:], classes, one_hot,
-                        read_metrics_once=False)  # the built-in cnn, tf_keras's own loop
+                        read_metrics_once=False, framework=framework)  # the built-in cnn, Keras's own loop
     times: list[float] = []
     ends: list[float] = []  # for the marginal epoch (bench --workers), measured as raytrain's
 
-    class Timer(tf_keras.callbacks.Callback):
+    class Timer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
             self.start = time.perf_counter()
 

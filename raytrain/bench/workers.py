@@ -25,6 +25,11 @@ the last step's end, as raytrain's ``samples_per_s`` counts it; shown as the sam
 epoch trains on per second of it) and **between epochs** (the marginal epoch minus the
 steps: what the epoch boundary costs).
 
+**Frameworks.** ``--framework keras`` measures Keras 3 on JAX instead: the in-memory row
+is a plain Keras 3 ``fit`` and raytrain's rows train with ``--framework keras``; Ray's
+recipe rows (TensorFlow) are left out. The other framework's plain in-memory fit is a row
+too where it is installed, so each framework is shown against the other on this model.
+
 **Rounds.** This machine's epochs swing by 10-40% from one run to the next, more than
 the bars' margins, so the in-memory, ``--local`` and N-worker rows run ``repeats`` times
 (default 3), interleaved (in memory, local, N workers, then again). A row shows the
@@ -69,6 +74,13 @@ BARS = [
     ("local_vs_memory", "--local marginal epoch <= 1.0x a plain in-memory tf_keras fit", lambda v: v <= 1.0),
 ]
 
+# Keras 3 on JAX (bench --workers N --framework keras): Ray has no recipe for it to compare with.
+KERAS_BARS = [
+    ("workers_vs_local", "N Keras 3 workers >= 0.8x its --local rate", lambda v: v >= 0.8),
+    ("fixed_cost_s", "per-epoch fixed cost with N workers <= 0.5 s", lambda v: v <= 0.5),
+    ("local_vs_memory", "--local marginal epoch <= 1.1x a plain in-memory Keras 3 fit", lambda v: v <= 1.1),
+]
+
 
 def _marginal(times: list[float]) -> float:
     """The median gap between consecutive epoch ends, the first epoch left out."""
@@ -89,12 +101,12 @@ def _median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _train(path: str, workers: int, batch: int, epochs: int, validation: float, workdir: str,
-           timeout: float) -> tuple[list[dict[str, Any]], int]:
+           timeout: float, framework: str = "tf_keras") -> tuple[list[dict[str, Any]], int]:
     """``raytrain train`` on the file; returns its ``metrics.jsonl`` records and the
     samples an epoch trains on (its steps x the global batch)."""
     run_dir = train_run(path, workdir, timeout, f"raytrain train --num-workers {workers}", "--epochs", str(epochs),
                         "--batch-size", str(batch), "--validation-ratio", str(validation),
-                        "--num-workers", str(workers))
+                        "--num-workers", str(workers), "--framework", framework)
     plan = read_dataset(run_dir)["plan"]
     return read_metrics(run_dir), plan["train_steps"] * plan["worker_batch"] * plan["world_size"]
 
@@ -189,26 +201,35 @@ def _file(path: Optional[str], samples: int, shape: tuple[int, ...], workdir: st
 
 def run_bench(path: Optional[str] = None, samples: int = 20_000, shape: tuple[int, ...] = (64, 64, 3),
               workers: int = 2, batch: int = 64, epochs: int = 4, repeats: int = 3, workdir: Optional[str] = None,
-              timeout: float = 3600, progress: Any = print) -> dict[str, Any]:
-    """Run the measurements (the first three rows ``repeats`` times, interleaved) and
-    return the results (see the module docstring)."""
+              timeout: float = 3600, progress: Any = print, framework: str = "tf_keras") -> dict[str, Any]:
+    """Run the measurements (the first rows ``repeats`` times, interleaved) and return the
+    results (see the module docstring). ``framework``: the one raytrain and the in-memory
+    row train with; the other framework's in-memory fit is a row too where it is installed,
+    and Ray's recipe rows (TensorFlow) run for tf_keras only."""
+    from raytrain import frameworks
+
+    other = frameworks.KERAS if framework == frameworks.TF_KERAS else frameworks.TF_KERAS
     with workspace(workdir) as workdir:
         path, n = _file(path, samples, shape, workdir, progress)
         rounds: list[dict[str, dict[str, Any]]] = []
         for r in range(repeats):
             one: dict[str, dict[str, Any]] = {}
-            progress(f"round {r + 1}/{repeats}: in-memory tf_keras fit ({epochs} epochs)")
-            got = child("in_memory", {"path": path, "x_key": "X", "y_key": "Y", "batch": batch, "epochs": epochs},
-                        timeout)
-            one["in_memory"] = _row(got["epoch_ends"], got["epoch_times_s"], n, got["steps"], batch)
+            for key, fw in (("in_memory", framework), ("in_memory_other", other)):
+                if key == "in_memory_other" and not frameworks.installed(other):
+                    continue
+                progress(f"round {r + 1}/{repeats}: in-memory {fw} fit ({epochs} epochs)")
+                got = child("in_memory", {"path": path, "x_key": "X", "y_key": "Y", "batch": batch, "epochs": epochs,
+                                          "framework": fw}, timeout)
+                one[key] = _row(got["epoch_ends"], got["epoch_times_s"], n, got["steps"], batch)
             for key, count in (("local", 0), ("workers", workers)):
                 progress(f"round {r + 1}/{repeats}: raytrain train --num-workers {count} ({epochs} epochs)")
-                records, trained = _train(path, count, batch, epochs, 0, workdir, timeout)
+                records, trained = _train(path, count, batch, epochs, 0, workdir, timeout, framework)
                 one[key] = _row([e["time"] for e in records], [trained / e["samples_per_s"] for e in records], trained,
                                 trained // batch, batch // max(count, 1))
             rounds.append(one)
         rows = {key: _median_row([one[key] for one in rounds]) for key in rounds[0]}
-        for key, to_tf_batch in (("recipe_documented", batch // workers), ("recipe_corrected", batch)):
+        recipes = (("recipe_documented", batch // workers), ("recipe_corrected", batch))
+        for key, to_tf_batch in recipes if framework == frameworks.TF_KERAS else ():
             progress(f"Ray Train's TF recipe, to_tf(batch_size={to_tf_batch}) ({epochs} epochs)")
             got = child("recipe", {"path": path, "workers": workers, "to_tf_batch": to_tf_batch, "epochs": epochs,
                                    "storage": os.path.join(workdir, "ray")}, timeout)
@@ -219,7 +240,8 @@ def run_bench(path: Optional[str] = None, samples: int = 20_000, shape: tuple[in
         fixed = {}
         for key, count in (("local", 0), ("workers", workers)):
             progress(f"fixed cost: raytrain train --num-workers {count}, {SMALL['epochs']} short epochs")
-            records, trained = _train(small_path, count, SMALL["batch"], SMALL["epochs"], 0.2, workdir, timeout)
+            records, trained = _train(small_path, count, SMALL["batch"], SMALL["epochs"], 0.2, workdir, timeout,
+                                      framework)
             steps_s = statistics.median(trained / r["samples_per_s"] for r in records[1:])
             marginal = _marginal([r["time"] for r in records])
             fixed[key] = {"marginal_epoch_s": marginal, "steps_s": steps_s, "fixed_s": marginal - steps_s}
@@ -234,28 +256,39 @@ def run_bench(path: Optional[str] = None, samples: int = 20_000, shape: tuple[in
 
     ratios = {
         "workers_vs_local": paired("local", "workers"),
-        "raytrain_vs_recipe": rows["workers"]["samples_per_s"] / rows["recipe_corrected"]["samples_per_s"],
-        "raytrain_vs_documented": rows["workers"]["samples_per_s"] / rows["recipe_documented"]["samples_per_s"],
         "fixed_cost_s": fixed["workers"]["fixed_s"],
         "local_vs_memory": paired("local", "in_memory"),
     }
-    return {"date": datetime.date.today().isoformat(), "machine": machine(), "samples": n, "shape": list(shape),
+    if "recipe_corrected" in rows:
+        ratios["raytrain_vs_recipe"] = rows["workers"]["samples_per_s"] / rows["recipe_corrected"]["samples_per_s"]
+        ratios["raytrain_vs_documented"] = rows["workers"]["samples_per_s"] / rows["recipe_documented"]["samples_per_s"]
+    if "in_memory_other" in rows:
+        ratios["memory_vs_other"] = paired("in_memory", "in_memory_other")
+    bars = BARS if framework == frameworks.TF_KERAS else KERAS_BARS
+    return {"date": datetime.date.today().isoformat(), "machine": machine(), "framework": framework,
+            "samples": n, "shape": list(shape),
             "workers": workers, "batch": batch, "epochs": epochs, "repeats": repeats, "rows": rows,
             "rounds": [{key: row["marginal_epoch_s"] for key, row in one.items()} for one in rounds],
             "fixed_cost": fixed,
-            "small": dict(SMALL, shape=list(SMALL["shape"])), "ratios": ratios, "bars": judge(BARS, ratios)}
+            "small": dict(SMALL, shape=list(SMALL["shape"])), "ratios": ratios,
+            "bars": judge([b for b in bars if b[0] in ratios], ratios)}
 
 
 def render(result: dict[str, Any]) -> str:
     """The results as Markdown tables (as the docs show them: docs/benchmarks.md)."""
     r, f, n, w = result["rows"], result["fixed_cost"], result["workers"], result["batch"]
+    framework = result.get("framework", "tf_keras")
+    label = {"tf_keras": "`tf_keras`", "keras": "Keras 3 (JAX)"}
+    other = "keras" if framework == "tf_keras" else "tf_keras"
     names = [
-        ("in_memory", "plain `tf_keras` fit of float32 arrays in memory (one process)"),
+        ("in_memory", f"plain {label[framework]} fit of float32 arrays in memory (one process)"),
+        ("in_memory_other", f"plain {label[other]} fit of float32 arrays in memory (one process)"),
         ("local", "raytrain `--local` (one process, whole machine)"),
         ("workers", f"raytrain `--num-workers {n}`"),
         ("recipe_documented", f"Ray's recipe as documented: `to_tf(batch_size={w // n})` per worker"),
         ("recipe_corrected", f"Ray's recipe corrected: `to_tf(batch_size={w})`"),
     ]
+    names = [(k, name) for k, name in names if k in r]
     rows = [[name, f"{r[k]['marginal_epoch_s']:.2f}", f"{r[k]['samples_per_s']:,.0f}", str(r[k]["steps_per_epoch"]),
              str(r[k]["replica_batch"]), f"{r['workers']['samples_per_s'] / r[k]['samples_per_s']:.2f}x",
              f"{r[k]['steps_samples_per_s']:,.0f}", f"{r[k]['between_epochs_s']:.2f}"]
@@ -264,10 +297,10 @@ def render(result: dict[str, Any]) -> str:
     fixed = [[f"`--num-workers {count}`" if count else "`--local`", f"{f[k]['marginal_epoch_s']:.2f}",
               f"{f[k]['steps_s']:.2f}", f"{f[k]['fixed_s']:.2f}"] for k, count in (("local", 0), ("workers", n))]
     return "\n".join([
-        f"raytrain bench --workers {n}, {result['date']}, {result['machine']['cpus']} cores: {result['samples']:,} "
-        f"samples of {tuple(result['shape'])}, cnn, global batch {w}, {result['epochs']} epochs (marginal epoch: "
-        f"median gap between epoch ends after the first; the first three rows: median of {result['repeats']} "
-        "interleaved rounds)",
+        f"raytrain bench --workers {n} --framework {framework}, {result['date']}, {result['machine']['cpus']} cores: "
+        f"{result['samples']:,} samples of {tuple(result['shape'])}, cnn, global batch {w}, {result['epochs']} epochs "
+        "(marginal epoch: median gap between epoch ends after the first; the in-memory and raytrain rows: median of "
+        f"{result['repeats']} interleaved rounds)",
         "",
         *table(["path", "marginal epoch s", "samples/s", "steps/epoch", "batch per replica",
                 f"raytrain {n} workers is", "samples/s in the steps", "between epochs s"], rows,

@@ -14,7 +14,7 @@ from raytrain.errors import RaytrainError
 
 def command_parser(sub: Any) -> None:
     p = sub.add_parser("bench", help="measure raytrain's loaders against other ways of reading, in one run",
-                       description="\n".join(module_doc(f"raytrain.bench.{m}") for m in ("hdf5", "images", "workers", "store")),
+                       description="\n".join(module_doc(f"raytrain.bench.{m}") for m in ("hdf5", "images", "workers", "store", "gpu")),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", nargs="?", help="HDF5 file, or with --images a class-per-folder tree of JPEGs "
                    "(default: write a synthetic one); an s3:// or gs:// HDF5 object runs the --store rows on it")
@@ -22,6 +22,11 @@ def command_parser(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="measure N Ray Train workers against --local and Ray Train's own TensorFlow recipe "
                    "(global batch 64 and 4 epochs unless --batch-size / --epochs say otherwise)")
+    p.add_argument("--framework", choices=("tf_keras", "keras"), default="tf_keras",
+                   help="--workers: the framework raytrain and the in-memory row train with (default tf_keras)")
+    p.add_argument("--gpu-check", action="store_true",
+                   help="train the built-in cnn on this node's GPUs with Keras 3 on JAX and print steps/s and the "
+                   "data wait (exit 1 where JAX sees no GPU)")
     p.add_argument("--store", nargs="?", const="local", default=None, metavar="URI",
                    help="measure the loader reading from object storage: alone (or 'local'), moto's S3 server "
                    "started on 127.0.0.1; or a folder URI (s3://bucket/bench) to upload the file to and read from")
@@ -51,12 +56,22 @@ def command_parser(sub: Any) -> None:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    from raytrain.bench import hdf5, images, store, workers, write_json
+    from raytrain.bench import gpu, hdf5, images, store, workers, write_json
 
     progress = lambda text: print(f"raytrain bench: {text}", file=sys.stderr, flush=True)  # noqa: E731
     def given(value: Any, default: int) -> int:
         return default if value is None else value
 
+    if args.gpu_check:
+        try:
+            result = gpu.run_check(args.samples or 8192, args.shape or (64, 64, 3), given(args.batch_size, 256),
+                                   given(args.epochs, 3), args.workdir, progress=progress)
+        except gpu.NoGpu as e:
+            print(f"raytrain bench --gpu-check: {e}")
+            return 1
+        write_json(result, args.out)
+        print(gpu.render(result))
+        return 0
     if args.workers is None:
         args.batch_size, args.epochs = given(args.batch_size, 32), given(args.epochs, 2)
     if args.file is not None and "://" in args.file:  # an HDF5 object already in a store
@@ -79,8 +94,11 @@ def bench_command(args: argparse.Namespace) -> int:
         bench.check_args(samples, args.workers, batch, epochs, args.repeats)
         if args.file is not None and not os.path.isfile(args.file):
             raise RaytrainError(f"bench file {args.file} does not exist; pass an HDF5 file or no file for a synthetic one")
+        from raytrain import frameworks
+
+        frameworks.check(args.framework)
         result = bench.run_bench(args.file, samples, shape, args.workers, batch, epochs, args.repeats,
-                                 args.workdir, progress=progress)
+                                 args.workdir, progress=progress, framework=args.framework)
     elif args.images:
         bench: Any = images
         samples, shape = args.samples or 3000, args.shape or (256, 256)

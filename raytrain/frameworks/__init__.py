@@ -23,9 +23,9 @@ import importlib.util
 import os
 import sys
 import types
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
-from raytrain.config import JobConfig, ModelSection
+from raytrain.config import ModelSection
 from raytrain.errors import RaytrainError
 
 TF_KERAS, KERAS = "tf_keras", "keras"
@@ -141,17 +141,20 @@ def resolve(model: ModelSection) -> str:
     than building the model: building a tf_keras model before TensorFlow's distribution
     strategy exists is not allowed in the process that trains. A module that holds both,
     or neither, gets :func:`default`; a model of the other Keras is then one line naming
-    ``--framework``.
+    ``--framework``. A ``model.framework`` set against what the module imports is refused.
     """
     from raytrain.models import BUILTINS, resolve_builder
 
-    if model.framework != "auto":
-        name = model.framework
-    elif model.builder in BUILTINS:
-        name = default()
-    else:
-        name = imported(resolve_builder(model.builder)) or default()
+    if model.framework == KERAS:
+        check(KERAS)  # before the builder's module imports keras with another backend
+    found = None if model.builder in BUILTINS else imported(resolve_builder(model.builder))
+    name = (found or default()) if model.framework == "auto" else model.framework
     check(name)
+    if found is not None and found != name:
+        raise RaytrainError(
+            f"model builder '{model.builder}' builds its model with {found} but model.framework is {name}; "
+            f"pass --framework {found} (or auto)"
+        )
     return name
 
 
@@ -172,17 +175,3 @@ def imported(builder: Callable[..., Any]) -> Optional[str]:
     if "tf_keras" in roots or ("tensorflow" in roots and "keras" not in roots):
         return TF_KERAS
     return None
-
-
-def for_job(job: JobConfig) -> Framework:
-    """The (resolved) job's framework."""
-    return get(job.model.framework if job.model.framework != "auto" else default())
-
-
-@contextlib.contextmanager
-def quiet_import() -> Iterator[None]:
-    """Import-time C++ lines of either framework go to /dev/null (unless ``--verbose``)."""
-    from raytrain.run.progress import quiet_stderr
-
-    with quiet_stderr():
-        yield

@@ -1,0 +1,175 @@
+"""Keras 3 models on JAX: the framework's choice, its checkpoints, runs in an environment
+without TensorFlow (``pip install 'raytrain[jax]'``, built once per session), and real Ray
+workers training the same global batches as a tf_keras run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from raytrain import frameworks
+from raytrain.config import ModelSection, TrainingSection
+from raytrain.errors import RaytrainError
+from raytrain.models import build_model
+from raytrain.run import checkpoint
+from tests.common import (
+    KERAS3_STEP_RECORDING_MODEL,
+    ORDER_ARGS,
+    global_batches,
+    recording,
+    run_cli,
+    start,
+    steps_trained,
+)
+
+KERAS3_BUILDER = """
+import keras
+
+
+def build(input_shape, num_classes):
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
+                             keras.layers.Dense(8, activation="relu"),
+                             keras.layers.Dense(num_classes, activation="softmax")])
+"""
+TF_KERAS_BUILDER = KERAS3_BUILDER.replace("import keras", "import tf_keras as keras")
+TF_ONLY_LAYER = KERAS3_BUILDER.replace("import keras", "import keras\nimport tensorflow as tf").replace(
+    "keras.layers.Flatten(),", "keras.layers.Lambda(lambda x: tf.image.flip_left_right(x)), keras.layers.Flatten(),")
+
+
+def _builder(tmp_path, name, text):
+    (tmp_path / f"{name}.py").write_text(text)
+    return f"{tmp_path}/{name}.py:build"
+
+
+def test_the_framework_is_the_one_the_builder_imports(tmp_path):
+    k3, tfk = _builder(tmp_path, "k3", KERAS3_BUILDER), _builder(tmp_path, "tfk", TF_KERAS_BUILDER)
+    assert frameworks.resolve(ModelSection(builder=k3)) == "keras"
+    assert frameworks.resolve(ModelSection(builder=tfk)) == "tf_keras"
+    assert frameworks.resolve(ModelSection(builder="cnn")) == "tf_keras"  # both installed: TensorFlow's is the default
+    assert frameworks.resolve(ModelSection(builder="cnn", framework="keras")) == "keras"
+    with pytest.raises(RaytrainError, match="builds its model with tf_keras but model.framework is keras; pass "
+                                            "--framework tf_keras"):
+        frameworks.resolve(ModelSection(builder=tfk, framework="keras"))
+
+
+def test_a_keras3_checkpoint_restores_the_weights_and_the_optimizer(tmp_path):
+    section = ModelSection(builder=_builder(tmp_path, "k3", KERAS3_BUILDER))
+    x, y = np.random.RandomState(0).rand(32, 4, 4, 1).astype("float32"), np.arange(32) % 3
+
+    def model():
+        return build_model(section, TrainingSection(), (4, 4, 1), 3, False, framework="keras")
+
+    trained = model()
+    trained.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    checkpoint.write(trained, str(tmp_path / "c"), {"epoch": 2})
+    fresh = model()
+    assert checkpoint.restore(fresh, str(tmp_path / "c"))["epoch"] == 2
+    assert int(fresh.optimizer.iterations.numpy()) == 8
+    for a, b in zip(trained.trainable_variables + trained.optimizer.variables,
+                    fresh.trainable_variables + fresh.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
+    other = build_model(ModelSection(), TrainingSection(), (8, 8, 3), 3, False, framework="keras")
+    with pytest.raises(RaytrainError, match="do not match the model's"):
+        checkpoint.restore(other, str(tmp_path / "c"))
+
+
+def test_a_keras3_model_with_a_tensorflow_only_layer_is_one_line(tmp_path):
+    section = ModelSection(builder=_builder(tmp_path, "tfonly", TF_ONLY_LAYER))
+    with pytest.raises(RaytrainError, match=r"cannot run on samples of shape \(4, 4, 1\) with Keras 3 on JAX"):
+        build_model(section, TrainingSection(), (4, 4, 1), 3, False, framework="keras")
+
+
+@pytest.mark.slow
+def test_framework_bad_input_is_one_line_and_exit_2_before_ray(tmp_path, make_h5, jax_python):
+    data = make_h5(samples=32)
+    tfk = _builder(tmp_path, "tfk", TF_KERAS_BUILDER)
+    common = ("train", "--data", data, "--num-workers", "2", "--storage-path", str(tmp_path / "runs"))
+    cases = [
+        (("--model", tfk, "--framework", "keras"), {}, False, "builds its model with tf_keras but model.framework is keras"),
+        (("--framework", "keras"), {"KERAS_BACKEND": "torch"}, False, "KERAS_BACKEND is 'torch'"),
+        (("--framework", "tf_keras"), {}, True, "pip install 'raytrain[tensorflow]'"),
+        (("--model", tfk), {}, True, "pip install 'raytrain[tensorflow]'"),  # the builder's import names the extra
+        (("--framework", "jax"), {}, False, "invalid choice: 'jax'"),
+    ]
+    for args, env, without_tf, message in cases:  # without_tf: in the environment without TensorFlow
+        proc = run_cli(*common, *args, cwd=str(tmp_path), python=jax_python if without_tf else sys.executable, **env)
+        assert proc.returncode == 2, (args, proc.stderr[-2000:])
+        assert message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr[-2000:])
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("status.json"))
+
+
+def _load_keras_model(python, path):
+    code = "import sys, keras; m = keras.saving.load_model(sys.argv[1]); print(type(m).__module__)"
+    return subprocess.run([python, "-c", code, path], capture_output=True, text=True,
+                          env=dict(os.environ, KERAS_BACKEND="jax"))
+
+
+@pytest.mark.slow
+def test_a_keras3_run_without_tensorflow_trains_the_tf_keras_order_resumes_and_evaluates(tmp_path, ids_order,
+                                                                                         jax_python):
+    data, n, alone = ids_order
+    record_dir, model = recording(tmp_path, "k3", template=KERAS3_STEP_RECORDING_MODEL)
+    runs = tmp_path / "runs"
+    args = ("--data", data, "--model", model, *ORDER_ARGS, "--storage-path", str(runs), "--name", "k3")
+    proc = run_cli("train", *args, "--local", "--checkpoint-every", "17", cwd=str(tmp_path), python=jax_python)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (seen,) = steps_trained(record_dir)
+    steps = n // 24
+    assert sorted(seen) == list(range(3 * steps))
+    assert all(sorted(seen[s]) == sorted(alone[s]) for s in seen)  # the tf_keras run's global batches
+    run = runs / "k3"
+    assert json.loads((run / "job.yaml").read_text().split("framework: ")[1].split("\n")[0]) == "keras"
+    assert (run / "checkpoint-epoch-0003").is_dir() and not (run / "saved_model").exists()
+    boards = {p.parent.name for p in (run / "tensorboard").rglob("events.out.tfevents.*")}
+    assert boards == {"train", "validation"}
+
+    resumed = run_cli("train", *args, "--resume", "--epochs", "4", cwd=str(tmp_path), python=jax_python)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (seen,) = steps_trained(record_dir)
+    assert sorted(seen) == list(range(4 * steps))  # the step counter came back from the checkpoint
+    assert [m["epoch"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3, 4]
+
+    evaluated = run_cli("evaluate", str(run), cwd=str(tmp_path), python=jax_python)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert json.loads((run / "evaluations.jsonl").read_text())["samples"] == n
+    loaded = _load_keras_model(jax_python, str(run / "model.keras"))
+    assert loaded.returncode == 0 and loaded.stdout.startswith("keras"), loaded.stderr[-2000:]
+
+
+@pytest.mark.ray
+def test_keras3_workers_train_the_same_batches_and_resume_where_a_sigterm_checkpointed(tmp_path, ids_order,
+                                                                                     jax_python):
+    data, n, alone = ids_order
+    record_dir, model = recording(tmp_path, "k3spot", step_seconds=0.06, template=KERAS3_STEP_RECORDING_MODEL)
+    proc = start("train", "--data", data, "--model", model, *ORDER_ARGS, "--checkpoint-every", "1h",
+                 "--num-workers", "2", "--max-failures", "1", "--name", "k3spot",
+                 "--storage-path", str(tmp_path / "runs"), cwd=str(tmp_path), python=jax_python)
+    run = tmp_path / "runs" / "k3spot"
+    deadline = time.time() + 300
+    while not list(record_dir.glob("*.txt")) or sum(1 for _ in open(next(record_dir.glob("*.txt")))) < 50:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    os.kill(json.loads((run / "workers" / "rank-1.json").read_text())["pid"], signal.SIGTERM)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    saved = [e for e in events if e["event"] == "checkpoint" and e["preempted"]]
+    assert len(saved) == 1
+    restored = [e for e in events if e["event"] == "restored"]
+    assert [(e["epoch"], e["step"]) for e in restored] == [(saved[0]["epoch"], saved[0]["step"])]
+
+    steps = n // 24
+    per_step = global_batches(steps_trained(record_dir))
+    assert sorted(per_step) == list(range(3 * steps))
+    at = saved[0]["epoch"] * steps + saved[0]["step"]
+    redone = [s for s, batches in per_step.items() if len(batches) > 2]
+    assert all(s >= at for s in redone) and len(redone) <= 2, redone
+    for s, batches in per_step.items():  # each step: the two workers' parts make the tf_keras run's global batch
+        assert sorted(batches[-2] + batches[-1]) == sorted(alone[s]), s
+    records = [json.loads(p.read_text()) for p in sorted((run / "workers").glob("rank-*.json"))]
+    assert {r["framework"] for r in records} == {"keras"} and len({r["weights_sha256"] for r in records}) == 1
