@@ -124,6 +124,12 @@ def bench_workers() -> str:
     return _bench("workers-2-*.json", workers.render, "raytrain bench --workers 2")
 
 
+def bench_workers_keras() -> str:
+    from raytrain.bench import workers
+
+    return _bench("keras-workers-2-*.json", workers.render, "raytrain bench --workers 2 --framework keras")
+
+
 PARTS: dict[str, Callable[[], str]] = {
     "job-keys": job_keys,
     "commands-help": commands_help,
@@ -132,6 +138,7 @@ PARTS: dict[str, Callable[[], str]] = {
     "bench-images": bench_images,
     "bench-store": bench_store,
     "bench-workers": bench_workers,
+    "bench-workers-keras": bench_workers_keras,
 }
 
 

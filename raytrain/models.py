@@ -107,9 +107,16 @@ def _load_file(path: str, spec: str) -> Any:
     try:
         module_spec.loader.exec_module(module)
     except Exception as e:  # the user's file: any error is theirs to fix
-        raise RaytrainError(f"model builder file {path} failed to import: {type(e).__name__}: {e}") from None
+        raise RaytrainError(f"model builder file {path} failed to import: {type(e).__name__}: {e}{_extra(e)}") from None
     sys.modules[name] = module
     return module
+
+
+def _extra(error: BaseException) -> str:
+    """Where a builder's import failed on a framework that is not installed: the extra to install."""
+    missing = (getattr(error, "name", None) or "").split(".")[0] if isinstance(error, ModuleNotFoundError) else ""
+    extra = {"tensorflow": "tensorflow", "tf_keras": "tensorflow", "keras": "jax", "jax": "jax"}.get(missing)
+    return f"; install it with: pip install 'raytrain[{extra}]'" if extra else ""
 
 
 def resolve_builder(spec: str, framework: str = "tf_keras") -> Callable[..., Any]:
@@ -135,7 +142,7 @@ def resolve_builder(spec: str, framework: str = "tf_keras") -> Callable[..., Any
         try:
             module = importlib.import_module(target)
         except ImportError as e:
-            raise RaytrainError(f"cannot import module '{target}' for model builder '{spec}': {e}") from None
+            raise RaytrainError(f"cannot import module '{target}' for model builder '{spec}': {e}{_extra(e)}") from None
     builder = getattr(module, func, None)
     if builder is None:
         names = sorted(n for n in dir(module) if callable(getattr(module, n)) and not n.startswith("_"))

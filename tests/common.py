@@ -157,6 +157,7 @@ def record(step, ids):
         f.write(f"{{int(step)}}:" + ",".join(str(int(round(float(i)))) for i in np.asarray(ids)) + "\\n")
 
 
+@keras.saving.register_keras_serializable()  # so that model.keras loads again (raytrain evaluate)
 class RecordSteps(keras.layers.Layer):
     def build(self, input_shape):
         self.step = self.add_weight(name="step", shape=(), dtype="int32", trainable=False, initializer="zeros")

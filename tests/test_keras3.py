@@ -84,6 +84,21 @@ def test_a_keras3_model_with_a_tensorflow_only_layer_is_one_line(tmp_path):
         build_model(section, TrainingSection(), (4, 4, 1), 3, False, framework="keras")
 
 
+def test_keras3_mixed_precision_computes_in_bfloat16_on_cpus_with_float32_weights(tmp_path):
+    section = ModelSection(builder="cnn")
+    try:
+        model = build_model(section, TrainingSection(mixed_precision=True), (8, 8, 3), 3, False, framework="keras")
+        assert model.layers[0].dtype_policy.name == "mixed_bfloat16"
+        assert model.layers[0].compute_dtype == "bfloat16" and model.layers[0].kernel.dtype == "float32"
+        assert model.layers[-1].compute_dtype == "float32"  # the softmax stays float32
+        history = model.fit(np.zeros((8, 8, 8, 3), "float32"), np.arange(8) % 3, epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+    finally:
+        import keras
+
+        keras.mixed_precision.set_global_policy("float32")
+
+
 @pytest.mark.slow
 def test_framework_bad_input_is_one_line_and_exit_2_before_ray(tmp_path, make_h5, jax_python):
     data = make_h5(samples=32)
@@ -94,7 +109,7 @@ def test_framework_bad_input_is_one_line_and_exit_2_before_ray(tmp_path, make_h5
         (("--framework", "keras"), {"KERAS_BACKEND": "torch"}, False, "KERAS_BACKEND is 'torch'"),
         (("--framework", "tf_keras"), {}, True, "pip install 'raytrain[tensorflow]'"),
         (("--model", tfk), {}, True, "pip install 'raytrain[tensorflow]'"),  # the builder's import names the extra
-        (("--framework", "jax"), {}, False, "invalid choice: 'jax'"),
+        (("--framework", "jax"), {}, False, "model.framework must be one of ['auto', 'tf_keras', 'keras']"),
     ]
     for args, env, without_tf, message in cases:  # without_tf: in the environment without TensorFlow
         proc = run_cli(*common, *args, cwd=str(tmp_path), python=jax_python if without_tf else sys.executable, **env)
@@ -103,9 +118,11 @@ def test_framework_bad_input_is_one_line_and_exit_2_before_ray(tmp_path, make_h5
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("status.json"))
 
 
-def _load_keras_model(python, path):
-    code = "import sys, keras; m = keras.saving.load_model(sys.argv[1]); print(type(m).__module__)"
-    return subprocess.run([python, "-c", code, path], capture_output=True, text=True,
+def _load_keras_model(python, builder, path):
+    """``keras.saving.load_model`` in ``python``, after the builder's module registered its layer."""
+    code = ("import runpy, sys, keras; runpy.run_path(sys.argv[1]); m = keras.saving.load_model(sys.argv[2]); "
+            "print(type(m).__module__)")
+    return subprocess.run([python, "-c", code, builder.rsplit(":", 1)[0], path], capture_output=True, text=True,
                           env=dict(os.environ, KERAS_BACKEND="jax"))
 
 
@@ -123,21 +140,21 @@ def test_a_keras3_run_without_tensorflow_trains_the_tf_keras_order_resumes_and_e
     assert sorted(seen) == list(range(3 * steps))
     assert all(sorted(seen[s]) == sorted(alone[s]) for s in seen)  # the tf_keras run's global batches
     run = runs / "k3"
-    assert json.loads((run / "job.yaml").read_text().split("framework: ")[1].split("\n")[0]) == "keras"
+    assert "framework: keras" in (run / "job.yaml").read_text()  # auto, resolved from the builder's imports
     assert (run / "checkpoint-epoch-0003").is_dir() and not (run / "saved_model").exists()
     boards = {p.parent.name for p in (run / "tensorboard").rglob("events.out.tfevents.*")}
     assert boards == {"train", "validation"}
 
     resumed = run_cli("train", *args, "--resume", "--epochs", "4", cwd=str(tmp_path), python=jax_python)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    (seen,) = steps_trained(record_dir)
-    assert sorted(seen) == list(range(4 * steps))  # the step counter came back from the checkpoint
+    first, then = sorted(steps_trained(record_dir), key=min)  # the first run's process, the resumed one's
+    assert sorted(first) == list(range(3 * steps)) and sorted(then) == list(range(3 * steps, 4 * steps))
     assert [m["epoch"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3, 4]
 
     evaluated = run_cli("evaluate", str(run), cwd=str(tmp_path), python=jax_python)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert json.loads((run / "evaluations.jsonl").read_text())["samples"] == n
-    loaded = _load_keras_model(jax_python, str(run / "model.keras"))
+    loaded = _load_keras_model(jax_python, model, str(run / "model.keras"))
     assert loaded.returncode == 0 and loaded.stdout.startswith("keras"), loaded.stderr[-2000:]
 
 
@@ -173,3 +190,32 @@ def test_keras3_workers_train_the_same_batches_and_resume_where_a_sigterm_checkp
         assert sorted(batches[-2] + batches[-1]) == sorted(alone[s]), s
     records = [json.loads(p.read_text()) for p in sorted((run / "workers").glob("rank-*.json"))]
     assert {r["framework"] for r in records} == {"keras"} and len({r["weights_sha256"] for r in records}) == 1
+
+
+@pytest.mark.ray
+def test_three_keras3_workers_survive_a_killed_worker_redoing_at_most_the_checkpoint_interval(tmp_path, ids_order):
+    data, n, alone = ids_order
+    record_dir, model = recording(tmp_path, "k3kill", step_seconds=0.03, template=KERAS3_STEP_RECORDING_MODEL)
+    proc = start("train", "--data", data, "--model", model, *ORDER_ARGS, "--checkpoint-every", "5",
+                 "--num-workers", "3", "--cpus-per-worker", "0.5", "--max-failures", "1", "--name", "k3kill",
+                 "--storage-path", str(tmp_path / "runs"), cwd=str(tmp_path))
+    run = tmp_path / "runs" / "k3kill"
+    deadline = time.time() + 300
+    while not list(record_dir.glob("*.txt")) or sum(1 for _ in open(next(record_dir.glob("*.txt")))) < 50:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    os.kill(json.loads((run / "workers" / "rank-2.json").read_text())["pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    restored = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    restored = [e for e in restored if e["event"] == "restored"]
+    assert len(restored) == 1 and restored[0]["step"] % 5 == 0  # a step checkpoint, every 5 steps
+
+    steps = n // 24
+    per_step = global_batches(steps_trained(record_dir))
+    assert sorted(per_step) == list(range(3 * steps))
+    at = restored[0]["epoch"] * steps + restored[0]["step"]
+    redone = [s for s, batches in per_step.items() if len(batches) > 3]
+    assert all(s >= at for s in redone) and len(redone) <= 5, redone  # at most the interval trained twice
+    for s, batches in per_step.items():  # the newest three parts make the tf_keras run's global batch of the step
+        assert sorted(sum(batches[-3:], [])) == sorted(alone[s]), s
