@@ -130,6 +130,24 @@ def bench_workers_keras() -> str:
     return _bench("keras-workers-2-*.json", workers.render, "raytrain bench --workers 2 --framework keras")
 
 
+def _script(name: str) -> Any:
+    """A benchmark script of ``benchmarks/`` as a module (for its ``render``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_frameworks() -> str:
+    return _bench("frameworks-*.json", _script("frameworks").render, "python benchmarks/frameworks.py")
+
+
+def bench_digits() -> str:
+    return _bench("digits-*.json", _script("digits").render, "python benchmarks/digits.py")
+
+
 PARTS: dict[str, Callable[[], str]] = {
     "job-keys": job_keys,
     "commands-help": commands_help,
@@ -139,6 +157,8 @@ PARTS: dict[str, Callable[[], str]] = {
     "bench-store": bench_store,
     "bench-workers": bench_workers,
     "bench-workers-keras": bench_workers_keras,
+    "bench-frameworks": bench_frameworks,
+    "bench-digits": bench_digits,
 }
 
 

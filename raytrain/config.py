@@ -42,6 +42,7 @@ COLOR_MODES = {"rgb": 3, "grayscale": 1}  # data.color_mode -> channels
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
 BAD_SAMPLE_POLICIES = ("error", "skip")
 SCALES = ("auto", "unit", "none")  # data.scale
+NAME_MAX_BYTES = 200  # run.name: filesystems hold 255-byte names; checkpoints and temporary copies add to it
 FRAMEWORKS = ("auto", "tf_keras", "keras")  # model.framework (raytrain.frameworks)
 PLACEMENTS = {"pack": "PACK", "spread": "SPREAD"}  # scaling.placement -> Ray's placement group strategy
 DATA_URI_SCHEMES = ("s3", "gs", "gcs", "file")  # data locations may be URIs of these (raytrain.data.store)
@@ -307,6 +308,29 @@ def from_dict(raw: Any, source: str = "job file") -> JobConfig:
     return JobConfig(**sections)
 
 
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, again: int):
+        super().__init__(f"sets '{key}' twice (lines {first} and {again}); keep one")
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys without a word (``batch_size: 16`` then
+    ``batch_size: 0`` trains with 0): a file that sets a key twice is refused instead."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen and key != "<<":  # a merge key may repeat
+                    raise DuplicateKey(key, seen[key], line)
+                seen[key] = line
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                pass
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str, what: str, hint: str) -> Any:
     """The parsed YAML file ``path`` (a ``what``: "job file", "cluster file").
 
@@ -317,9 +341,11 @@ def read_yaml(path: str, what: str, hint: str) -> Any:
         raise RaytrainError(f"{what} {path} does not exist; {hint}")
     try:
         with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
+            return yaml.load(f, Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader
     except UnicodeDecodeError:
         raise RaytrainError(f"{what} {path} is not a text file (UTF-8 YAML); check that you passed the right file") from None
+    except DuplicateKey as e:
+        raise RaytrainError(f"{what} {path} {e}") from None
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         at = f" at line {line + 1}" if line is not None else ""
@@ -551,6 +577,14 @@ def _validate_run(r: RunSection, s: ScalingSection, default_name: str) -> None:
         )
     if "/" in r.name or r.name in (".", ".."):
         raise RaytrainError(f"run.name must be a plain name without '/'. Received: {r.name!r}")
+    if any(ord(c) < 32 or c in "\\\x7f" for c in r.name):  # a folder name on every filesystem and object store
+        raise RaytrainError(f"run.name must not hold control characters or '\\'. Received: {r.name!r}")
+    size = len(r.name.encode("utf-8"))
+    if size > NAME_MAX_BYTES:
+        raise RaytrainError(
+            f"run.name is {size} bytes long; at most {NAME_MAX_BYTES} fit a folder name on every filesystem "
+            f"(255 bytes, less what raytrain and Ray add); choose a shorter --name"
+        )
 
 
 def validate_source(d: DataSection) -> None:

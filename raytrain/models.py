@@ -31,6 +31,7 @@ def keras_module(framework: str) -> Any:
     """The Keras package of ``framework``: ``tf_keras``, or Keras 3 (``keras``, on the
     backend ``KERAS_BACKEND`` names, JAX for raytrain's runs)."""
     if framework == "keras":
+        os.environ.setdefault("KERAS_BACKEND", "jax")  # Keras 3 defaults to TensorFlow's; raytrain's is JAX
         import keras
 
         return keras
@@ -259,6 +260,7 @@ def build_model(
     built = _built(model.builder, tuple(input_shape), num_classes, framework)
     jax = framework == "keras"
     if getattr(built, "optimizer", None) is None:  # not compiled by the builder (Keras 3 has no attribute then)
+        _check_probabilities(built, model.builder)
         _compile(built, model, one_hot, "auto" if jax else training.jit_compile, steps_per_execution, keras)
     elif training.jit_compile and not jax:
         built.jit_compile = True
@@ -314,6 +316,21 @@ def _output_shape(model: Any, spec: str, input_shape: tuple[int, ...]) -> Any:
             f"{first[:200]}; use Keras layers and keras.ops only (TensorFlow ops and TensorFlow-only layers run on "
             "the TensorFlow backend, which cannot train across workers), or train a tf_keras model"
         ) from None
+
+
+def _check_probabilities(model: Any, spec: str) -> None:
+    """raytrain's losses take probabilities: a model whose last layer has no activation
+    ends in logits, and would train to a loss no probabilities give and export a model whose
+    outputs are not probabilities, without a word. Refused rather than trained with
+    ``from_logits=True``, so that ``model.keras`` outputs what the docs promise; a builder
+    that compiles its model itself (with its own loss) is not checked."""
+    last = model.layers[-1] if getattr(model, "layers", None) else None
+    if getattr(getattr(last, "activation", None), "__name__", "") == "linear":
+        raise RaytrainError(
+            f"model '{spec}' ends in {type(last).__name__} '{last.name}' without an activation (logits), but the loss "
+            "takes probabilities; end the model with activation='softmax' (or compile it in the builder with a "
+            "from_logits loss)"
+        )
 
 
 def _wrong_model(spec: str, model: Any, framework: str) -> str:

@@ -13,6 +13,7 @@ not told about.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 import time
@@ -87,6 +88,7 @@ def _check_run_dir(job: JobConfig, resume: bool) -> int:
             raise RaytrainError(f"--resume: {run_dir} holds no run; check --name and --storage-path")
         newest = checkpoint.latest(run_dir)
         done = newest[0] if newest else 0
+        _check_same_order(job, checkpoint.found(run_dir))
         if job.training.epochs < done:
             raise RaytrainError(
                 f"--resume --epochs {job.training.epochs}: {run_dir} has already trained {done} epochs; "
@@ -100,6 +102,26 @@ def _check_run_dir(job: JobConfig, resume: bool) -> int:
             "(raytrain never overwrites a run)"
         )
     return 0
+
+
+def _check_same_order(job: JobConfig, found: list[tuple[tuple[int, int], str]]) -> None:
+    """A run resumed from a step checkpoint continues that epoch's order at its next step,
+    which needs the order the epoch began with: the same global batch, partitions and seed.
+    With others the steps already trained in that epoch would be thrown away without a
+    word, so the resume is refused instead, naming what to pass."""
+    if not found or not found[-1][0][1]:
+        return
+    (epoch, step), path = found[-1]
+    state = json.loads(storage.read_text(storage.join(path, checkpoint.STATE_FILE)) or "{}")
+    then = {"--batch-size": state.get("batch_size"), "--partitions": state.get("partitions"), "--seed": state.get("seed")}
+    now = {"--batch-size": job.training.batch_size, "--partitions": job.data.partitions, "--seed": job.data.seed}
+    changed = [f"{flag} {then[flag]}" for flag in then if then[flag] is not None and then[flag] != now[flag]]
+    if changed:
+        raise RaytrainError(
+            f"--resume: the newest checkpoint of {job.run_dir} is at step {step} of epoch {epoch + 1}, whose sample "
+            f"order was set by {', '.join(changed)}; resume with {' '.join(changed)} (another order would train "
+            "that epoch's first steps again)"
+        )
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,10 @@ def test_data_flag_alone_uses_defaults():
         (["--num-workers", "-1"], "num_workers must be non-negative"),
         (["--shuffle-window", "-5"], "shuffle_window must be non-negative"),
         (["--prefetch-batches", "0"], "prefetch_batches must be positive"),
+        (["--name", "a" * 300], "run.name is 300 bytes long; at most 200 fit"),
+        (["--name", "é" * 101], "run.name is 202 bytes long"),
+        (["--name", "two\nlines"], "must not hold control characters"),
+        (["--framework", "jax"], r"model.framework must be one of \['auto', 'tf_keras', 'keras'\]"),
     ],
 )
 def test_impossible_values_are_rejected(argv, message):
@@ -196,3 +200,15 @@ def test_an_image_source_flag_replaces_the_job_files_source(tmp_path):
     path.write_text("data:\n  directory: photos\n")
     job = parse(str(path), "--manifest", "idx.parquet")
     assert job.data.directory is None and job.data.manifest.endswith("/idx.parquet")
+
+
+def test_a_key_set_twice_in_a_job_file_is_refused_naming_it_and_its_lines(tmp_path):
+    from raytrain.config import load_job
+
+    path = tmp_path / "job.yaml"
+    path.write_text("data:\n  paths: [a.h5]\ntraining:\n  batch_size: 16\n  batch_size: 0\n")
+    with pytest.raises(RaytrainError, match=r"sets 'batch_size' twice \(lines 4 and 5\); keep one"):
+        load_job(str(path))
+    path.write_text("training:\n  epochs: 2\ndata:\n  paths: [a.h5]\ntraining:\n  epochs: 3\n")
+    with pytest.raises(RaytrainError, match=r"sets 'training' twice \(lines 1 and 5\)"):
+        load_job(str(path))

@@ -497,3 +497,26 @@ def test_resume_refuses_data_that_changed_since_the_run_began(tmp_path):
     proc = run_cli("train", "--resume", "--epochs", "2", *common, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len((tmp_path / "runs/r/metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_resume_from_a_step_checkpoint_with_another_batch_size_is_refused(tmp_path, make_h5):
+    data = make_h5(samples=64, shape=(8, 8, 3))
+    runs = str(tmp_path / "runs")
+    first = run_cli("train", "--data", data, "--local", "--framework", "keras", "--epochs", "1", "--batch-size", "16",
+                    "--validation-ratio", "0", "--name", "r", "--storage-path", runs, cwd=str(tmp_path))
+    assert first.returncode == 0, first.stderr[-3000:]
+    import shutil
+
+    run = tmp_path / "runs" / "r"  # as if the run had stopped at step 2 of epoch 2
+    step = run / "checkpoint-epoch-0001-step-000002"
+    shutil.copytree(run / "checkpoint-epoch-0001", step)
+    state = json.loads((step / "raytrain_state.json").read_text())
+    (step / "raytrain_state.json").write_text(json.dumps(dict(state, step=2)))
+    resumed = run_cli("train", "--resume", "--name", "r", "--storage-path", runs, "--epochs", "2", "--batch-size", "8",
+                      cwd=str(tmp_path))
+    assert resumed.returncode == 2, resumed.stderr[-3000:]
+    assert len(resumed.stderr.strip().splitlines()) == 1
+    assert "at step 2 of epoch 2, whose sample order was set by --batch-size 16; resume with --batch-size 16" \
+        in resumed.stderr
+    assert step.is_dir() and json.loads((run / "status.json").read_text())["status"] == "finished"  # nothing lost

@@ -147,7 +147,10 @@ def resolve(model: ModelSection) -> str:
 
     if model.framework == KERAS:
         check(KERAS)  # before the builder's module imports keras with another backend
-    found = None if model.builder in BUILTINS else imported(resolve_builder(model.builder))
+    from raytrain.run.progress import quiet_stderr
+
+    with quiet_stderr():  # a builder that imports tf_keras loads TensorFlow, whose C++ start-up lines go to stderr
+        found = None if model.builder in BUILTINS else imported(resolve_builder(model.builder))
     name = (found or default()) if model.framework == "auto" else model.framework
     check(name)
     if found is not None and found != name:

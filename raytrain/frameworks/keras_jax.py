@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from typing import Any, Callable, Iterator, Optional
 
 import cv2
@@ -46,9 +47,12 @@ class KerasJax(Framework):
     name = KERAS
 
     def setup(self, world: int, threads: int) -> int:
+        from raytrain.models import keras_module
+
         with quiet_stderr():
             import jax
-            import keras
+
+            keras = keras_module(KERAS)
 
         if threads:
             cv2.setNumThreads(threads)
@@ -196,8 +200,6 @@ class BatchQueue:
 
     def take(self, count: int) -> Iterator[Batch]:
         """``count`` batches, as ``fit`` asks for them; the time it waits is counted."""
-        import time
-
         for _ in range(count):
             started = time.perf_counter()
             item = self.queue.get()

@@ -20,7 +20,6 @@ from raytrain import compat
 from raytrain.data.feed import QueueFeed, to_model
 from raytrain.data.loader import Batch, BatchLoader
 from raytrain.data.order import TRAIN, VALIDATION
-from raytrain.data.plan import StepPlan
 from raytrain.frameworks import TF_KERAS, Framework
 from raytrain.run.progress import quiet_stderr
 
@@ -142,7 +141,7 @@ class Feeds:
     starts feeding that epoch's batches.
     """
 
-    def __init__(self, spec: WorkerSpec, strategy: Any, replicas: int, first_step: int,
+    def __init__(self, spec: Any, strategy: Any, replicas: int, first_step: int,
                  train: BatchLoader, validation: Optional[BatchLoader], unit: bool):
         plan, read = spec.plan, spec.read
         self.plan, self.train_loader, self.val_loader = plan, train, validation
