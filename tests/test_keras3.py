@@ -230,3 +230,71 @@ def test_three_keras3_workers_survive_a_killed_worker_redoing_at_most_the_checkp
     assert all(s >= at for s in redone) and len(redone) <= 5, redone  # at most the interval trained twice
     for s, batches in per_step.items():  # the newest three parts make the tf_keras run's global batch of the step
         assert sorted(sum(batches[-3:], [])) == sorted(alone[s]), s
+
+
+BLOWUP = """
+import keras
+
+
+class Blowup(keras.layers.Layer):  # NaN from its 7th training call on
+    def build(self, shape):
+        self.calls = self.add_weight(name="calls", shape=(), initializer="zeros", trainable=False)
+
+    def call(self, x, training=None):
+        if training:
+            self.calls.assign(self.calls + 1.0)
+        return x * keras.ops.where(self.calls > 6.0, float("nan"), 1.0)
+
+
+def build(input_shape, num_classes):
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(), Blowup(),
+                             keras.layers.Dense(num_classes, activation="softmax")])
+"""
+
+
+@pytest.mark.slow
+def test_a_keras3_loss_that_turns_nan_stops_the_run_keeping_the_last_checkpoint(tmp_path, make_h5):
+    data = make_h5("d.h5", samples=64, shape=(8, 8, 3))
+    model = _builder(tmp_path, "blowup", BLOWUP)
+    proc = run_cli("train", "--data", data, "--model", model, "--batch-size", "16", "--epochs", "3",
+                   "--validation-ratio", "0", "--storage-path", "runs", "--name", "nan", "--local",
+                   "--steps-per-execution", "1", cwd=str(tmp_path))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("raytrain: error:")]
+    assert len(errors) == 1 and "the training loss became nan at epoch 2, step 3" in errors[0], proc.stderr[-3000:]
+    assert "the newest checkpoint is epoch 1" in errors[0]
+    run = tmp_path / "runs" / "nan"
+    assert json.loads((run / "status.json").read_text())["status"] == "failed"
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_a_local_keras3_run_checkpoints_its_step_and_resume_continues_there(tmp_path, ids_order):
+    data, n, alone = ids_order
+    record_dir, model = recording(tmp_path, "k3term", step_seconds=0.05, template=KERAS3_STEP_RECORDING_MODEL)
+    args = ("--data", data, "--model", model, *ORDER_ARGS, "--storage-path", str(tmp_path / "runs"), "--name", "k3term")
+    proc = start("train", *args, "--local", "--checkpoint-every", "1h", cwd=str(tmp_path))
+    deadline = time.time() + 300
+    while not list(record_dir.glob("*.txt")) or sum(1 for _ in open(next(record_dir.glob("*.txt")))) < 50:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    run = tmp_path / "runs" / "k3term"
+    assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
+    saved = [e for e in map(json.loads, (run / "events.jsonl").read_text().splitlines())
+             if e["event"] == "checkpoint" and e["preempted"]]
+    assert len(saved) == 1 and saved[0]["step"] > 0  # mid-epoch
+
+    resumed = run_cli("train", "--resume", "--name", "k3term", "--storage-path", str(tmp_path / "runs"),
+                      cwd=str(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    steps = n // 24
+    per_step = global_batches(steps_trained(record_dir))
+    assert sorted(per_step) == list(range(3 * steps))
+    at = saved[0]["epoch"] * steps + saved[0]["step"]
+    redone = [s for s, batches in per_step.items() if len(batches) > 1]
+    assert all(s >= at for s in redone) and len(redone) <= 1, redone
+    for s, batches in per_step.items():
+        assert sorted(batches[-1]) == sorted(alone[s]), s
