@@ -47,6 +47,7 @@ FRAMEWORKS = ("auto", "tf_keras", "keras")  # model.framework (raytrain.framewor
 PLACEMENTS = {"pack": "PACK", "spread": "SPREAD"}  # scaling.placement -> Ray's placement group strategy
 DATA_URI_SCHEMES = ("s3", "gs", "gcs", "file")  # data locations may be URIs of these (raytrain.data.store)
 STORAGE_OPTION_KEYS = ("endpoint", "region", "anonymous")  # data.storage_options
+MLFLOW_URI_ENV = "MLFLOW_TRACKING_URI"  # run.mlflow: true uses it when set
 CLUSTER_MAX_FAILURES = 3  # run.max_failures when joining a cluster, where nodes come and go
 
 
@@ -179,7 +180,13 @@ class RunSection:
                                    "a worker's SIGTERM (a spot node's notice) also take one")
     max_failures: Optional[int] = option(None, "worker-group restarts before the run fails; -1 = no limit; "
                                          f"not set = 0 on this machine, {CLUSTER_MAX_FAILURES} on a cluster")
-    log_every_steps: int = option(50, "TensorBoard batch scalars every this many steps; 0 = per epoch only")
+    log_every_steps: int = option(50, "TensorBoard (and MLflow) batch scalars every this many steps; 0 = per epoch "
+                                  "only")
+    mlflow: Optional[str] = option(None, "log the run to MLflow: true = MLFLOW_TRACKING_URI when set, else SQLite at "
+                                   "<storage_path>/mlflow.db; or a tracking URI (sqlite:///PATH, http://HOST:PORT, "
+                                   "databricks); not set = off")
+    mlflow_experiment: Optional[str] = option(None, "the MLflow experiment; not set = the job file's stem, else "
+                                              "raytrain")
 
 
 @dataclass
@@ -301,6 +308,8 @@ def from_dict(raw: Any, source: str = "job file") -> JobConfig:
             raise RaytrainError(
                 f"unknown keys {unknown} in section '{name}' of {source}; known keys: {known}"
             )
+        if name == "run" and isinstance(values.get("mlflow"), bool):  # mlflow: true (or false) in a job file
+            values = {**values, "mlflow": "true" if values["mlflow"] else None}
         if name == "scaling" and isinstance(values.get("num_workers"), str):  # num_workers: 2..8
             low, high = parse_workers(values["num_workers"])
             values = {**values, "num_workers": high, **({"min_workers": low} if low else {})}
@@ -575,6 +584,7 @@ def _validate_run(r: RunSection, s: ScalingSection, default_name: str) -> None:
         raise RaytrainError(
             f"run.max_failures must be -1 (no limit), 0 or more. Received: {r.max_failures} (set it with --max-failures)"
         )
+    _validate_mlflow(r)
     if "/" in r.name or r.name in (".", ".."):
         raise RaytrainError(f"run.name must be a plain name without '/'. Received: {r.name!r}")
     if any(ord(c) < 32 or c in "\\\x7f" for c in r.name):  # a folder name on every filesystem and object store
@@ -584,6 +594,25 @@ def _validate_run(r: RunSection, s: ScalingSection, default_name: str) -> None:
         raise RaytrainError(
             f"run.name is {size} bytes long; at most {NAME_MAX_BYTES} fit a folder name on every filesystem "
             f"(255 bytes, less what raytrain and Ray add); choose a shorter --name"
+        )
+
+
+def _validate_mlflow(r: RunSection) -> None:
+    """``run.mlflow``: off, ``true`` or a tracking URI (see :mod:`raytrain.run.tracking`)."""
+    value = (r.mlflow or "").strip()
+    r.mlflow = None if value.lower() in ("", "false", "off", "no") else "true" if value.lower() in ("true", "on", "yes") \
+        else value
+    if r.mlflow is None or r.mlflow == "true":
+        if r.mlflow and "://" in r.storage_path and not os.environ.get(MLFLOW_URI_ENV):
+            raise RaytrainError(
+                f"--mlflow keeps its SQLite store in run.storage_path, which is {r.storage_path}: SQLite needs a "
+                "local folder; pass --mlflow sqlite:///PATH or http://HOST:PORT, or set MLFLOW_TRACKING_URI"
+            )
+        return
+    if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", r.mlflow) and r.mlflow != "databricks":
+        raise RaytrainError(
+            f"run.mlflow must be true or a tracking URI such as sqlite:///PATH/mlflow.db, http://HOST:5000 or "
+            f"databricks. Received: {r.mlflow!r}"
         )
 
 

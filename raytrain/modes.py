@@ -53,9 +53,10 @@ class Mode:
             _check_model(spec)
 
     @contextlib.contextmanager
-    def session(self, job: JobConfig, verbose: bool) -> Iterator[Optional[ProgressSink]]:
+    def session(self, job: JobConfig, verbose: bool, listener: Any = None) -> Iterator[Optional[ProgressSink]]:
         """Ray (as this mode needs it) and the progress printer, for the length of the fit;
-        yields where the loop sends its progress."""
+        yields where the loop sends its progress. ``listener`` gets the messages too (see
+        :class:`ProgressPrinter`)."""
         yield None
 
     def callbacks(self) -> list[Any]:
@@ -73,13 +74,13 @@ class InProcess(Mode):
         (TensorFlow's strategy, JAX's distribution) before anything else touches it."""
 
     @contextlib.contextmanager
-    def session(self, job: JobConfig, verbose: bool) -> Iterator[Optional[ProgressSink]]:
+    def session(self, job: JobConfig, verbose: bool, listener: Any = None) -> Iterator[Optional[ProgressSink]]:
         import ray.train  # noqa: F401  (sets up Ray Train's loggers: quiet them after)
 
         if not verbose:
             quiet_ray_loggers()
         sink = ProgressSink()
-        printer = ProgressPrinter(sink).start()
+        printer = ProgressPrinter(sink, listener=listener).start()
         try:
             yield sink
         finally:
@@ -94,14 +95,14 @@ class RayWorkers(Mode):
             _check_resources(job, machine_resources())
 
     @contextlib.contextmanager
-    def session(self, job: JobConfig, verbose: bool) -> Iterator[Optional[ProgressSink]]:
+    def session(self, job: JobConfig, verbose: bool, listener: Any = None) -> Iterator[Optional[ProgressSink]]:
         import ray
 
         init_ray(job, verbose)
         printer = None
         try:
             sink = start_sink()
-            printer = ProgressPrinter(sink).start()
+            printer = ProgressPrinter(sink, listener=listener).start()
             _check_resources(job, ray.cluster_resources())
             yield sink
         finally:

@@ -33,7 +33,7 @@ from raytrain.env import run_env
 from raytrain.errors import LossNotFinite, RaytrainError, TrainingFailed, find_error, find_user_error
 from raytrain.models import resolve_builder
 from raytrain.modes import cpu_count, hide_gpus, init_ray, machine_resources  # noqa: F401  (raytrain.trainer's API)
-from raytrain.run import checkpoint, rundir, runs, storage
+from raytrain.run import checkpoint, rundir, runs, storage, tracking
 from raytrain.run.progress import quiet_stderr
 from raytrain.worker import WorkerSpec, train_loop
 
@@ -95,7 +95,7 @@ def _check_run_dir(job: JobConfig, resume: bool) -> int:
                 f"pass --epochs {done} or more (more continues training)"
             )
         return done
-    if [name for name in storage.listdir(run_dir) if name != rundir.CLAIM]:
+    if [name for name in storage.listdir(run_dir) if name not in (rundir.CLAIM, tracking.STATE)]:
         hint = " or continue it with --resume" if checkpoint.latest(run_dir) else ""
         raise RaytrainError(
             f"run directory {run_dir} already holds a run; choose another --name or --storage-path{hint} "
@@ -192,6 +192,7 @@ def _run(job: JobConfig, resume: bool, verbose: bool, mode: modes.Mode) -> Optio
         raise RaytrainError(
             f"run.storage_path {job.run.storage_path} {problem}; pass a folder you can write to with --storage-path"
         )
+    mlflow_uri = tracking.check(job)
     with rundir.claim(job.run_dir):  # a second raytrain on the same run stops here, with one line
         done = _check_run_dir(job, resume)
         finished = (rundir.read_status(job.run_dir) or {}).get("status") == "finished"
@@ -204,10 +205,15 @@ def _run(job: JobConfig, resume: bool, verbose: bool, mode: modes.Mode) -> Optio
                 import tensorflow  # noqa: F401  (its C++ start-up lines go to /dev/null unless --verbose)
         if resume:
             _check_same_data(job, prepared.index)
-        with mode.session(job, verbose) as sink:
-            spec = prepared.spec if sink is None else dataclasses.replace(prepared.spec, sink=sink)
-            _train(spec, prepared, resume, mode)
-        return _finish(job, prepared, started)
+        log = tracking.RunLog(job, mlflow_uri, prepared.index.fingerprint()) if mlflow_uri else None
+        try:
+            with mode.session(job, verbose, log) as sink:
+                spec = prepared.spec if sink is None else dataclasses.replace(prepared.spec, sink=sink)
+                _train(spec, prepared, resume, mode)
+            return _finish(job, prepared, started)
+        finally:
+            if log is not None:
+                log.close()
 
 
 def _check_same_data(job: JobConfig, index: SampleIndex) -> None:

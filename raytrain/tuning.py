@@ -56,7 +56,7 @@ from raytrain import compat, trainer
 from raytrain.config import JobConfig, from_dict, to_dict, validate
 from raytrain.data.kinds import build_index
 from raytrain.errors import RaytrainError, TrainingFailed, find_error
-from raytrain.run import report, rundir, storage
+from raytrain.run import report, rundir, storage, tracking
 from raytrain.run.progress import quiet_stderr
 from raytrain.space import TuneOptions, options_from, with_values
 
@@ -74,6 +74,7 @@ def _trial(config: dict[str, Any], base: JobConfig, search_dir: str) -> None:
     continues that run from its newest checkpoint."""
     job = with_values(base, config)
     job.run.name, job.run.storage_path = trial_name(tune.get_context().get_trial_id()), search_dir
+    job.run.mlflow = None  # the search's driver logs every trial (SearchLog)
     job = validate(job)
     done = threading.Event()
     threading.Thread(target=_end_when_stopped, args=(done,), daemon=True).start()
@@ -211,6 +212,91 @@ class TrialLines(tune.Callback):
         self._say(f"{trial_name(trial.trial_id)} failed: {_error_line(trial)}")
 
 
+class SearchLog(tune.Callback):
+    """``raytrain tune --mlflow``: the search as an MLflow parent run (the search space, then
+    the best trial and its metric), each trial a child run (its job, every epoch of its
+    ``metrics.jsonl``, its model and status), logged from the search's driver.
+
+    Plain fields only (Ray Tune saves its callbacks with the experiment): the tracker is
+    made again after a restore, and the runs' ids are read back from the search folder
+    (``mlflow.json``, ``trial_NNNNN.mlflow.json``), so a resumed search continues them."""
+
+    def __init__(self, uri: str, job: JobConfig, options: TuneOptions, search_dir: str):
+        self.uri, self.job, self.options, self.search_dir = uri, job, options, search_dir
+        self._tracker: Optional[tracking.Tracker] = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_tracker": None}
+
+    @property
+    def tracker(self) -> tracking.Tracker:
+        if self._tracker is None:
+            self._tracker = tracking.Tracker(self.uri, self.job.run.mlflow_experiment or "raytrain",
+                                             lambda text: print(text, flush=True))
+            o = self.options
+            params = {**{f"search.{k}": str(v) for k, v in o.to_dict()["search"].items()},
+                      "search.trials": str(o.total_trials()), "search.metric": o.metric, "search.mode": o.mode,
+                      "search.scheduler": o.scheduler}
+            self._tracker.start("search", storage.join(self.search_dir, tracking.STATE), self.job.run.name or "search",
+                                params, tracking.run_tags(self.job))
+        return self._tracker
+
+    def _trial(self, trial: Any) -> tuple[str, str]:
+        """The trial's name and run directory, its child run started (or continued) first."""
+        name = trial_name(trial.trial_id)
+        run_dir = storage.join(self.search_dir, name)
+        if name not in self.tracker.keys:
+            job = with_values(self.job, trial.config)
+            job.run.name = name
+            tags = {**tracking.run_tags(job), "raytrain.run_dir": run_dir}
+            self.tracker.start(name, storage.join(self.search_dir, f"{name}.{tracking.STATE}"), name,
+                               tracking.flatten(job), tags, parent="search")
+        return name, run_dir
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._trial(trial)
+        self.tracker.flush()
+
+    def _epochs(self, trial: Any) -> tuple[str, str]:
+        """Log the trial's epochs from its own record (a run's metric names; epochs already
+        logged are skipped); returns its name and run directory."""
+        name, run_dir = self._trial(trial)
+        for epoch in rundir.read_metrics(run_dir):
+            self.tracker.metrics(name, tracking.epoch_values(epoch), int(epoch["epoch"]), epoch.get("time"))
+        return name, run_dir
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self._epochs(trial)
+        self.tracker.flush()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        name, run_dir = self._epochs(trial)  # a trial the scheduler stops may have trained one more epoch
+        self.tracker.end(name, run_dir, tracking.run_status(run_dir))  # TrialLines wrote "stopped" before this
+        self.tracker.flush()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        name, run_dir = self._epochs(trial)
+        self.tracker.tags(name, {"raytrain.error": _error_line(trial)})
+        self.tracker.end(name, run_dir, "FAILED")
+        self.tracker.flush()
+
+    def finish(self, summary: "SearchSummary") -> None:
+        """The best trial and the search's end; then say what could not be sent."""
+        tracker = self.tracker
+        if summary.best is not None:
+            tracker.tags("search", {"raytrain.best_trial": summary.best.name})
+            if summary.best.best is not None:
+                tracker.metrics("search", {f"best_{summary.metric}": summary.best.best}, 0)
+        tracker.end("search", self.search_dir, "KILLED" if summary.interrupted else "FINISHED",
+                    (rundir.BEST_MODEL, rundir.REPORT, rundir.TRIALS, rundir.BEST))
+        if not tracker.flush(force=True):
+            print(f"raytrain: MLflow at {tracker.uri} did not take {', '.join(tracker.unsent())} ({tracker.error}); "
+                  f"the search folder {self.search_dir} holds all of it", flush=True)
+        elif "search" in tracker.runs:
+            print(f"raytrain: logged to MLflow {tracker.uri}, experiment '{tracker.experiment}', run "
+                  f"{tracker.runs['search']} (one child run per trial)", flush=True)
+
+
 def _error_line(trial: Any) -> str:
     """The trial's error as one line (see :func:`_error_text`), from Tune's ``Trial``."""
     try:
@@ -295,7 +381,8 @@ def check_trials(job: JobConfig, options: TuneOptions) -> None:
                                     f"{e}") from None
 
 
-def _tuner(job: JobConfig, options: TuneOptions, search_dir: str, resume: bool, started: float) -> Any:
+def _tuner(job: JobConfig, options: TuneOptions, search_dir: str, resume: bool, started: float,
+           log: Optional[SearchLog] = None) -> Any:
     """Ray Tune's Tuner for a new search, or the one restored from ``search_dir/tune``."""
     import ray
 
@@ -323,7 +410,7 @@ def _tuner(job: JobConfig, options: TuneOptions, search_dir: str, resume: bool, 
         run_config=tune.RunConfig(
             name=rundir.TUNE_STATE, storage_path=search_dir, verbose=0,
             callbacks=[TrialLines(options.metric, options.mode, job.training.epochs, started, search_dir,
-                                  options.scheduler)],
+                                  options.scheduler), *([log] if log is not None else [])],
         ),
     )
 
@@ -352,6 +439,7 @@ def run_search(job: JobConfig, options: Optional[TuneOptions], resume: bool = Fa
     search_dir = job.run_dir
     job = trial_job(job)
     started = time.time()
+    mlflow_uri = tracking.check(job)
     problem = storage.writable(job.run.storage_path)
     if problem:
         raise RaytrainError(f"run.storage_path {job.run.storage_path} {problem}; pass a folder you can write "
@@ -379,8 +467,11 @@ def run_search(job: JobConfig, options: Optional[TuneOptions], resume: bool = Fa
                   f"{options.total_trials()} trials, {options.metric} ({options.mode}), scheduler "
                   f"{options.scheduler}", flush=True)
 
-        grid, interrupted = _run_tuner(job, options, search_dir, resume, verbose, started, starting)
+        log = SearchLog(mlflow_uri, job, options, search_dir) if mlflow_uri else None
+        grid, interrupted = _run_tuner(job, options, search_dir, resume, verbose, started, starting, log)
         summary = _summarize(job, options, search_dir, grid, started, interrupted)
+        if log is not None:
+            log.finish(summary)
         rundir.write_search(search_dir, dict(record, status="interrupted" if summary.interrupted else "finished",
                                              started=started, wall_time_s=summary.wall_time_s,
                                              best=summary.best and {"name": summary.best.name,
@@ -395,9 +486,9 @@ def options_of(record: dict[str, Any]) -> TuneOptions:
 
 
 def _run_tuner(job: JobConfig, options: TuneOptions, search_dir: str, resume: bool, verbose: bool,
-               started: float, starting: Callable[[], None]) -> tuple[Any, bool]:
+               started: float, starting: Callable[[], None], log: Optional[SearchLog] = None) -> tuple[Any, bool]:
     """Ray Tune's results, and whether Ctrl-C interrupted the search (``starting`` is
-    called just before the trials start)."""
+    called just before the trials start; ``log`` is added to Tune's callbacks)."""
     import ray
 
     if not verbose:
@@ -417,7 +508,7 @@ def _run_tuner(job: JobConfig, options: TuneOptions, search_dir: str, resume: bo
     previous = signal.signal(signal.SIGINT, on_sigint)
     relay = _quiet_raylet() if not verbose else None
     try:
-        tuner = _tuner(job, options, search_dir, resume, started)
+        tuner = _tuner(job, options, search_dir, resume, started, log)
         starting()
         return tuner.fit(), interrupted.is_set()
     finally:

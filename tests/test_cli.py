@@ -48,6 +48,11 @@ def good(make_h5):
          "--partitions 120 (or 0 = auto)"),
         (["--data", "{good}", "--num-workers", "two"], "--num-workers must be a number of workers (4) or an elastic "
          "range MIN..MAX (2..8)"),
+        (["--mlflow", "{tmp}/bad_job.yaml"], "--mlflow took {tmp}/bad_job.yaml as its tracking URI; put --mlflow "
+         "after the job file"),
+        (["--data", "{good}", "--mlflow", "mlruns"], "run.mlflow must be true or a tracking URI"),
+        (["--data", "{good}", "--mlflow", "foo://x"], "--mlflow foo://x: MLflow cannot use it"),
+        (["--data", "{good}", "--storage-path", "s3://bucket/runs", "--mlflow"], "SQLite needs a local folder"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, good, args, message):
@@ -57,7 +62,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, good, args, message):
     if message is None:  # more workers than samples: a 2-sample file on 3 workers (half a CPU each)
         args[1] = write_h5(str(tmp_path / "two.h5"), np.zeros((2, 2, 2, 1)), np.array([0, 1]))
         message = "2 training samples make less than one global batch of 3"
-    assert_user_error(run_cli("train", *args, cwd=str(tmp_path)), message)
+    message = message.format(tmp=tmp_path)
+    assert_user_error(run_cli("train", *args, cwd=str(tmp_path), MLFLOW_TRACKING_URI=""), message)
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from raytrain.run import rundir, storage
 
 
 WORKERS = ("scaling", "num_workers")  # takes N or an elastic MIN..MAX (see raytrain.config.parse_workers)
+MLFLOW = ("run", "mlflow")  # --mlflow alone, or --mlflow URI
 
 
 def parse_list(text: str) -> list[str]:
@@ -98,7 +99,9 @@ def add_job_flags(p: argparse.ArgumentParser, skip: tuple[tuple[str, str], ...] 
         group = groups.setdefault(section, p.add_argument_group(f"{section} (job file section '{section}')"))
         flag = cfg.flag_name(section, option.key)
         repeatable = (section, option.key) == ("data", "paths")
-        extra = {"action": "append"} if repeatable else {}
+        extra: dict[str, Any] = {"action": "append"} if repeatable else {}
+        if (section, option.key) == MLFLOW:  # a bare --mlflow is --mlflow true
+            extra = {"nargs": "?", "const": "true"}
         kind = str if repeatable or (section, option.key) == WORKERS else _flag_type(option.kind)
         group.add_argument(
             f"--{flag}", dest=f"{section}.{option.key}", type=kind,
@@ -112,6 +115,10 @@ def add_job_flags(p: argparse.ArgumentParser, skip: tuple[tuple[str, str], ...] 
 def job_from_args(args: argparse.Namespace) -> cfg.JobConfig:
     """The validated job of ``raytrain train``: the job file (if any), then the flags.
     With ``--resume``: the job the run saved in its directory, then the flags."""
+    given = getattr(args, "run.mlflow", None) or ""
+    if given.endswith((".yaml", ".yml")):  # argparse gave the job file to the bare --mlflow before it
+        raise RaytrainError(f"--mlflow took {given} as its tracking URI; put --mlflow after the job file, or write "
+                            "--mlflow=URI")
     job = cfg.load_job(args.job) if args.job else cfg.JobConfig()
     if getattr(args, "resume", False):
         job = _saved_job(args, job)
@@ -136,6 +143,8 @@ def job_from_args(args: argparse.Namespace) -> cfg.JobConfig:
     given = [k for k in ("directory", "manifest") if overrides[("data", k)] is not None]
     if len(given) == 1:
         setattr(job.data, "manifest" if given[0] == "directory" else "directory", None)
+    if job.run.mlflow_experiment is None and job.run.mlflow not in (None, "false"):
+        job.run.mlflow_experiment = os.path.splitext(os.path.basename(args.job))[0] if args.job else "raytrain"
     return cfg.validate(job, default_name=_default_stem(args, job))
 
 

@@ -99,10 +99,13 @@ class ProgressPrinter:
         sink: The :class:`ProgressSink` (an actor, or the object of a ``--local`` run).
         out: Where to draw (the driver's stdout).
         tty: Draw a live bar (a terminal) or only one line per epoch.
+        listener: Given every message too (``put``), and asked for lines to print (``take_notes``).
     """
 
-    def __init__(self, sink: Any, out: TextIO = sys.stdout, tty: Optional[bool] = None, poll_s: float = 0.25):
+    def __init__(self, sink: Any, out: TextIO = sys.stdout, tty: Optional[bool] = None, poll_s: float = 0.25,
+                 listener: Any = None):
         self.sink = sink
+        self.listener = listener  # also gets every message, and may give lines to print (raytrain.run.tracking.RunLog)
         self.out = out
         self.tty = out.isatty() if tty is None else tty
         self.poll_s = poll_s
@@ -121,6 +124,10 @@ class ProgressPrinter:
 
     def show(self, messages: list[dict[str, Any]]) -> None:
         """Draw ``messages`` (steps: the bar; epochs and notes: a line each)."""
+        if self.listener is not None:
+            for m in messages:
+                self.listener.put(m)
+            messages = messages + [{"kind": "note", "text": text} for text in self.listener.take_notes()]
         steps = [m for m in messages if m["kind"] == "step"]
         for m in messages:
             if m["kind"] in ("epoch", "note"):

@@ -172,6 +172,7 @@ class EpochReporter:
         values = {k: float(v) for k, v in (logs or {}).items()}
         if log_scalars:
             self.scalars.batch(self.global_step, values)
+            self.send({"kind": "scalars", "step": self.global_step, "metrics": values})  # for MLflow
         if now - self.last_sent >= progress.UPDATE_SECONDS:
             self.last_sent = now
             plan = self.plan
