@@ -182,6 +182,19 @@ def test_rehearsal_on_a_simulated_multi_node_cluster(tmp_path, make_h5):
         assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
         assert {r["cuda_visible_devices"] for r in ranks} == {"0"}
         assert all(r["local_replicas"] == 1 for r in ranks)  # TensorFlow sees no real GPU here
+        # raytrain doctor on every node: the same versions everywhere, but the simulated GPU nodes'
+        # GPUs are seen by no framework, which is what doctor is for.
+        doctor = run_cli("doctor", "--address", "127.0.0.1:6379", cwd=str(tmp_path))
+        assert doctor.returncode == 1, doctor.stdout[-3000:] + doctor.stderr[-2000:]
+        table = doctor.stdout.splitlines()
+        rows = [line for line in table[2:] if not line.startswith("raytrain doctor:")]  # after the header
+        gpu_rows = [row for row in rows if " 1 / 0 " in row]
+        assert "(head)" in rows[0] and not rows[0].endswith("!") and len(gpu_rows) >= 2
+        assert all(row.endswith("!") for row in gpu_rows) and not any(row.endswith("!") for row in rows
+                                                                        if row not in gpu_rows)
+        problems = [line for line in table if line.startswith("raytrain doctor: problem:")]
+        assert len(problems) == len(gpu_rows) and all("Ray counts 1 GPU(s) here but neither" in p for p in problems)
+        assert not any("differs from the head" in line for line in table)
     finally:
         down = run_cli("down", sim, cwd=str(tmp_path))
         os.environ.pop("RAYTRAIN_HOME", None)

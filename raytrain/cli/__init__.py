@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 from raytrain.cli import (
     bench,
     cluster,
+    doctor,
     evaluate,
     index,
     report,
@@ -32,7 +33,7 @@ from raytrain.errors import (
     TrainingFailed,
 )
 
-COMMANDS = [train, tune, synth, index, evaluate, report, runs, cluster, submit, bench]  # in --help order
+COMMANDS = [train, tune, synth, index, evaluate, report, runs, cluster, submit, doctor, bench]  # in --help order
 
 
 def build_parser() -> argparse.ArgumentParser:
