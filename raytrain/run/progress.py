@@ -128,6 +128,7 @@ class ProgressPrinter:
             for m in messages:
                 self.listener.put(m)
             messages = messages + [{"kind": "note", "text": text} for text in self.listener.take_notes()]
+        messages = [m for m in messages if m["kind"] in ("step", "epoch", "note")]  # "scalars" are for the listener
         steps = [m for m in messages if m["kind"] == "step"]
         for m in messages:
             if m["kind"] in ("epoch", "note"):
