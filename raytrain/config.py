@@ -485,12 +485,38 @@ def _check_counts(counts: list[int], partitions: int, batch: int, replicas: int)
             f"({counts[0]} workers x {replicas} per worker); use --batch-size {lower or total} or {lower + total}"
         )
     step = math.lcm(*(w * replicas for w in counts))
+    if step > 64 * batch:  # a batch that fits every count would be absurd: the range is the problem
+        raise RaytrainError(_range_too_wide(counts, batch, replicas, uneven, step))
     fits = " or ".join(str(f) for f in sorted({max(batch // step, 1) * step, (batch // step + 1) * step}))
     raise RaytrainError(
         f"training.batch_size {batch} (global) does not divide evenly over {_listed(uneven)} workers "
         f"({replicas} replica{'s' if replicas > 1 else ''} each) of {named}; the global batch sizes that fit "
         f"the whole range are the multiples of {step}: use --batch-size {fits}, or narrow the range"
     )
+
+
+def _range_too_wide(counts: list[int], batch: int, replicas: int, uneven: list[int], step: int) -> str:
+    """Which elastic ranges (and fixed counts) the given global batch divides over."""
+    fitting = [w for w in range(1, batch // replicas + 1) if batch % (w * replicas) == 0]
+    runs: list[list[int]] = []
+    for w in fitting:
+        if runs and runs[-1][-1] == w - 1:
+            runs[-1].append(w)
+        else:
+            runs.append([w])
+    ranges = [f"{r[0]}..{r[-1]}" for r in runs if len(r) > 1]
+    shown = _listed(uneven[:6]) if len(uneven) <= 6 else ", ".join(map(str, uneven[:6])) + f" and {len(uneven) - 6} more"
+    works = f"the elastic range{'s' if len(ranges) > 1 else ''} {_listed_text(ranges)} or " if ranges else ""
+    return (
+        f"training.batch_size {batch} (global) does not divide evenly over {shown} worker counts of --num-workers "
+        f"{counts[0]}..{counts[-1]}, and a global batch that fits every count in it is a multiple of a "
+        f"{len(str(step))}-digit number: the range is too wide; with --batch-size {batch} use "
+        f"{works}a fixed --num-workers {' or '.join(map(str, fitting))}"
+    )
+
+
+def _listed_text(values: list[str]) -> str:
+    return ", ".join(values[:-1]) + (" and " if len(values) > 1 else "") + values[-1]
 
 
 def _listed(values: list[int]) -> str:
@@ -513,6 +539,8 @@ def validate(job: JobConfig, default_name: str = "run") -> JobConfig:
     _validate_model_and_training(job.model, job.training)
     _validate_scaling(job)
     validate_locations(job.data)
+    if job.data.cache_dir and job.scaling.address is None:  # the workers share this machine: check it here
+        check_cache_dir(job.data.cache_dir)
     _validate_run(job.run, job.scaling, default_name)
     return job
 
@@ -660,7 +688,7 @@ def validate_source(d: DataSection) -> None:
         raise RaytrainError("data.path_column and data.label_column must name the manifest's columns; they are empty")
 
 
-def _location(path: str, where: str) -> str:
+def location(path: str, where: str) -> str:
     """A data location made absolute; a URI is checked (scheme, bucket) and kept."""
     if "://" not in path:
         return os.path.abspath(os.path.expanduser(path))
@@ -676,15 +704,15 @@ def _location(path: str, where: str) -> str:
 
 def validate_locations(d: DataSection) -> None:
     """Data locations absolute or checked URIs, storage options and the cache checked."""
-    d.paths = [_location(p, "data.paths") for p in d.paths]
+    d.paths = [location(p, "data.paths") for p in d.paths]
     kinds = {"://" in p for p in d.paths}
     if len(kinds) > 1:
         raise RaytrainError(
             "data.paths mixes local files and URIs; put every file of the dataset in one place "
             f"(local: {[p for p in d.paths if '://' not in p][:1]}, URI: {[p for p in d.paths if '://' in p][:1]})"
         )
-    d.directory = d.directory and _location(d.directory, "data.directory")
-    d.manifest = d.manifest and _location(d.manifest, "data.manifest")
+    d.directory = d.directory and location(d.directory, "data.directory")
+    d.manifest = d.manifest and location(d.manifest, "data.manifest")
     unknown = sorted(set(d.storage_options) - set(STORAGE_OPTION_KEYS))
     if unknown:
         raise RaytrainError(
@@ -702,6 +730,19 @@ def validate_locations(d: DataSection) -> None:
             raise RaytrainError(f"data.cache_dir must be a folder on the node's local disk, not a URI: {d.cache_dir}")
         d.cache_dir = os.path.abspath(os.path.expanduser(d.cache_dir))
     _positive("data.cache_max_gib", d.cache_max_gib, "cache-max-gib")
+
+
+def check_cache_dir(path: str) -> None:
+    """``data.cache_dir`` can be a folder this process writes to (made if missing; nothing
+    is written here). On a cluster each node's workers check their own disk instead."""
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise RaytrainError(f"data.cache_dir {path}: {probe} is a file, not a folder; pass a folder with --cache-dir")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RaytrainError(f"data.cache_dir {path}: {probe} is not writable by this user; pass a folder you can "
+                            "write to with --cache-dir")
 
 
 def absolute_builder(spec: str) -> str:

@@ -20,6 +20,12 @@ class RaytrainError(ValueError):
     """A user-fixable problem; the message names the problem and the fix."""
 
 
+class StoreUnreachable(RaytrainError):
+    """The data's object store did not answer. On the driver, before training, it is the
+    user's network or endpoint (exit 2); raised while training, the store went away under
+    a running run, which is a failure to resume from (exit 1, see :mod:`raytrain.trainer`)."""
+
+
 class TrainingFailed(Exception):
     """The workers failed (died, or raised) more often than ``run.max_failures`` allows.
     Not bad input: the CLI prints the one-line message and exits with code 1."""

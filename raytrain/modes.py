@@ -23,6 +23,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 from typing import Any, Iterator, Optional
 
 from raytrain import compat
@@ -220,9 +222,34 @@ def init_ray(job: JobConfig, verbose: bool) -> None:
     ``verbose``, workers' output stays in their log files (``/tmp/ray/session_*/logs``)
     and Ray's own INFO/WARNING lines are not shown: progress and errors reach the
     console through raytrain (:mod:`raytrain.run.progress`)."""
+    quiet = {} if verbose else {"log_to_driver": False, "logging_level": logging.ERROR}
+    with keep_sigterm_handler():
+        _init(job, verbose, quiet)
+    from ray.data import (
+        DataContext,  # configures Ray Data's loggers: quiet them after this
+    )
+
+    if not verbose:
+        quiet_ray_loggers()
+    DataContext.get_current().enable_progress_bars = False
+
+
+@contextlib.contextmanager
+def keep_sigterm_handler() -> Iterator[None]:
+    """``ray.init`` installs Ray's native failure handler for SIGTERM in the driver, which
+    prints a stack dump and aborts (exit 134) instead of the Python handler that ends a run
+    as Ctrl-C does (raytrain.cli.main): that handler is put back after it."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(previous) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _init(job: JobConfig, verbose: bool, quiet: dict[str, Any]) -> None:
     import ray
 
-    quiet = {} if verbose else {"log_to_driver": False, "logging_level": logging.ERROR}
     # Workers read object storage with the driver's cloud settings (endpoint, region, profile).
     env_vars = {**store.worker_env(os.environ), **WORKER_ENV, **({VERBOSE_ENV: "1"} if verbose else {})}
     if job.scaling.address is None:
@@ -241,13 +268,6 @@ def init_ray(job: JobConfig, verbose: bool) -> None:
         if not job.scaling.address.startswith("ray://"):
             env_vars[RAY_ADDRESS_ENV] = job.scaling.address  # the same for a cluster: its own address
         ray.init(address=job.scaling.address, runtime_env={"env_vars": env_vars}, **quiet)
-    from ray.data import (
-        DataContext,  # configures Ray Data's loggers: quiet them after this
-    )
-
-    if not verbose:
-        quiet_ray_loggers()
-    DataContext.get_current().enable_progress_bars = False
 
 
 def quiet_ray_loggers() -> None:

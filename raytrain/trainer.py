@@ -30,7 +30,14 @@ from raytrain.data.plan import StepPlan, plan_steps
 from raytrain.data.schema import SampleIndex
 from raytrain.data.split import split_index
 from raytrain.env import run_env
-from raytrain.errors import LossNotFinite, RaytrainError, TrainingFailed, find_error, find_user_error
+from raytrain.errors import (
+    LossNotFinite,
+    RaytrainError,
+    StoreUnreachable,
+    TrainingFailed,
+    find_error,
+    find_user_error,
+)
 from raytrain.models import resolve_builder
 from raytrain.modes import cpu_count, hide_gpus, init_ray, machine_resources  # noqa: F401  (raytrain.trainer's API)
 from raytrain.run import checkpoint, rundir, runs, storage, tracking
@@ -207,9 +214,18 @@ def _run(job: JobConfig, resume: bool, verbose: bool, mode: modes.Mode) -> Optio
             _check_same_data(job, prepared.index)
         log = tracking.RunLog(job, mlflow_uri, prepared.index.fingerprint()) if mlflow_uri else None
         try:
-            with mode.session(job, verbose, log) as sink:
-                spec = prepared.spec if sink is None else dataclasses.replace(prepared.spec, sink=sink)
-                _train(spec, prepared, resume, mode)
+            try:
+                with mode.session(job, verbose, log) as sink:
+                    spec = prepared.spec if sink is None else dataclasses.replace(prepared.spec, sink=sink)
+                    _train(spec, prepared, resume, mode)
+            except KeyboardInterrupt:
+                # Written once the session has ended the workers, so no checkpoint lands after it.
+                def interrupted() -> None:
+                    if rundir.read_status(job.run_dir) is not None:  # training had begun
+                        rundir.write_status(job.run_dir, "interrupted", num_workers=job.scaling.num_workers)
+
+                rundir.best_effort(f"write {rundir.STATUS} in {job.run_dir}", interrupted)
+                raise KeyboardInterrupt(_resume_hint(job)) from None
             return _finish(job, prepared, started)
         finally:
             if log is not None:
@@ -250,12 +266,13 @@ def _train(spec: WorkerSpec, prepared: _Prepared, resume: bool, mode: modes.Mode
         _fit(spec, prepared.train, prepared.validation, mode)
         _prune_checkpoints(job)
     except KeyboardInterrupt:
-        rundir.write_status(job.run_dir, "interrupted", num_workers=workers)
-        raise
+        raise  # its status is written by _run, once the workers have stopped
     except Exception as e:
-        _prune_checkpoints(job)
-        rundir.write_status(job.run_dir, "failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__,
-                            num_workers=workers)
+        # The store holding the run may be what failed: its clean-up must not replace this error.
+        rundir.best_effort(f"remove old checkpoints in {job.run_dir}", lambda: _prune_checkpoints(job))
+        error = str(e).splitlines()[0] if str(e) else type(e).__name__
+        rundir.best_effort(f"write {rundir.STATUS} in {job.run_dir}",
+                           lambda: rundir.write_status(job.run_dir, "failed", error=error, num_workers=workers))
         raise
 
 
@@ -308,6 +325,9 @@ def _fit(spec: Any, train_table: Any, val_table: Any, mode: modes.Mode) -> Any:
 def _one_line(e: Exception, job: JobConfig) -> Exception:
     """What a failed fit raises for the CLI's one line: a user's error found inside Ray's
     wrappers, a diverged loss, storage the nodes cannot reach, or a training failure."""
+    gone = find_error(e, StoreUnreachable)  # the data's store went away while the run trained: not bad input
+    if gone is not None:
+        return TrainingFailed(f"{str(gone).splitlines()[0]}; {_resume_hint(job)}")
     user = find_user_error(e)
     if user is not None:
         return user
@@ -357,12 +377,15 @@ def _failure_line(error: BaseException, job: JobConfig) -> str:
 
 def _resume_hint(job: JobConfig) -> str:
     """Where the newest checkpoint is and how to continue from it."""
-    newest = checkpoint.latest(job.run_dir)
+    command = f"raytrain train --resume --name {job.run.name} --storage-path {job.run.storage_path}"
+    try:
+        newest = checkpoint.latest(job.run_dir)
+    except Exception:  # the store holding the run is gone: the command still works once it is back
+        return f"the run's checkpoints could not be listed; once its store answers, continue with: {command}"
     if newest is None:
         return "no epoch had finished, so there is no checkpoint to resume from"
     return (
-        f"the newest checkpoint is epoch {newest[0]} ({newest[1]}); "
-        f"continue with: raytrain train --resume --name {job.run.name} --storage-path {job.run.storage_path}"
+        f"the newest checkpoint is epoch {newest[0]} ({newest[1]}); continue with: {command}"
     )
 
 

@@ -506,6 +506,7 @@ def _run_tuner(job: JobConfig, options: TuneOptions, search_dir: str, resume: bo
 
     trainer.init_ray(job, verbose)
     previous = signal.signal(signal.SIGINT, on_sigint)
+    previous_term = signal.signal(signal.SIGTERM, on_sigint)  # kill, timeout, a scheduler: stopped as Ctrl-C stops
     relay = _quiet_raylet() if not verbose else None
     try:
         tuner = _tuner(job, options, search_dir, resume, started, log)
@@ -513,6 +514,7 @@ def _run_tuner(job: JobConfig, options: TuneOptions, search_dir: str, resume: bo
         return tuner.fit(), interrupted.is_set()
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
         if relay is not None:
             relay()
         ray.shutdown()

@@ -222,9 +222,10 @@ def _restore(model: Any, spec: WorkerSpec, rank: int, fw: frameworks.Framework,
         step = 0  # another order: the epoch's remaining steps are not known; it is trained again whole
     if rank == 0:
         rundir.keep_metrics_through(run_dir, done)
-        rundir.event(run_dir, "restored", epoch=done, step=step, checkpoint=found.path)
+        where = newest[-1][1]  # as the run directory names it: Checkpoint.path drops a URI's scheme
+        rundir.event(run_dir, "restored", epoch=done, step=step, checkpoint=where)
         at = f"epoch {done}" + (f", step {step} of epoch {done + 1}" if step else "")
-        progress.note(sink, f"raytrain: restored the checkpoint of {at} ({found.path})")
+        progress.note(sink, f"raytrain: restored the checkpoint of {at} ({where})")
     return done, step
 
 

@@ -294,3 +294,18 @@ def check_epochs(per_worker, steps, worker_batch, epochs, population):
         assert len(missing) < worker_batch * len(per_worker)  # fewer than one global batch
         left_out.append(missing)
     assert left_out[0] != left_out[1], "the left-out samples must change between epochs"
+
+
+def unknown_filter_h5(path: str) -> str:
+    """An HDF5 file whose features need a filter no plugin provides (id 32999, optional at
+    creation, so the chunk can be stored without it): what a file from an exotic tool is here."""
+    with h5py.File(path, "w") as f:
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_chunk((16, 4, 4))
+        dcpl.set_filter(32999, 1, ())
+        dsid = h5py.h5d.create(f.id, b"X", h5py.h5t.py_create(np.dtype("uint8")), h5py.h5s.create_simple((32, 4, 4)),
+                               dcpl=dcpl)
+        for row in (0, 16):
+            dsid.write_direct_chunk((row, 0, 0), bytes(256), 0)
+        f.create_dataset("Y", data=np.arange(32) % 2)
+    return path

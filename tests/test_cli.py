@@ -53,6 +53,11 @@ def good(make_h5):
         (["--data", "{good}", "--mlflow", "mlruns"], "run.mlflow must be true or a tracking URI"),
         (["--data", "{good}", "--mlflow", "foo://x"], "--mlflow foo://x: MLflow cannot use it"),
         (["--data", "{good}", "--storage-path", "s3://bucket/runs", "--mlflow"], "SQLite needs a local folder"),
+        (["--data", "{good}", "--cache-dir", "{good}/cache"], "is a file, not a folder; pass a folder with --cache-dir"),
+        (["--data", "{good}", "--num-workers", "2..100", "--batch-size", "100"],
+         "a global batch that fits every count in it is a multiple of a 41-digit number: the range is too wide; with "
+         "--batch-size 100 use the elastic ranges 1..2 and 4..5 or a fixed --num-workers 1 or 2 or 4 or 5 or 10 or 20 "
+         "or 25 or 50 or 100"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, good, args, message):
@@ -160,3 +165,30 @@ def test_help_loads_no_heavy_library():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]", f"--help loaded {proc.stdout.strip()}"
+
+
+def test_plugin_compressed_hdf5_trains_and_an_undecodable_first_block_is_one_line(tmp_path):
+    """Blosc (hdf5plugin) trains; a filter no plugin provides, and a damaged gzip chunk, are
+    one line each naming the file, found when the driver decodes each file's first block."""
+    import h5py
+    import hdf5plugin
+
+    from tests.common import unknown_filter_h5
+
+    x = np.random.default_rng(0).integers(0, 255, (200, 4, 4, 3), dtype=np.uint8)
+    with h5py.File(tmp_path / "blosc.h5", "w") as f:
+        f.create_dataset("X", data=x, chunks=(16, 4, 4, 3), **hdf5plugin.Blosc(cname="lz4"))
+        f.create_dataset("Y", data=np.arange(200) % 2)
+    proc = run_cli("train", "--data", str(tmp_path / "blosc.h5"), "--local", "--epochs", "1", "--batch-size", "32",
+                   "--storage-path", str(tmp_path / "runs"), cwd=str(tmp_path))
+    assert proc.returncode == 0 and "finished 1 epochs" in proc.stdout, proc.stderr[-3000:]
+
+    with h5py.File(tmp_path / "damaged.h5", "w") as f:
+        d = f.create_dataset("X", data=x, chunks=(16, 4, 4, 3), compression="gzip")
+        d.id.write_direct_chunk((0, 0, 0, 0), b"not deflate", 0)
+        f.create_dataset("Y", data=np.arange(200) % 2)
+    odd = unknown_filter_h5(str(tmp_path / "odd.h5"))
+    for path, filters in ((str(tmp_path / "damaged.h5"), "deflate"), (odd, "filter 32999")):
+        proc = run_cli("train", "--data", path, "--local", cwd=str(tmp_path))
+        assert_user_error(proc, f"samples of 'X' (filters: {filters}) cannot be decoded")
+        assert f"raytrain: error: {path}: the first " in proc.stderr

@@ -135,15 +135,22 @@ def test_stopped_local_run_resumes_after_its_last_checkpoint_and_evaluates(tmp_p
     assert os.path.isfile(run / "saved_model" / "saved_model.pb")
 
 
-def test_ctrl_c_ends_the_workers_and_keeps_the_checkpoints(tmp_path, data):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_ends_the_workers_and_keeps_the_checkpoints(tmp_path, data, signum):
+    """SIGTERM (kill, timeout, a scheduler) ends a run as Ctrl-C does: no native stack dump
+    from Ray's handler, exit 130, the resume command, and the status written last."""
     proc = start(*train_args(data, tmp_path, "ctrlc"), cwd=str(tmp_path))
     run = tmp_path / "runs" / "ctrlc"
     wait_for_checkpoint(run, 1, proc)
     pids = [json.loads((run / "workers" / f"rank-{r}.json").read_text())["pid"] for r in (0, 1)]
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "raytrain: interrupted" in err
+    assert proc.returncode == 130, err[-3000:]
+    assert "raytrain: interrupted; the newest checkpoint is epoch" in err and "raytrain train --resume --name ctrlc" in err
+    assert "PC: @" not in err and "SIGTERM received" not in err
     assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
+    written = [p.stat().st_mtime for p in run.glob("checkpoint-*/**/*") if p.is_file()]
+    assert max(written) <= (run / "status.json").stat().st_mtime
     deadline = time.time() + 20
     while any(os.path.exists(f"/proc/{pid}") for pid in pids) and time.time() < deadline:
         time.sleep(0.2)

@@ -42,3 +42,6 @@ def test_a_run_writes_everything_behind_a_uri(tmp_path, make_h5):
     assert (run / "model.keras").is_file() and (run / "checkpoint-epoch-0002" / "raytrain_state.json").is_file()
     proc = run_cli("evaluate", f"{uri}/u", cwd=str(tmp_path))
     assert proc.returncode == 0 and "on 200 samples" in proc.stdout, proc.stderr[-2000:]
+    proc = run_cli("train", "--resume", "--name", "u", "--storage-path", uri, "--epochs", "3", cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"restored the checkpoint of epoch 2 ({uri}/u/checkpoint-epoch-0002)" in proc.stdout

@@ -61,8 +61,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except TrainingFailed as e:
         print(f"raytrain: error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("raytrain: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM; a run's says where its newest checkpoint is
+        print(f"raytrain: interrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

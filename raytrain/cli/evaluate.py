@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from raytrain.cli.jobflags import parse_list
+from raytrain.config import location
 from raytrain.cli.lazy import module_doc
 
 
@@ -30,10 +30,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
     data: dict[str, Any] = {}
     if args.data:
-        data["paths"] = [os.path.abspath(p) for part in args.data for p in parse_list(part)]
+        data["paths"] = [location(p, "--data") for part in args.data for p in parse_list(part)]
     for key in ("directory", "manifest"):
         if getattr(args, key):
-            data[key] = os.path.abspath(getattr(args, key))
+            data[key] = location(getattr(args, key), f"--{key}")  # a path made absolute, or a URI kept
     for key in ("x_key", "y_key", "path_column", "label_column"):
         if getattr(args, key):
             data[key] = getattr(args, key)

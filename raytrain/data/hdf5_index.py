@@ -13,13 +13,13 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-import h5py
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs
 
 from raytrain.config import DataSection
 from raytrain.data import hdf5_remote, store
+from raytrain.data.h5 import filter_names, h5py
 from raytrain.data.hdf5_reader import block_rows
 from raytrain.data.schema import INDEX_SCHEMA, SampleIndex
 from raytrain.errors import RaytrainError
@@ -175,13 +175,28 @@ def _read_file(path: str, x_key: str, y_key: str, options: Optional[Mapping[str,
     try:
         with handle as f:
             x, y = _datasets(f, path, x_key, y_key)
-            if raw is not None:
-                hdf5_remote.check_filters(x, path, x_key)
+            _check_first_block(x, path, x_key)
             labels, one_hot, classes = _labels(y, path, y_key)
             return _FileEntry(path, tuple(x.shape[1:]), str(x.dtype), labels, one_hot, classes, block_rows(x))
     finally:
         if raw is not None:
             raw.close()
+
+
+def _check_first_block(x: Any, path: str, x_key: str) -> None:
+    """Decode the file's first block of features on the driver, so a filter this machine's
+    HDF5 cannot undo, or a damaged chunk, is one line here rather than a failure inside
+    training (one block per file: its first chunks)."""
+    rows = min(block_rows(x), x.shape[0])
+    try:
+        x[0:rows]
+    except (OSError, RuntimeError, ValueError) as e:
+        reason = " ".join(str(e).split())[:200]
+        raise RaytrainError(
+            f"{path}: the first {rows} samples of '{x_key}' (filters: {filter_names(x)}) cannot be decoded "
+            f"({reason}): a filter no installed HDF5 plugin provides, or a damaged file; rewrite it with "
+            "compression='gzip', or check the file"
+        ) from None
 
 
 def _check_same(entry: _FileEntry, first: _FileEntry) -> None:

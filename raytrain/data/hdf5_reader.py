@@ -14,8 +14,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import h5py
 import numpy as np
+
+from raytrain.data.h5 import h5py
 
 MIN_BLOCK_BYTES = 256 << 10  # a block is at least this much data: one slice call costs ~30 us
 GAP_BYTES = 64 << 10  # rows skipped inside a run cost less than a second slice call up to here

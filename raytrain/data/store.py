@@ -28,7 +28,7 @@ from typing import Any, Mapping, Optional
 
 import pyarrow.fs as pafs
 
-from raytrain.errors import RaytrainError
+from raytrain.errors import RaytrainError, StoreUnreachable
 
 CONNECT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 60.0
@@ -110,7 +110,7 @@ def explain(error: BaseException, uri: str, options: Optional[Mapping[str, Any]]
     if any(s in low for s in ("network_connection", "could not resolve", "couldn't connect", "connection refused",
                               "curlcode: 7", "curlcode: 28", "timed out", "timeout")):
         where = f"the endpoint {endpoint}" if endpoint else "the store"
-        return RaytrainError(
+        return StoreUnreachable(
             f"cannot reach {where} for {uri} (after {RETRY_ATTEMPTS} tries); check the network and the endpoint "
             "(AWS_ENDPOINT_URL or data.storage_options.endpoint)"
         )

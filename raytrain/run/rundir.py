@@ -27,8 +27,9 @@ import os
 import shutil
 import socket
 import tempfile
+import sys
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import yaml
 
@@ -68,6 +69,17 @@ def _owner_alive(owner: dict[str, Any]) -> bool:
 
 
 @contextlib.contextmanager
+def best_effort(what: str, action: Callable[[], Any]) -> None:
+    """A clean-up step (a status, pruning, a claim) whose failure must not replace the error
+    being reported, when the store that holds the run has gone away: one line says what
+    could not be done."""
+    try:
+        action()
+    except Exception as e:
+        reason = " ".join(str(e).split())[:160] or type(e).__name__
+        sys.stderr.write(f"raytrain: could not {what} ({reason})\n")
+
+
 def claim(run_dir: str) -> Iterator[None]:
     """Hold ``run_dir`` for this process while it is checked, indexed and trained.
 
@@ -103,7 +115,8 @@ def claim(run_dir: str) -> Iterator[None]:
         yield
     finally:
         if storage.is_uri(run_dir):
-            storage.delete_file(path)
+            best_effort(f"remove the claim {path} (the next command on this run takes it over)",
+                        lambda: storage.delete_file(path))
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
