@@ -9,6 +9,7 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 from typing import Optional
 
 EXIT_FAILED = 1  # training failed (workers died or raised); the newest checkpoint can be resumed
@@ -81,3 +82,16 @@ def find_error(exc: BaseException, kind: type) -> Optional[BaseException]:
         if isinstance(failures, dict):
             todo.extend(f for _, f in sorted(failures.items()) if isinstance(f, BaseException))
     return None
+
+
+NO_SPACE = "No space left on device"  # strerror(ENOSPC), also in the text of an error relayed by Ray
+
+
+def no_space(exc: BaseException) -> bool:
+    """Whether a full disk is behind ``exc`` (an OSError with ENOSPC in its chain, or its
+    text inside Ray's wrappers)."""
+    found = find_error(exc, OSError)
+    if isinstance(found, OSError) and found.errno == errno.ENOSPC:
+        return True
+    texts = [str(exc), *(str(f) for f in (getattr(exc, "worker_failures", None) or {}).values())]
+    return any(NO_SPACE in text for text in texts)

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import pyarrow as pa
 
-from raytrain import frameworks, modes
+from raytrain import errors, frameworks, modes
 from raytrain.config import PLACEMENTS, JobConfig
 from raytrain.data.kinds import build_index
 from raytrain.data.loader import ReadSpec, auto_window, reading_threads
@@ -269,6 +269,7 @@ def _train(spec: WorkerSpec, prepared: _Prepared, resume: bool, mode: modes.Mode
         raise  # its status is written by _run, once the workers have stopped
     except Exception as e:
         # The store holding the run may be what failed: its clean-up must not replace this error.
+        rundir.best_effort(f"remove partial checkpoints in {job.run_dir}", lambda: _remove_partial(job))
         rundir.best_effort(f"remove old checkpoints in {job.run_dir}", lambda: _prune_checkpoints(job))
         error = str(e).splitlines()[0] if str(e) else type(e).__name__
         rundir.best_effort(f"write {rundir.STATUS} in {job.run_dir}",
@@ -325,6 +326,11 @@ def _fit(spec: Any, train_table: Any, val_table: Any, mode: modes.Mode) -> Any:
 def _one_line(e: Exception, job: JobConfig) -> Exception:
     """What a failed fit raises for the CLI's one line: a user's error found inside Ray's
     wrappers, a diverged loss, storage the nodes cannot reach, or a training failure."""
+    if errors.no_space(e):
+        return TrainingFailed(
+            f"no space left on the device of run.storage_path {job.run.storage_path}; free some room there (the "
+            f"partial checkpoint is removed) or pass another --storage-path, then {_resume_hint(job)}"
+        )
     gone = find_error(e, StoreUnreachable)  # the data's store went away while the run trained: not bad input
     if gone is not None:
         return TrainingFailed(f"{str(gone).splitlines()[0]}; {_resume_hint(job)}")
@@ -346,6 +352,19 @@ def _one_line(e: Exception, job: JobConfig) -> Exception:
 
 
 STORAGE_CHECK_FAILED = "Unable to set up cluster storage"  # Ray Train's message when a node cannot see storage_path
+
+
+def _remove_partial(job: JobConfig) -> None:
+    """Half-written checkpoints and temporary copies a failed run left in its directory (a
+    full disk: removing them also frees the room to record the failure)."""
+    for name in storage.listdir(job.run_dir):
+        path = storage.join(job.run_dir, name)
+        if ".tmp-" in name or (checkpoint.position(name) and not checkpoint.complete(path)):
+            local = storage.local_path(path)
+            if local is not None and os.path.isfile(local):
+                os.remove(local)
+            else:
+                storage.delete_dir(path)
 
 
 def _prune_checkpoints(job: JobConfig) -> None:

@@ -40,6 +40,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -47,6 +48,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -61,6 +63,10 @@ from raytrain.run.progress import quiet_stderr
 from raytrain.space import TuneOptions, options_from, with_values
 
 # Ray Tune (with Ray, ~2 s) at the top: only `raytrain tune` imports this module, when it runs.
+
+
+TRIAL_ERROR = "error.txt"  # a failed trial's traceback, in its run directory
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def trial_name(trial_id: str) -> str:
@@ -78,7 +84,13 @@ def _trial(config: dict[str, Any], base: JobConfig, search_dir: str) -> None:
     job = validate(job)
     done = threading.Event()
     threading.Thread(target=_end_when_stopped, args=(done,), daemon=True).start()
-    trainer.run(job, resume=rundir.is_run(job.run_dir), in_tune=True)
+    try:
+        trainer.run(job, resume=rundir.is_run(job.run_dir), in_tune=True)
+    except Exception as e:
+        # raytrain's own line for the search's driver (TrialLines, the table), the traceback in the trial's folder.
+        storage.write_text(storage.join(job.run_dir, TRIAL_ERROR), traceback.format_exc())
+        rundir.write_status(job.run_dir, "failed", error=_error_text(e))
+        raise
     done.set()
 
 
@@ -209,7 +221,10 @@ class TrialLines(tune.Callback):
         self._say(f"{name} {how}{shown}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._say(f"{trial_name(trial.trial_id)} failed: {_error_line(trial)}")
+        name = trial_name(trial.trial_id)
+        log = storage.join(self.search_dir, name, TRIAL_ERROR)
+        where = f" (traceback: {log})" if storage.exists(log) else ""
+        self._say(f"{name} failed: {_error_line(trial, storage.join(self.search_dir, name))}{where}")
 
 
 class SearchLog(tune.Callback):
@@ -276,7 +291,7 @@ class SearchLog(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         name, run_dir = self._epochs(trial)
-        self.tracker.tags(name, {"raytrain.error": _error_line(trial)})
+        self.tracker.tags(name, {"raytrain.error": _error_line(trial, run_dir)})
         self.tracker.end(name, run_dir, "FAILED")
         self.tracker.flush()
 
@@ -297,8 +312,12 @@ class SearchLog(tune.Callback):
                   f"{tracker.runs['search']} (one child run per trial)", flush=True)
 
 
-def _error_line(trial: Any) -> str:
-    """The trial's error as one line (see :func:`_error_text`), from Tune's ``Trial``."""
+def _error_line(trial: Any, run_dir: Optional[str] = None) -> str:
+    """The trial's error as one line: the one its run wrote to ``status.json`` (see
+    :func:`_trial`), else :func:`_error_text` of Tune's ``Trial``'s error."""
+    written = (rundir.read_status(run_dir) or {}).get("error") if run_dir else None
+    if written:
+        return written
     try:
         error = trial.get_pickled_error()
     except Exception:  # an error that cannot be unpickled here: its text instead
@@ -315,7 +334,7 @@ def _error_text(error: Any) -> str:
     if found is not None:
         text, pick = str(found), 0
     else:
-        text, pick = str(error or "unknown error"), -1
+        text, pick = ANSI.sub("", str(error or "unknown error")), -1  # Ray's wrapper text is coloured
     lines = [line.strip() for line in text.splitlines() if line.strip()] or ["unknown error"]
     return lines[pick][:300]
 
@@ -545,7 +564,8 @@ def _summarize(job: JobConfig, options: TuneOptions, search_dir: str, grid: Any,
         run_status = (rundir.read_status(run_dir) or {}).get("status")
         error = None
         if result.error is not None:
-            status, error = "failed", _error_text(result.error)
+            status = "failed"
+            error = (rundir.read_status(run_dir) or {}).get("error") or _error_text(result.error)
         elif run_status == "finished":
             status = "finished"
         elif run_status == "stopped":  # written when the scheduler stopped it (TrialLines)

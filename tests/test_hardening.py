@@ -520,3 +520,52 @@ def test_resume_from_a_step_checkpoint_with_another_batch_size_is_refused(tmp_pa
     assert "at step 2 of epoch 2, whose sample order was set by --batch-size 16; resume with --batch-size 16" \
         in resumed.stderr
     assert step.is_dir() and json.loads((run / "status.json").read_text())["status"] == "finished"  # nothing lost
+
+
+WIDE = '''
+import tf_keras as keras
+
+
+def build(input_shape, num_classes):  # about 3.5 MB a checkpoint (weights and Adam's two moments)
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(), keras.layers.Dense(1500),
+                             keras.layers.Dense(num_classes, activation="softmax")])
+'''
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 6 MiB tmpfs: room for one checkpoint of WIDE, not two. Mounting needs root (this
+    machine and CI run as root)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_keeps_the_last_checkpoint_and_resumes_once_there_is_room(tmp_path, small_disk,
+                                                                                           make_h5):
+    data = make_h5("d.h5", samples=256, shape=(8, 8, 3))
+    (tmp_path / "wide.py").write_text(WIDE)
+    args = ["train", "--data", data, "--model", f"{tmp_path}/wide.py:build", "--local", "--batch-size", "32",
+            "--name", "full", "--storage-path", str(small_disk)]
+    proc = run_cli(*args, "--epochs", "3", cwd=str(tmp_path))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("raytrain: error:")]
+    assert f"no space left on the device of run.storage_path {small_disk}" in line
+    assert "the newest checkpoint is epoch 1" in line and "raytrain train --resume --name full" in line
+    assert "Traceback" not in proc.stderr
+    run = small_disk / "full"
+    assert not [p for p in run.iterdir() if ".tmp-" in p.name], list(run.iterdir())
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-epoch-0001"]
+    assert json.loads((run / "status.json").read_text())["status"] == "failed"
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    resumed = run_cli("train", "--resume", "--name", "full", "--storage-path", str(small_disk), cwd=str(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]

@@ -202,3 +202,19 @@ def test_submit_tune_ships_the_search_in_the_job_file(tmp_path):
     shipped = os.path.join(folder, SUBMITTED_JOB, "job.yaml")
     again = options_from(cfg.load_tune_section(shipped), {}, cfg.load_job(shipped))
     assert again == search
+
+
+@pytest.mark.ray
+def test_a_failed_trial_is_raytrains_line_once_and_its_traceback_in_a_file(job):
+    (job / "bad.py").write_text("def build(input_shape, num_classes):\n    raise ValueError('cannot be built')\n")
+    out = run_cli("tune", "job.yaml", "--model", "bad.py:build", "--search", "model.learning_rate=choice(0.1)",
+                  "--trials", "1", "--epochs", "1", "--name", "bad", cwd=str(job), timeout=600)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    search = job / "runs" / "bad"
+    (line,) = [line for line in out.stdout.splitlines() if " failed: " in line]
+    assert "model builder" in line and "ValueError: cannot be built" in line
+    assert f"(traceback: {search / 'trial_00000' / 'error.txt'})" in line
+    assert "Traceback" not in out.stdout + out.stderr, out.stdout[-3000:] + out.stderr[-3000:]
+    table = (search / "trials.txt").read_text()
+    assert "failed: model builder" in table and "ValueError: cannot be built" in table and "\x1b[" not in table
+    assert "Traceback (most recent call last)" in (search / "trial_00000" / "error.txt").read_text()

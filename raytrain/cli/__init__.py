@@ -8,6 +8,7 @@ cluster (see :mod:`raytrain.cli.train`).
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import sys
 from typing import Any, Optional, Sequence
@@ -60,6 +61,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USER_ERROR
     except TrainingFailed as e:
         print(f"raytrain: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        # A full disk where the driver writes (a run's status, summary, report): one line, not a traceback.
+        print(f"raytrain: error: no space left on the device of {e.filename or 'a file raytrain writes'}; free "
+              "some room there and run the command again (a run continues with --resume)", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM; a run's says where its newest checkpoint is
         print(f"raytrain: interrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)

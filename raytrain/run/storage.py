@@ -10,10 +10,11 @@ cannot append or rename work too: :func:`append_line` rewrites the file there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 
 
@@ -95,9 +96,10 @@ def write_text(path: str, text: str) -> None:
     if not is_uri(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        with _removed_on_failure(tmp):
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
         return
     fs, p = _fs(path)
     fs.create_dir(p.rsplit("/", 1)[0], recursive=True)  # a no-op on object stores
@@ -136,12 +138,27 @@ def upload_file(local_file: str, dest: str) -> None:
     mount) fails with EXDEV."""
     if not is_uri(dest):
         tmp = f"{dest}.tmp-{os.getpid()}"
-        shutil.copyfile(local_file, tmp)
-        os.replace(tmp, dest)
+        with _removed_on_failure(tmp):
+            shutil.copyfile(local_file, tmp)
+            os.replace(tmp, dest)
         return
     fs, p = _fs(dest)
     fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
     _pafs().copy_files(local_file, p, source_filesystem=_pafs().LocalFileSystem(), destination_filesystem=fs)
+
+
+@contextlib.contextmanager
+def _removed_on_failure(tmp: str) -> Iterator[None]:
+    """A half-written temporary copy is removed when its write fails (a full disk: removing
+    it also frees the room to record the failure)."""
+    try:
+        yield
+    except BaseException:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def writable(path: str) -> Optional[str]:
@@ -168,10 +185,11 @@ def upload_dir(local_dir: str, dest: str) -> None:
     if not is_uri(dest):
         tmp = f"{dest}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(local_dir, tmp)
-        if os.path.isdir(dest):
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        with _removed_on_failure(tmp):
+            shutil.copytree(local_dir, tmp)
+            if os.path.isdir(dest):
+                shutil.rmtree(dest)
+            os.replace(tmp, dest)
         return
     fs, p = _fs(dest)
     fs.create_dir(p, recursive=True)
