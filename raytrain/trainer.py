@@ -389,9 +389,17 @@ def _failure_line(error: BaseException, job: JobConfig) -> str:
     else:
         what = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}"
     tries = "" if job.run.max_failures == 0 else f" after {job.run.max_failures} restarts"
-    hint = "" if job.run.max_failures or checkpoint.latest(job.run_dir) is None else \
+    hint = "" if job.run.max_failures or _latest(job) is None else \
         " (--max-failures N restarts failed workers automatically)"
     return f"training failed{tries}: {what}; {_resume_hint(job)}{hint}"
+
+
+def _latest(job: JobConfig) -> Optional[tuple[int, str]]:
+    """The newest checkpoint, or None (also when the store holding the run cannot be read)."""
+    try:
+        return checkpoint.latest(job.run_dir)
+    except Exception:
+        return None
 
 
 def _resume_hint(job: JobConfig) -> str:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
@@ -163,7 +164,7 @@ def table(rows: list[TrialRow], metric: str, mode: str, epochs: int) -> str:
              "-" if r.best is None else f"{r.best:.4f}", f"{r.epochs_done}/{epochs}",
              "yes" if r.status == "stopped early" else "no",
              "-" if r.wall_time_s is None else f"{r.wall_time_s:.1f} s",
-             r.status if r.error is None else f"{r.status}: {r.error[:120]}"] for r in ordered]
+             r.status if r.error is None else f"{r.status}: {r.error}"] for r in ordered]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     out = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
     out += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
@@ -527,6 +528,9 @@ def _run_tuner(job: JobConfig, options: TuneOptions, search_dir: str, resume: bo
     previous = signal.signal(signal.SIGINT, on_sigint)
     previous_term = signal.signal(signal.SIGTERM, on_sigint)  # kill, timeout, a scheduler: stopped as Ctrl-C stops
     relay = _quiet_raylet() if not verbose else None
+    if not verbose:  # a failed trial's traceback goes to its error.txt; raytrain prints its own line (TrialLines)
+        for name in ["ray.tune", *[n for n in logging.root.manager.loggerDict if n.startswith("ray.tune.")]]:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         tuner = _tuner(job, options, search_dir, resume, started, log)
         starting()

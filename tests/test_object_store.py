@@ -437,7 +437,8 @@ def test_a_filter_no_plugin_provides_is_named_on_the_driver(s3, tmp_path):
 @pytest.mark.parametrize("runs_in", ["local", "store"])
 def test_a_store_that_dies_mid_run_is_a_failure_to_resume_from(tmp_path, make_h5, runs_in):
     """A private moto server, stopped once the first epoch's checkpoint exists: the reads of
-    epoch 2 fail, and that is a failed run (exit 1) naming the checkpoint, not bad input.
+    a later epoch fail (the loader reads ahead up to two epochs of this small file), and that
+    is a failed run (exit 1) naming the checkpoint, not bad input.
     With the runs in the same store, the clean-up that cannot reach it (status, pruning,
     the claim) says so in a line each and does not bury the error under tracebacks."""
     import subprocess
@@ -465,7 +466,7 @@ def test_a_store_that_dies_mid_run_is_a_failure_to_resume_from(tmp_path, make_h5
         env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", **AWS_ENV)
         from tests.common import ROOT
         proc = subprocess.Popen([sys.executable, "-m", "raytrain", "train", "--data", uri, "--local", "--model",
-                                 model, "--epochs", "3", "--batch-size", "32", "--validation-ratio", "0",
+                                 model, "--epochs", "6", "--batch-size", "32", "--validation-ratio", "0",
                                  "--name", "r", "--storage-path", runs],
                                 cwd=str(tmp_path), env=dict(env, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
@@ -485,7 +486,9 @@ def test_a_store_that_dies_mid_run_is_a_failure_to_resume_from(tmp_path, make_h5
         server.wait(10)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err[-3000:]
-    (line,) = [line for line in err.splitlines() if line.startswith("raytrain: error:")]
+    lines = [line for line in err.splitlines() if line.startswith("raytrain: error:")]
+    assert len(lines) == 1, err[-3000:]
+    line = lines[0]
     assert "continue with: raytrain train --resume --name r" in line and "Traceback" not in err
     if runs_in == "local":
         assert "cannot reach the endpoint" in line and "the newest checkpoint is epoch " in line

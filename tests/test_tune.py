@@ -211,7 +211,7 @@ def test_a_failed_trial_is_raytrains_line_once_and_its_traceback_in_a_file(job):
                   "--trials", "1", "--epochs", "1", "--name", "bad", cwd=str(job), timeout=600)
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     search = job / "runs" / "bad"
-    (line,) = [line for line in out.stdout.splitlines() if " failed: " in line]
+    (line,) = [line for line in out.stdout.splitlines() if line.startswith("[") and " failed: " in line]
     assert "model builder" in line and "ValueError: cannot be built" in line
     assert f"(traceback: {search / 'trial_00000' / 'error.txt'})" in line
     assert "Traceback" not in out.stdout + out.stderr, out.stdout[-3000:] + out.stderr[-3000:]

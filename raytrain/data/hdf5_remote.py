@@ -122,41 +122,53 @@ def filters(x: Any) -> list[tuple[int, tuple[int, ...]]]:
 
 class PluginDecoder:
     """Undoes a filter pipeline raytrain does not decode itself with HDF5's own: each chunk's
-    stored bytes are written as they are into the one chunk of a dataset with the same
-    filters in an in-memory file, and read back (about 50 us a chunk on 2 cores).
+    stored bytes are written as they are into a chunk of a dataset with the same filters in
+    an in-memory file, and read back (about 50 us a chunk on 2 cores).
 
-    A filter's ``set_local`` step may rewrite the values it is created with (bitshuffle
-    puts its version and element size in front): the values are taken from the front
-    until the created dataset's values are the stored ones.
+    A chunk whose filter was skipped (its filter mask: lzf and Blosc skip data they cannot
+    shrink) goes to a dataset without that filter: HDF5 1.14 records the mask of a raw
+    write in the chunk index but decodes the chunk with every filter all the same. A
+    filter's ``set_local`` step may rewrite the values it is created with (bitshuffle puts
+    its version and element size in front): the values are taken from the front until the
+    created dataset's values are the stored ones.
     """
 
     def __init__(self, chunks: tuple[int, ...], dtype: np.dtype, pipeline: list[tuple[int, int, tuple[int, ...], str]]):
         self._lock = threading.Lock()
         self._file = h5py.File(f"raytrain-decode-{id(self)}", "w", driver="core", backing_store=False, rdcc_nbytes=0)
-        self._origin = (0,) * len(chunks)
-        self._out_shape, self._dtype = chunks, dtype
+        self._chunks, self._dtype, self._pipeline = chunks, dtype, pipeline
+        self._datasets: dict[int, Any] = {}  # filter mask -> a dataset with the filters the mask did not skip
+
+    def _dataset(self, mask: int) -> Any:
+        if mask in self._datasets:
+            return self._datasets[mask]
+        applied = [f for i, f in enumerate(self._pipeline) if not mask & (1 << i)]
         for skip in range(4):
             dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-            dcpl.set_chunk(chunks)
-            for fid, flags, values, _ in pipeline:
+            dcpl.set_chunk(self._chunks)
+            for fid, flags, values, _ in applied:
                 dcpl.set_filter(fid, flags, values[skip:] if fid >= 256 else values)
             try:
-                dsid = h5py.h5d.create(self._file.id, f"c{skip}".encode(), h5py.h5t.py_create(dtype),
-                                       h5py.h5s.create_simple(chunks), dcpl=dcpl)
+                dsid = h5py.h5d.create(self._file.id, f"m{mask}-{skip}".encode(), h5py.h5t.py_create(self._dtype),
+                                       h5py.h5s.create_simple(self._chunks), dcpl=dcpl)
             except ValueError:  # the filter refused these values as its own: try without the front one
                 continue
             made = dsid.get_create_plist()
-            if all(made.get_filter(i)[2] == values for i, (_, _, values, _) in enumerate(pipeline)):
-                self._dataset = h5py.Dataset(dsid)
-                return
-        raise RaytrainError(f"HDF5 could not recreate the filters {[p[3] for p in pipeline]} to decode a chunk; "
+            if all(made.get_filter(i)[2] == values for i, (_, _, values, _) in enumerate(applied)):
+                self._datasets[mask] = h5py.Dataset(dsid)
+                return self._datasets[mask]
+        raise RaytrainError(f"HDF5 could not recreate the filters {[f[3] for f in applied]} to decode a chunk; "
                             "rewrite the file with compression='gzip', or copy it to local disk")
 
     def decode(self, data: bytes, mask: int) -> np.ndarray:
-        out = np.empty(self._out_shape, self._dtype)
+        out = np.empty(self._chunks, self._dtype)
+        if mask and all(mask & (1 << i) for i in range(len(self._pipeline))):
+            out.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8, out.nbytes)  # stored as it is
+            return out
         with self._lock:
-            self._dataset.id.write_direct_chunk(self._origin, data, mask)
-            self._dataset.read_direct(out)
+            dataset = self._dataset(mask)
+            dataset.id.write_direct_chunk((0,) * len(self._chunks), data)
+            dataset.read_direct(out)
         return out
 
     def close(self) -> None:

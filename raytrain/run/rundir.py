@@ -68,7 +68,6 @@ def _owner_alive(owner: dict[str, Any]) -> bool:
     return os.path.exists(f"/proc/{owner.get('pid')}")
 
 
-@contextlib.contextmanager
 def best_effort(what: str, action: Callable[[], Any]) -> None:
     """A clean-up step (a status, pruning, a claim) whose failure must not replace the error
     being reported, when the store that holds the run has gone away: one line says what
@@ -80,6 +79,7 @@ def best_effort(what: str, action: Callable[[], Any]) -> None:
         sys.stderr.write(f"raytrain: could not {what} ({reason})\n")
 
 
+@contextlib.contextmanager
 def claim(run_dir: str) -> Iterator[None]:
     """Hold ``run_dir`` for this process while it is checked, indexed and trained.
 
