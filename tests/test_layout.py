@@ -18,7 +18,7 @@ LAYERS = [
     ["raytrain.cli", "raytrain.__main__", "raytrain"],
 ]
 # Inside raytrain.data, the same rule in the order the data path is built up.
-DATA_ORDER = ["schema", "store", "cache", "hdf5_reader", "hdf5_remote", "image_reader", "order", "split", "plan", "shard", "hdf5_index",
+DATA_ORDER = ["schema", "store", "cache", "h5", "hdf5_reader", "hdf5_remote", "image_reader", "order", "split", "plan", "shard", "hdf5_index",
               "image_index", "ray_datasets", "loader", "hdf5_loader", "image_loader", "kinds", "feed", "synth"]
 
 
