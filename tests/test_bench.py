@@ -145,7 +145,8 @@ def test_store_bench_prints_every_row_and_writes_json(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     for row in ("sequential download of every object", "raytrain loader: shuffled epoch", "5 ms added to every request",
                 "epoch 2 from the node cache", "on local disk", "ranged requests per window:",
-                "loader >= 0.8x one sequential download", "the same images from the store"):
+                "loader >= 0.8x one sequential download", "the same images from the store",
+                "the store, with --cache-dir", "a training epoch from the node cache"):
         assert row in proc.stdout, f"missing row {row!r} in:\n{proc.stdout}"
     result = json.loads(out.read_text())
     rows = result["rows"]
@@ -154,8 +155,9 @@ def test_store_bench_prints_every_row_and_writes_json(tmp_path):
     assert rows["cache_epoch_2"]["requests"] == 0  # epoch 2 read the node cache only
     assert all(result["images"][k]["samples_per_s"] > 0 for k in ("local_disk", "store", "delayed"))
     assert 1 <= rows["loader"]["requests_per_window"] <= rows["loader"]["blocks_per_window"]
+    assert all(len(rows[k]["epochs_s"]) == 4 and rows[k]["epoch_s"] > 0 for k in ("train_local_disk", "train_cache"))
     assert set(result["bars"]) == {"loader_vs_download", "requests_over_blocks", "delay_vs_no_delay",
-                                   "cache_vs_local_disk"}
+                                   "cache_vs_local_disk", "train_cache_vs_local_disk"}
 
 
 @pytest.mark.ray

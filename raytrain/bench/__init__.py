@@ -49,12 +49,12 @@ def child(kind: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
-def train_run(path: str, workdir: str, timeout: float, what: str, *flags: str) -> str:
-    """``raytrain train --data PATH --model cnn FLAGS`` in a child process, its run written
+def train_run(path: str, workdir: str, timeout: float, what: str, *flags: str, model: str = "cnn") -> str:
+    """``raytrain train --data PATH --model MODEL FLAGS`` in a child process, its run written
     under ``workdir/runs``; returns the run's folder. ``what`` names the step in an error."""
     name = f"bench-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
     run_dir = os.path.join(workdir, "runs", name)
-    cmd = [sys.executable, "-m", "raytrain", "train", "--data", path, "--model", "cnn", *flags,
+    cmd = [sys.executable, "-m", "raytrain", "train", "--data", path, "--model", model, *flags,
            "--storage-path", os.path.join(workdir, "runs"), "--name", name]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=python_env(), check=False)
     if proc.returncode != 0:

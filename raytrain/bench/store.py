@@ -2,7 +2,7 @@
 
 With ``--store`` alone (or ``--store local``) it starts moto's S3-protocol server on
 127.0.0.1 in a process of its own (``moto[server]``, in the bench and test extras),
-uploads the file (yours, or a synthetic one) and measures, all reading only (no model):
+uploads the file (yours, or a synthetic one) and measures reading (no model):
 
 - **sequential download**: the whole object in one streaming GET, the store's own speed;
 - **raytrain loader**: one shuffled epoch through :class:`raytrain.data.hdf5_remote.
@@ -13,7 +13,12 @@ uploads the file (yours, or a synthetic one) and measures, all reading only (no 
   its own, in front of the server), which adds ``--delay-ms`` to every request, as a
   store in another zone would;
 - **node cache, epoch 2**: with ``data.cache_dir``, the second epoch (the first filled
-  the cache) against the loader reading the same file from local disk.
+  the cache) against the loader reading the same file from local disk, both on the
+  training split (``data.validation_ratio`` 0.2), which holds part of every block;
+
+then training: ``raytrain train --local`` with a one-layer model, on the local copy and
+on the store with ``--cache-dir``, the median epoch after the first (the node cache's
+promise is local-disk speed from epoch 2 on).
 
 The synthetic data is ``--shards`` objects (default 8, as datasets in object storage usually
 are): moto answers a ranged GET by reading the whole object (``FakeKey.value``) and slicing
@@ -44,11 +49,12 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pyarrow.fs as pafs
 
-from raytrain.bench import bars_table, judge, machine, python_env, table, workspace
+from raytrain.bench import bars_table, judge, machine, python_env, table, train_run, workspace
+from raytrain.config import DataSection
 from raytrain.data import store
 from raytrain.data.cache import NodeCache
 from raytrain.data.hdf5_index import build_hdf5_index
-from raytrain.data.hdf5_loader import HDF5Loader
+from raytrain.data.hdf5_loader import HDF5Loader, window_cache_bytes
 from raytrain.data.loader import auto_window
 from raytrain.data.hdf5_reader import HDF5Reader
 from raytrain.data.hdf5_remote import FETCH_THREADS, RemoteHDF5Reader
@@ -57,6 +63,7 @@ from raytrain.data.image_loader import ImageLoader
 from raytrain.data.image_reader import ImageDecoder
 from raytrain.data.order import TRAIN
 from raytrain.data.shard import Shard
+from raytrain.data.split import split_index
 from raytrain.data.synth import make_hdf5, make_image_tree
 from raytrain.errors import RaytrainError
 
@@ -68,6 +75,8 @@ BARS = [
     ("requests_over_blocks", "ranged requests per window <= the window's blocks + 2", lambda v: v <= 2),
     ("delay_vs_no_delay", "loader with 20 ms per request >= 0.5x without", lambda v: v >= 0.5),
     ("cache_vs_local_disk", "epoch 2 from the node cache >= 0.9x the local-disk loader", lambda v: v >= 0.9),
+    ("train_cache_vs_local_disk", "a training epoch from the node cache <= 1.1x the same epoch from local disk",
+     lambda v: v <= 1.1),
 ]
 
 
@@ -148,9 +157,11 @@ def proxy_main(upstream_port: int, port: int, delay_s: float) -> None:
     ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
 
 
-def _loader(uri: str, index: Any, window: int, options: dict, cache: Optional[NodeCache]) -> HDF5Loader:
-    """The loader a worker would open; the file's layout is read before any timing (once per worker)."""
-    shard = Shard(index.table, index.rows_per_block)
+def _loader(uri: str, index: Any, window: int, options: dict, cache: Optional[NodeCache],
+            table: Any = None) -> HDF5Loader:
+    """The loader a worker would open (on ``table``, default the whole index); the file's
+    layout is read before any timing (once per worker)."""
+    shard = Shard(index.table if table is None else table, index.rows_per_block)
     reader = RemoteHDF5Reader(shard.files, "X", index.rows_per_block, options, cache)
     reader.sample_layout()
     return HDF5Loader(shard, reader, window, seed=0, rank=0, stream=TRAIN)
@@ -195,6 +206,8 @@ def _measure(uri: str, local_files: list[str], batch: int, workdir: str, endpoin
     progress("node cache: epoch 1 fills it, epoch 2 reads it")
     rows["cache_epoch_2"] = _cache_row(uri, index, window, options, batch, os.path.join(workdir, "node-cache"))
     rows["local_disk"] = _local_row(local_files, window, batch)
+    local = local_files[0] if len(local_files) == 1 else os.path.join(os.path.dirname(local_files[0]), "bench-*.h5")
+    rows.update(_training_rows(uri, local, options, batch, workdir, progress))
     return {"rows": rows, "file_bytes": size, "samples": n, "sample_shape": list(index.sample_shape),
             "dtype": index.dtype, "window": window, "rows_per_block": max(index.rows_per_block.values())}
 
@@ -224,10 +237,16 @@ def _loader_row(uri: str, index: Any, window: int, options: dict, batch: int) ->
             "blocks_per_window": blocks / windows}
 
 
+def _training_split(table: Any) -> Any:
+    """The rows training reads with the default ``data.validation_ratio``: part of every block,
+    which reads the node cache differently from whole blocks."""
+    return split_index(table, DataSection.validation_ratio, 0)[0]
+
+
 def _cache_row(uri: str, index: Any, window: int, options: dict, batch: int, cache_dir: str) -> dict[str, Any]:
-    """Epoch 2's rate and requests, after epoch 1 filled a fresh node cache."""
+    """Epoch 2's rate and requests on the training split, after epoch 1 filled a fresh node cache."""
     shutil.rmtree(cache_dir, ignore_errors=True)
-    loader = _loader(uri, index, window, options, NodeCache(cache_dir, 1 << 40))
+    loader = _loader(uri, index, window, options, NodeCache(cache_dir, 1 << 40), _training_split(index.table))
     try:
         _epoch_rate(loader, 0, batch)
         before = loader.reader.requests
@@ -237,15 +256,52 @@ def _cache_row(uri: str, index: Any, window: int, options: dict, batch: int, cac
 
 
 def _local_row(local_files: list[str], window: int, batch: int) -> dict[str, Any]:
-    """The loader on the local copy, after one epoch that warms the page cache (as the cache's epoch 1 did)."""
+    """The loader on the local copy's training split, after one epoch that warms the page
+    cache (as the cache's epoch 1 did), with the chunk cache training gives it."""
     local_index = build_hdf5_index(local_files)
-    shard = Shard(local_index.table, local_index.rows_per_block)
-    local = HDF5Loader(shard, HDF5Reader(shard.files, "X"), window, seed=0, rank=0, stream=TRAIN)
+    shard = Shard(_training_split(local_index.table), local_index.rows_per_block)
+    chunk_cache = window_cache_bytes(window, local_index.rows_per_block, local_index.sample_bytes)
+    local = HDF5Loader(shard, HDF5Reader(shard.files, "X", chunk_cache), window, seed=0, rank=0, stream=TRAIN)
     try:
         _epoch_rate(local, 0, batch)
         return {"samples_per_s": float(np.median([_epoch_rate(local, e, batch) for e in (1, 2)]))}
     finally:
         local.close()
+
+
+DENSE_MODEL = """# Written by raytrain bench --store: a model small enough that reading shows in the epoch time.
+import {keras} as keras
+
+
+def build(input_shape, num_classes):
+    return keras.Sequential([keras.layers.Input(input_shape), keras.layers.Flatten(),
+                             keras.layers.Dense(num_classes, activation="softmax")])
+"""
+TRAIN_EPOCHS = 4  # epoch 1 fills the node cache; the median of the others is reported
+
+
+def _training_rows(uri: str, local: str, options: dict, batch: int, folder: str,
+                   progress: Callable[[str], None]) -> dict[str, Any]:
+    """``raytrain train --local`` on the local copy, then on the store with ``--cache-dir``:
+    the median epoch time after epoch 1, with a one-layer model so that reading, not the
+    model, sets the pace."""
+    import importlib.util
+
+    model = os.path.join(folder, "dense_model.py")
+    with open(model, "w") as f:
+        f.write(DENSE_MODEL.format(keras="tf_keras" if importlib.util.find_spec("tf_keras") else "keras"))
+    flags = ["--local", "--epochs", str(TRAIN_EPOCHS), "--batch-size", str(batch), "--x-key", "X", "--y-key", "Y"]
+    runs = {"train_local_disk": (local, flags),
+            "train_cache": (uri, [*flags, "--cache-dir", os.path.join(folder, "train-cache"),
+                                  *(["--storage-options", f"endpoint={options['endpoint']}"] if options else [])])}
+    rows = {}
+    for key, (data, extra) in runs.items():
+        progress(f"training {TRAIN_EPOCHS} epochs: {data}")
+        run_dir = train_run(data, folder, 900, f"raytrain train {data}", *extra, model=f"{model}:build")
+        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+            epochs = [json.loads(line)["epoch_time_s"] for line in f if line.strip()]
+        rows[key] = {"epoch_s": float(np.median(epochs[1:])), "epochs_s": epochs}
+    return rows
 
 
 def _range_cost(fs: Any, uri: str, measured: dict[str, Any], endpoint: str,
@@ -371,6 +427,7 @@ def _result(measured: dict[str, Any], target: str, delay_ms: float, batch: int, 
         "loader_vs_download": r["loader"]["samples_per_s"] / r["download"]["samples_per_s"],
         "requests_over_blocks": r["loader"]["requests_per_window"] - r["loader"]["blocks_per_window"],
         "cache_vs_local_disk": r["cache_epoch_2"]["samples_per_s"] / r["local_disk"]["samples_per_s"],
+        "train_cache_vs_local_disk": r["train_cache"]["epoch_s"] / r["train_local_disk"]["epoch_s"],
     }
     if "delayed" in r:
         ratios["delay_vs_no_delay"] = r["delayed"]["samples_per_s"] / r["loader"]["samples_per_s"]
@@ -391,8 +448,8 @@ def render(result: dict[str, Any]) -> str:
         ("loader", f"raytrain loader: shuffled epoch, blocks of {result['rows_per_block']} rows, window "
                    f"{result['window']}, {result['fetch_threads']} requests in flight"),
         ("delayed", f"the same, {result['delay_ms']:g} ms added to every request (proxy)"),
-        ("cache_epoch_2", "epoch 2 from the node cache (data.cache_dir)"),
-        ("local_disk", "the loader on the same file on local disk (warm page cache)"),
+        ("cache_epoch_2", "epoch 2 from the node cache (data.cache_dir), training split"),
+        ("local_disk", "the loader on the same file on local disk (warm page cache), training split"),
     ]
     rows = [[name, f"{r[key]['samples_per_s']:,.0f}", f"{r[key]['samples_per_s'] / base:,.2f}x"]
             for key, name in names if key in r]
@@ -402,10 +459,11 @@ def render(result: dict[str, Any]) -> str:
         f"raytrain bench --store, {result['date']}, {result['machine']['cpus']} cores, {where}: "
         f"{result['samples']:,} samples of {tuple(result['sample_shape'])} {result['dtype']}, "
         f"{result['file_bytes'] / mb:,.0f} MiB in {result['objects']} objects; batch {result['batch']}; "
-        "reading only (no model)",
+        "reading only (no model), then training",
         "",
         *table(["reader", "samples/s", "vs the loader"], rows, right=(1, 2)),
         "",
+        *_training_lines(result),
         *_image_lines(result),
         *_range_lines(result),
         f"ranged requests per window: {loader['requests_per_window']:,.1f} for {loader['blocks_per_window']:,.1f} "
@@ -414,6 +472,16 @@ def render(result: dict[str, Any]) -> str:
         *bars_table(result["bars"],
                     lambda b: f"blocks {b['value']:+.1f}" if "requests" in b["bar"] else f"{b['value']:,.2f}x"),
     ])
+
+
+def _training_lines(result: dict[str, Any]) -> list[str]:
+    r = result["rows"]
+    base = r["train_local_disk"]["epoch_s"]
+    names = [("train_local_disk", "the local copy"), ("train_cache", "the store, with --cache-dir (epoch 1 fills it)")]
+    rows = [[name, f"{r[k]['epoch_s']:.3f}", f"{r[k]['epoch_s'] / base:,.2f}x"] for k, name in names]
+    return [f"raytrain train --local, {TRAIN_EPOCHS} epochs of a one-layer model (reading sets the pace), "
+            "median epoch after the first:",
+            *table(["data", "epoch s", "vs local disk"], rows, right=(1, 2)), ""]
 
 
 def _range_lines(result: dict[str, Any]) -> list[str]:
