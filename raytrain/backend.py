@@ -33,10 +33,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ray.train.backend import Backend, BackendConfig
-try:
-    from ray.train.tensorflow import TensorflowConfig
-except ModuleNotFoundError:  # no TensorFlow here (pip install 'raytrain[jax]'): only the JAX backend is used
-    TensorflowConfig = BackendConfig
 
 from raytrain.env import LEGACY_KERAS_ENV
 
@@ -113,9 +109,13 @@ class _Backend(Backend):
 
 
 @dataclass
-class RaytrainTensorflowConfig(TensorflowConfig):
+class RaytrainTensorflowConfig(BackendConfig):
     """``TensorflowTrainer(tensorflow_config=...)``: Ray Train's TensorFlow backend with
-    the port choice above."""
+    the port choice above.
+
+    Not a subclass of Ray's ``TensorflowConfig``: its package imports TensorFlow, and the
+    Train controller, which unpickles this config, would spend 3-4 s on that import before
+    it starts the workers. So Ray's dashboard shows the run's framework as unspecified."""
 
     @property
     def backend_cls(self) -> type:
