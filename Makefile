@@ -12,12 +12,13 @@ DEMO_IMAGES := data/images
 
 install: $(STAMP)
 
-# Re-installs when pyproject.toml changes.
+# Re-installs when pyproject.toml changes. uv installs the same requirements as pip, in a fraction
+# of the time (a fresh .venv took pip ~3 minutes).
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "raytrain needs Python 3.10-3.12; set PYTHON=/path/to/python3.11"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[test]'
 	touch $(STAMP)
 
 $(DEMO_DATA): $(STAMP)

@@ -121,13 +121,16 @@ def ids_order(tmp_path_factory):
 @pytest.fixture(scope="session")
 def jax_python(tmp_path_factory):
     """The Python of a fresh environment made as a user without TensorFlow makes it:
-    ``pip install 'raytrain[jax]'`` (this checkout). Built once per session."""
+    ``pip install 'raytrain[jax]'`` (this checkout), with uv's installer, which resolves the
+    same requirements in seconds where pip took ~90 s. Built once per session."""
+    from uv import find_uv_bin
+
     from tests.common import ROOT
 
     env = tmp_path_factory.mktemp("jax-env")
-    subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
     python = str(env / "bin" / "python")
-    subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{ROOT}[jax]"],
+    subprocess.run([find_uv_bin(), "pip", "install", "--quiet", "--python", python, f"{ROOT}[jax]"],
                    check=True, timeout=900)
     assert subprocess.run([python, "-c", "import tensorflow"], capture_output=True).returncode != 0
     return python
