@@ -130,7 +130,9 @@ def jax_python(tmp_path_factory):
     env = tmp_path_factory.mktemp("jax-env")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
     python = str(env / "bin" / "python")
-    subprocess.run([find_uv_bin(), "pip", "install", "--quiet", "--python", python, f"{ROOT}[jax]"],
-                   check=True, timeout=900)
+    # Compiled now: with PYTHONDONTWRITEBYTECODE set (as on this machine) every process would
+    # otherwise compile JAX, Keras and Ray from source at each import.
+    subprocess.run([find_uv_bin(), "pip", "install", "--quiet", "--compile-bytecode", "--python", python,
+                    f"{ROOT}[jax]"], check=True, timeout=900)
     assert subprocess.run([python, "-c", "import tensorflow"], capture_output=True).returncode != 0
     return python
