@@ -48,10 +48,11 @@ demo-images: $(DEMO_IMAGES)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-# One process: Ray tests run side by side failed here (docs/development.md, "Tests").
+# Two pytest processes: the tests that start Ray run one after another in one of them (two Rays
+# side by side killed each other's actors here), the rest in the other (docs/development.md, "Tests").
 test: docs
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 # The tests that start no Ray and no extra processes: for iterating on a change.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not ray and not slow"
+	$(BIN)/python -m pytest -n 2 -m "not ray and not slow"

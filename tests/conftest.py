@@ -25,6 +25,15 @@ def _controller(config) -> bool:
     return not hasattr(config, "workerinput")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``make test``: ``-n 2 --dist loadgroup``) every test that starts
+    Ray runs on one worker, one after another: two Rays on one machine killed each other's
+    actors (docs/development.md, "Tests"). The other worker runs the rest beside them."""
+    for item in items:
+        if item.get_closest_marker("ray") or item.get_closest_marker("simulated_cluster"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 def pytest_sessionstart(session):
     if _controller(session.config):
         session.config.stash[RAY_BEFORE] = ray_pids()

@@ -98,6 +98,7 @@ def test_a_local_run_and_its_resume_are_one_mlflow_run_on_a_server(server, tmp_p
     assert {a.path for a in c.list_artifacts(run)} == {"model.keras", "report.png", "summary.json"}
 
 
+@pytest.mark.ray
 def test_two_workers_log_to_the_sqlite_store_beside_the_runs(tmp_path, make_h5):
     data = make_h5("d.h5", samples=256)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -152,6 +153,7 @@ def test_a_continued_run_logs_each_step_once_and_keeps_changed_params_as_tags(tm
     assert found.tags["resumed.training.epochs"] == "4"
 
 
+@pytest.mark.ray
 def test_a_search_is_a_parent_run_with_a_child_per_trial(server, tmp_path, make_h5):
     data = make_h5("d.h5", samples=256)
     proc = run_cli("tune", "--data", data, "--epochs", "1", "--batch-size", "32", "--name", "s",
