@@ -206,8 +206,7 @@ def _measure(uri: str, local_files: list[str], batch: int, workdir: str, endpoin
     progress("node cache: epoch 1 fills it, epoch 2 reads it")
     rows["cache_epoch_2"] = _cache_row(uri, index, window, options, batch, os.path.join(workdir, "node-cache"))
     rows["local_disk"] = _local_row(local_files, window, batch)
-    local = local_files[0] if len(local_files) == 1 else os.path.join(os.path.dirname(local_files[0]), "bench-*.h5")
-    rows.update(_training_rows(uri, local, options, batch, workdir, progress))
+    rows.update(_training_rows(uri, ",".join(local_files), options, batch, workdir, progress))
     return {"rows": rows, "file_bytes": size, "samples": n, "sample_shape": list(index.sample_shape),
             "dtype": index.dtype, "window": window, "rows_per_block": max(index.rows_per_block.values())}
 
@@ -282,9 +281,9 @@ TRAIN_EPOCHS = 4  # epoch 1 fills the node cache; the median of the others is re
 
 def _training_rows(uri: str, local: str, options: dict, batch: int, folder: str,
                    progress: Callable[[str], None]) -> dict[str, Any]:
-    """``raytrain train --local`` on the local copy, then on the store with ``--cache-dir``:
-    the median epoch time after epoch 1, with a one-layer model so that reading, not the
-    model, sets the pace."""
+    """``raytrain train --local`` on the local copy (``local``: its files, comma-separated),
+    then on the store with ``--cache-dir``: the median epoch time after epoch 1, with a
+    one-layer model so that reading, not the model, sets the pace."""
     import importlib.util
 
     model = os.path.join(folder, "dense_model.py")

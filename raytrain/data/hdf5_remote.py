@@ -458,8 +458,9 @@ class RemoteHDF5Reader:
         done = set()
         if self._cache is not None:
             for s, e, block in spans:
-                if block.flat and (block.code, block.index) not in fetched and self._from_cache(block, rows[s:e], out[s:e]):
-                    done.add((block.code, block.index))
+                key = (block.code, block.index)
+                if block.flat and key not in fetched and self._from_cache(block, rows[s:e], out[s:e]):
+                    done.add(key)
         missing = [b for b in blocks if (b.code, b.index) not in fetched and (b.code, b.index) not in done]
         if missing:
             fetched.update(self._fetch(missing))
@@ -479,8 +480,8 @@ class RemoteHDF5Reader:
 
     def _from_cache(self, block: _Block, rows: np.ndarray, out: np.ndarray) -> bool:
         """Read a flat block's ``rows`` from the node cache into ``out``: a whole block straight
-        into place, part of one through a reused buffer (a new bytes object per block cost a
-        fresh allocation and its page faults, twice the local-disk time); False on a miss."""
+        into place, part of one through a reused buffer (a new bytes object per block costs a
+        fresh allocation and its page faults); False on a miss."""
         whole = block.stop - block.start
         if len(rows) == whole:
             return self._cache.read_into(block.key, out)
