@@ -51,10 +51,11 @@ def test_uneven_three_workers_train_each_sample_at_most_once(tmp_path):
 def ray_actors_of_session_with(pid):
     """Actor class names of the Ray session a worker process ``pid`` ran in, from its workers'
     log files (named ``worker-ID-JOB-PID.out``, each beginning with ``:actor_name:NAME``). Found
-    by the pid, not as the newest session: another test's Ray may have started since."""
+    by the pid, not as the newest session: another test's Ray may have started since. An older
+    session may hold a log of an earlier process with the same (recycled) pid: the newest log is this one."""
     found = glob.glob(os.path.join(os.environ.get("RAY_TMPDIR", "/tmp/ray"), "session_2*", "logs", f"worker-*-{pid}.out"))
-    assert len(found) == 1, f"no Ray session holds the log of worker process {pid}: {found}"
-    session = os.path.dirname(os.path.dirname(found[0]))
+    assert found, f"no Ray session holds the log of worker process {pid}"
+    session = os.path.dirname(os.path.dirname(max(found, key=os.path.getmtime)))
     names = []
     for path in glob.glob(os.path.join(session, "logs", "worker-*.out")):
         with open(path, errors="replace") as f:

@@ -109,6 +109,22 @@ def plain_http_to_remote(address: str) -> bool:
     return parsed.scheme not in ("https",) and parsed.hostname not in ("127.0.0.1", "localhost", "::1")
 
 
+AGENT_WAIT_S = 60  # a cluster just brought up may not have its job agent yet
+
+
+def _submit_when_an_agent_answers(client: Any, **kwargs: Any) -> str:
+    """``client.submit_job``, tried again while the head says it has no job agent yet (right
+    after ``raytrain up`` the dashboard answers before its agent does)."""
+    deadline = time.time() + AGENT_WAIT_S
+    while True:
+        try:
+            return client.submit_job(**kwargs)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.time() > deadline:
+                raise
+            time.sleep(1)
+
+
 def submit(job: JobConfig, address: str, progress: Any = print, tune: Optional[dict[str, Any]] = None) -> int:
     """Submit ``raytrain train`` of a validated job (``raytrain tune`` with ``tune``, the
     search as a job file's ``tune:`` section) as a Ray Job, stream its logs, and return
@@ -122,7 +138,8 @@ def submit(job: JobConfig, address: str, progress: Any = print, tune: Optional[d
     folder, job = stage_job(job, tune)
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the raytrain package
     entrypoint = f"python -m raytrain {'tune' if tune else 'train'} {SUBMITTED_JOB}/{rundir.JOB}"
-    job_id = client.submit_job(
+    job_id = _submit_when_an_agent_answers(
+        client,
         entrypoint=entrypoint,
         submission_id=f"raytrain-{job.run.name}-{int(time.time())}",
         runtime_env={"working_dir": folder, "py_modules": [package]},
