@@ -4,6 +4,7 @@ trained on with `raytrain submit`, and brought down leaving no process behind.""
 import glob
 import json
 import os
+import socket
 import time
 
 import pytest
@@ -153,9 +154,23 @@ def test_submit_ships_the_builders_folder_without_vcs_data_or_runs(tmp_path):
     assert not plain_http_to_remote("http://127.0.0.1:8265") and not plain_http_to_remote("https://ray.example.com")
 
 
+@pytest.fixture
+def agent_port_taken():
+    """Ray's default port for a node's job agent (52365) held for the test, as any other Ray on
+    the machine holds it: a head that used it would serve no job agent (unless it is held already)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a connection's TIME_WAIT does not hold it
+        try:
+            s.bind(("", 52365))
+            s.listen()
+        except OSError:
+            pass  # held already: by another Ray, as this simulates
+        yield
+
+
 @pytest.mark.ray
 @pytest.mark.simulated_cluster
-def test_rehearsal_on_a_simulated_multi_node_cluster(tmp_path, make_h5):
+def test_rehearsal_on_a_simulated_multi_node_cluster(tmp_path, make_h5, agent_port_taken):
     """local-sim.yaml up; a job file submitted with 2 workers on simulated GPU nodes; down;
     nothing left. (2 workers on CPU nodes, and a node lost under them: tests/test_elastic.py.)"""
     env_home = str(tmp_path / "home")
