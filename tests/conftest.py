@@ -3,9 +3,11 @@ Shared helpers live in tests/common.py."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable
 
@@ -26,12 +28,27 @@ def _controller(config) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (``make test``: ``-n 2 --dist loadgroup``) every test that starts
-    Ray runs on one worker, one after another: two Rays on one machine killed each other's
-    actors (docs/development.md, "Tests"). The other worker runs the rest beside them."""
-    for item in items:
-        if item.get_closest_marker("ray") or item.get_closest_marker("simulated_cluster"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
+    """The longest tests first, for ``make test``'s two pytest-xdist processes (``--dist load
+    --maxschedchunk 1`` hands tests out two at first, then one at a time): the short ones fill
+    the gaps at the end. The two simulated-cluster tests lead, so that the first process runs
+    both, one after the other."""
+    def cost(item) -> int:
+        marks = {m.name for m in item.iter_markers()}
+        return next((rank for rank, mark in enumerate(("simulated_cluster", "ray", "slow")) if mark in marks), 3)
+
+    items.sort(key=cost)
+
+
+@pytest.fixture(autouse=True)
+def one_simulated_cluster_at_a_time(request):
+    """A simulated cluster has fixed ports (6379, 8265): its tests wait for each other, in any
+    pytest process on this machine."""
+    if not request.node.get_closest_marker("simulated_cluster"):
+        yield
+        return
+    with open(os.path.join(tempfile.gettempdir(), "raytrain-tests-simulated-cluster.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def pytest_sessionstart(session):
