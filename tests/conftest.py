@@ -102,13 +102,12 @@ def other_ray():
     import subprocess
     import tempfile
 
+    from raytrain.cluster.launch import free_agent_ports
     from raytrain.cluster.processes import cluster_pids, end
     from tests.common import free_port
 
     temp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # Ray's socket paths must stay short
-    ports = [f"--{name}={free_port()}" for name in (
-        "port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-        "metrics-export-port", "ray-client-server-port")]
+    ports = [f"--port={free_port()}", f"--dashboard-port={free_port()}", *free_agent_ports()]
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
     try:
         subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0",

@@ -31,7 +31,7 @@ from raytrain.errors import RaytrainError
 SIM_GCS_PORT = 6379  # the fake_multinode provider connects its nodes to this port
 SIM_DASHBOARD = "http://127.0.0.1:8265"
 UP_TIMEOUT_S = 120
-SIM_AGENT_PORTS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+AGENT_PORT_FLAGS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
                    "metrics-export-port", "ray-client-server-port")
 
 
@@ -39,17 +39,17 @@ def _ray_cli() -> str:
     return os.path.join(os.path.dirname(sys.executable), "ray")
 
 
-def _free_agent_ports() -> list[str]:
-    """Free ports for the head's agents. Their defaults are fixed (the job agent's 52365, the
-    client server's 10001), and another Ray on this machine (any ``ray.init()``) takes 52365
-    first: the head's agent then serves no HTTP, and every ``raytrain submit`` fails with "No
-    available agent to submit job"."""
+def free_agent_ports() -> list[str]:
+    """``ray start`` flags that give a head's agents free ports. Their defaults are fixed (the
+    job agent's 52365, the client server's 10001), and another Ray on this machine (any
+    ``ray.init()``) takes 52365 first: the head's agent then serves no HTTP, and every
+    ``raytrain submit`` fails with "No available agent to submit job"."""
     from raytrain.backend import free_port
 
     ports: list[int] = []
-    for _ in SIM_AGENT_PORTS:
+    for _ in AGENT_PORT_FLAGS:
         ports.append(free_port(taken=frozenset(ports)))
-    return [f"--{name}={port}" for name, port in zip(SIM_AGENT_PORTS, ports)]
+    return [f"--{name}={port}" for name, port in zip(AGENT_PORT_FLAGS, ports)]
 
 
 def _state_path(config: dict[str, Any]) -> str:
@@ -107,7 +107,7 @@ def up(path: str, progress: Any = print) -> dict[str, Any]:
     log = open(os.path.join(temp_dir, "head.log"), "w")
     cmd = [_ray_cli(), "start", "--head", "--block", f"--num-cpus={cpus}", f"--num-gpus={gpus}",
            f"--port={SIM_GCS_PORT}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-           "--dashboard-port=8265", *_free_agent_ports(), f"--autoscaling-config={os.path.abspath(path)}",
+           "--dashboard-port=8265", *free_agent_ports(), f"--autoscaling-config={os.path.abspath(path)}",
            f"--temp-dir={temp_dir}"]
     head = subprocess.Popen(cmd, env=env, cwd=temp_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     state = {"cluster_name": config["cluster_name"], "config": os.path.abspath(path), "head_pid": head.pid,
