@@ -572,8 +572,12 @@ def _summarize(job: JobConfig, options: TuneOptions, search_dir: str, grid: Any,
             error = (rundir.read_status(run_dir) or {}).get("error") or _error_text(result.error)
         elif run_status == "finished":
             status = "finished"
-        elif run_status == "stopped":  # written when the scheduler stopped it (TrialLines)
+        elif run_status == "stopped" or (not interrupted and _stopped_by_scheduler(result, epochs)):
             status = "stopped early"
+            if run_status != "stopped":  # its dying process wrote after TrialLines: this driver has the last word
+                epoch = int(result.metrics.get("epoch", 0))
+                rundir.write_status(run_dir, "stopped", reason=f"stopped early by {options.scheduler} after "
+                                                               f"epoch {epoch}")
         else:  # the search was interrupted while it ran
             status = "not finished"
         wall = (result.metrics or {}).get("time_total_s")
@@ -593,6 +597,14 @@ def _summarize(job: JobConfig, options: TuneOptions, search_dir: str, grid: Any,
         report.report(drawn, out=files["report"])
     return SearchSummary(search_dir, options.metric, options.mode, rows, epochs, best, time.time() - started,
                          interrupted, files)
+
+
+def _stopped_by_scheduler(result: Any, epochs: int) -> bool:
+    """Tune ended the trial (its last result says ``done``) before its last epoch, without an
+    error: the scheduler stopped it. TrialLines marks such a trial ``stopped`` as the stop is
+    sent, but the trial's process may still write its own status while it is ended."""
+    metrics = result.metrics or {}
+    return bool(metrics.get("done")) and int(metrics.get("epoch", 0)) < epochs
 
 
 def _params_of(run_dir: str, options: TuneOptions) -> dict[str, Any]:

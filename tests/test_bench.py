@@ -169,7 +169,10 @@ def test_the_recipe_rows_split_each_epoch_into_steps_and_boundary(tmp_path):
 
     path = str(tmp_path / "tiny.h5")
     make_hdf5(path, 128, (8, 8, 1), classes=2)
-    got = recipe_child({"path": path, "workers": 2, "to_tf_batch": 32, "epochs": 3, "storage": str(tmp_path / "ray")})
+    got = recipe_child({"path": path, "workers": 2, "to_tf_batch": 32, "epochs": 2, "storage": str(tmp_path / "ray")})
     ends = got["epoch_ends"]
-    assert len(ends) == 3 and got["steps_per_epoch"] == 128 // 32
-    assert 0 < got["steps_s"] <= min(b - a for a, b in zip(ends, ends[1:]))
+    assert len(ends) == 2 and got["steps_per_epoch"] == 128 // 32
+    # Each epoch's steps against its own gap: a median over epochs may exceed the shortest gap.
+    gaps = [b - a for a, b in zip(ends, ends[1:])]
+    assert all(0 < steps <= gap for steps, gap in zip(got["epochs_steps_s"][1:], gaps)), (got, gaps)
+    assert got["steps_s"] > 0

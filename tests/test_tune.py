@@ -126,10 +126,11 @@ def test_a_search_stops_weak_trials_and_keeps_the_best(job):
         done = len((run / "metrics.jsonl").read_text().splitlines())
         assert epochs == f"{done}/4"
         status = json.loads((run / "status.json").read_text())["status"]
+        seen = (name, status, (search / "trials.txt").read_text(), out.stdout[-3000:])
         if stopped == "no":
-            assert done == 4 and "model.keras" in files and status == "finished"
+            assert done == 4 and "model.keras" in files and status == "finished", seen
         else:
-            assert status in ("stopped", "finished")  # finished: it ended its last epoch as the stop arrived
+            assert status in ("stopped", "finished"), seen  # finished: it ended its last epoch as the stop arrived
     live = [line for line in out.stdout.splitlines() if line.startswith("[")]  # with the search's clock
     assert sum(" started " in line for line in live) == 4
     assert sum(" finished" in line or " stopped early" in line for line in live) == 4, out.stdout
@@ -184,6 +185,40 @@ def test_a_failed_trial_shows_raytrains_own_line():
     assert _error_line(Trial(wrapped)) == "the training loss became nan at epoch 1, step 3; lower --learning-rate"
     assert _error_line(Trial(RuntimeError("Traceback (most recent call last):\n  ...\nValueError: bad"))) == \
         "ValueError: bad"
+
+
+def test_a_trial_the_scheduler_stopped_stays_stopped_whatever_its_ending_process_wrote(job):
+    """Tune stops a trial (its last result is ``done`` before the last epoch); its process,
+    ended a moment later, may still write its own status: the table and status.json say
+    stopped early. A trial that ran every epoch is finished, one Tune failed is failed."""
+    from types import SimpleNamespace
+
+    from raytrain import config as cfg
+    from raytrain.run import rundir
+    from raytrain.space import options_from
+    from raytrain.tuning import _summarize
+
+    base = cfg.validate(cfg.load_job(str(job / "job.yaml")))
+    options = options_from({}, {"search": ["model.learning_rate=grid(0.1,0.05,0.01)"]}, base)
+    search = job / "runs" / "s"
+    results = []
+    for i, (epochs, status, last, error) in enumerate([(4, "finished", 4, None), (3, "failed", 2, None),
+                                                       (2, "running", 2, RuntimeError("lost"))]):
+        run = str(search / f"trial_0000{i}")
+        os.makedirs(run)
+        (search / f"trial_0000{i}" / "job.yaml").write_text("{}")
+        for e in range(1, epochs + 1):
+            rundir.append_metrics(run, {"epoch": e, "loss": 1.0 / e, "accuracy": 0.5, "val_loss": 1.0 / e,
+                                        "val_accuracy": 0.5 + 0.1 * e - 0.01 * i, "epoch_time_s": 1.0,
+                                        "samples_per_s": 100.0, "data_wait_fraction": 0.0})
+        rundir.write_status(run, status)
+        results.append(SimpleNamespace(path=run, error=error, config={"model.learning_rate": 0.1 / (i + 1)},
+                                       metrics={"done": error is None, "epoch": last, "time_total_s": 1.0}))
+    summary = _summarize(base, options, str(search), results, time.time(), interrupted=False)
+    assert [(r.name, r.status, r.epochs_done) for r in summary.rows] == [
+        ("trial_00000", "finished", 4), ("trial_00001", "stopped early", 3), ("trial_00002", "failed", 2)]
+    assert rundir.read_status(str(search / "trial_00001"))["status"] == "stopped"
+    assert summary.best.name == "trial_00000"
 
 
 def test_submit_tune_ships_the_search_in_the_job_file(tmp_path):

@@ -147,6 +147,7 @@ def recipe_child(args: dict[str, Any]) -> dict[str, Any]:
         history = [json.loads(line) for line in log]
     ends = [h["time"] for h in history]
     return {"epoch_ends": ends, "steps_per_epoch": history[-1]["steps"], "marginal_epoch_s": _marginal(ends),
+            "epochs_steps_s": [h["steps_s"] for h in history],
             "steps_s": statistics.median(h["steps_s"] for h in history[1:])}
 
 
