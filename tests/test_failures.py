@@ -138,8 +138,10 @@ def test_stopped_local_run_resumes_after_its_last_checkpoint_and_evaluates(tmp_p
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_or_sigterm_ends_the_workers_and_keeps_the_checkpoints(tmp_path, data, signum):
     """SIGTERM (kill, timeout, a scheduler) ends a run as Ctrl-C does: no native stack dump
-    from Ray's handler, exit 130, the resume command, and the status written last."""
-    proc = start(*train_args(data, tmp_path, "ctrlc"), cwd=str(tmp_path))
+    from Ray's handler, exit 130, the resume command, and the status written last (MLflow's
+    run too: KILLED)."""
+    mlflow_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = start(*train_args(data, tmp_path, "ctrlc", "--mlflow", mlflow_uri), cwd=str(tmp_path))
     run = tmp_path / "runs" / "ctrlc"
     wait_for_checkpoint(run, 1, proc)
     pids = [json.loads((run / "workers" / f"rank-{r}.json").read_text())["pid"] for r in (0, 1)]
@@ -157,3 +159,7 @@ def test_ctrl_c_or_sigterm_ends_the_workers_and_keeps_the_checkpoints(tmp_path, 
     assert not any(os.path.exists(f"/proc/{pid}") for pid in pids), "a training worker outlived Ctrl-C"
     epoch, path = checkpoint.latest(str(run))
     assert epoch >= 1 and checkpoint.read_state(path)["epoch"] == epoch
+    from mlflow import MlflowClient
+
+    logged = MlflowClient(mlflow_uri).get_run(json.loads((run / "mlflow.json").read_text())["run_id"])
+    assert logged.info.status == "KILLED", logged.info

@@ -291,10 +291,17 @@ def test_a_loss_that_turns_nan_stops_the_run_keeping_the_last_checkpoint(tmp_pat
     assert rundir.read_status(str(run))["status"] == "failed"
     assert metrics_epochs(run) == [1]
     # Several steps per call into TensorFlow (the default): the line names the call's steps.
+    # Logged to MLflow: the failed run is FAILED there too.
+    mlflow_uri = f"sqlite:///{tmp_path}/mlflow.db"
     proc = run_cli("train", "--data", data, "--model", "blowup.py:build", "--batch-size", "16", "--epochs", "3",
                    "--validation-ratio", "0", "--storage-path", "runs", "--name", "nan4", "--local",
-                   "--steps-per-execution", "4", cwd=str(tmp_path))
+                   "--steps-per-execution", "4", "--mlflow", mlflow_uri, cwd=str(tmp_path))
     assert proc.returncode == 1 and "at epoch 2, one of steps 1-4 (run in one call)" in proc.stderr, proc.stderr[-3000:]
+    from mlflow import MlflowClient
+
+    run_id = json.loads((tmp_path / "runs" / "nan4" / "mlflow.json").read_text())["run_id"]
+    logged = MlflowClient(mlflow_uri).get_run(run_id)
+    assert logged.info.status == "FAILED" and logged.data.metrics["loss"] > 0, logged
 
 
 @pytest.mark.ray
