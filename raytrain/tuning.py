@@ -183,6 +183,11 @@ def _clock(started: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
+def stop_reason(scheduler: str, epoch: int) -> str:
+    """Why a trial the scheduler stopped ended: its line, and the reason in its ``status.json``."""
+    return f"stopped early by {scheduler} after epoch {epoch} (in the weaker half at that rung)"
+
+
 class TrialLines(tune.Callback):
     """A Ray Tune callback printing one line per trial started, finished, stopped or failed.
 
@@ -215,7 +220,7 @@ class TrialLines(tune.Callback):
         epoch = int((trial.last_result or {}).get("epoch", 0))
         how = "finished"
         if epoch < self.epochs:  # the scheduler stopped it (an interrupted search ends trials without this call)
-            how = f"stopped early by {self.scheduler} after epoch {epoch} (in the weaker half at that rung)"
+            how = stop_reason(self.scheduler, epoch)
             rundir.write_status(storage.join(self.search_dir, name), "stopped", reason=how)
         best = self.best.get(name)
         shown = "" if best is None else f"  best {self.metric} {best:.4f}"
@@ -575,9 +580,8 @@ def _summarize(job: JobConfig, options: TuneOptions, search_dir: str, grid: Any,
         elif run_status == "stopped" or (not interrupted and _stopped_by_scheduler(result, epochs)):
             status = "stopped early"
             if run_status != "stopped":  # its dying process wrote after TrialLines: this driver has the last word
-                epoch = int(result.metrics.get("epoch", 0))
-                rundir.write_status(run_dir, "stopped", reason=f"stopped early by {options.scheduler} after "
-                                                               f"epoch {epoch}")
+                reason = stop_reason(options.scheduler, int(result.metrics.get("epoch", 0)))
+                rundir.write_status(run_dir, "stopped", reason=reason)
         else:  # the search was interrupted while it ran
             status = "not finished"
         wall = (result.metrics or {}).get("time_total_s")

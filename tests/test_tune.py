@@ -217,7 +217,8 @@ def test_a_trial_the_scheduler_stopped_stays_stopped_whatever_its_ending_process
     summary = _summarize(base, options, str(search), results, time.time(), interrupted=False)
     assert [(r.name, r.status, r.epochs_done) for r in summary.rows] == [
         ("trial_00000", "finished", 4), ("trial_00001", "stopped early", 3), ("trial_00002", "failed", 2)]
-    assert rundir.read_status(str(search / "trial_00001"))["status"] == "stopped"
+    assert rundir.read_status(str(search / "trial_00001")) | {"time": 0} == {
+        "status": "stopped", "time": 0, "reason": "stopped early by asha after epoch 2 (in the weaker half at that rung)"}
     assert summary.best.name == "trial_00000"
 
 
