@@ -54,6 +54,13 @@ def one_simulated_cluster_at_a_time(request):
 def pytest_sessionstart(session):
     if _controller(session.config):
         session.config.stash[RAY_BEFORE] = ray_pids()
+        # A new local Ray creates Ray's authentication token (~/.ray/auth_token) when there is
+        # none; two starting at once in the two pytest processes on a fresh machine each made
+        # one, and one's driver then held a token its GCS did not ("InvalidAuthToken"). Made
+        # once here, before the workers start, as `raytrain up` makes it.
+        from raytrain.cluster.launch import token_env
+
+        token_env(progress=lambda text: None)
 
 
 def pytest_sessionfinish(session, exitstatus):
