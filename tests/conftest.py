@@ -51,16 +51,23 @@ def one_simulated_cluster_at_a_time(request):
         yield
 
 
+@pytest.fixture(autouse=True)
+def ray_auth_mode_as_it_was():
+    """Reading a cluster file in this process sets ``RAY_AUTH_MODE=token`` when a token is at
+    hand (``raytrain.cluster.jobs.use_token_auth``, for the job client). Left behind, a later
+    test's local ``ray.init`` in this process starts its GCS with tokens while the driver,
+    having read the mode when Ray was imported, sends none (``InvalidAuthToken``)."""
+    before = os.environ.get("RAY_AUTH_MODE")
+    yield
+    if before is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = before
+
+
 def pytest_sessionstart(session):
     if _controller(session.config):
         session.config.stash[RAY_BEFORE] = ray_pids()
-        # A new local Ray creates Ray's authentication token (~/.ray/auth_token) when there is
-        # none; two starting at once in the two pytest processes on a fresh machine each made
-        # one, and one's driver then held a token its GCS did not ("InvalidAuthToken"). Made
-        # once here, before the workers start, as `raytrain up` makes it.
-        from raytrain.cluster.launch import token_env
-
-        token_env(progress=lambda text: None)
 
 
 def pytest_sessionfinish(session, exitstatus):
